@@ -1,0 +1,79 @@
+"""Convolutions with PyTorch or TensorFlow "SAME" padding, and conv-BN-activation."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "silu": nn.SiLU,  # a.k.a. swish (EfficientNet section 4)
+    "relu": nn.ReLU,
+    "relu6": nn.ReLU6,
+    "gelu": nn.GELU,
+    "hardswish": nn.Hardswish,
+}
+
+
+def make_activation(name: str) -> nn.Module:
+    try:
+        return _ACTIVATIONS[name](inplace=True) if name != "gelu" else nn.GELU()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}: expected one of {sorted(_ACTIVATIONS)}") from None
+
+
+def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "SAME": output = ceil(size / stride); extra padding goes to the bottom/right."""
+    total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class Conv2dSame(nn.Conv2d):
+    """Conv2d with TensorFlow's "SAME" padding, computed from the input size at run time.
+
+    For stride 2 TF pads asymmetrically (more at the bottom/right), so TF-trained weights
+    only reproduce TF's outputs with this padding.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ih, iw = x.shape[-2:]
+        kh, kw = self.kernel_size
+        top, bottom = _same_pad(ih, kh, self.stride[0], self.dilation[0])
+        left, right = _same_pad(iw, kw, self.stride[1], self.dilation[1])
+        if top or bottom or left or right:
+            x = F.pad(x, (left, right, top, bottom))
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def make_conv(
+    in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1, bias: bool = False,
+    padding: str = "symmetric",
+) -> nn.Conv2d:
+    """A conv with ``padding`` "symmetric" (k // 2, PyTorch style) or "same" (TF style).
+
+    With stride 1 and an odd kernel both are identical, so the static conv is used.
+    """
+    if padding == "same" and stride > 1:
+        return Conv2dSame(in_ch, out_ch, kernel, stride, padding=0, groups=groups, bias=bias)
+    if padding not in ("same", "symmetric"):
+        raise ValueError(f"padding: expected 'symmetric' or 'same', got {padding!r}")
+    return nn.Conv2d(in_ch, out_ch, kernel, stride, padding=kernel // 2, groups=groups, bias=bias)
+
+
+class ConvBnAct(nn.Sequential):
+    """conv -> BatchNorm -> activation (activation omitted when ``act`` is None).
+
+    ``bn_momentum`` uses the PyTorch convention: TF's ``momentum=0.99`` is PyTorch ``0.01``.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1,
+        act: str | None = "silu", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
+        padding: str = "symmetric",
+    ) -> None:
+        super().__init__()
+        self.conv = make_conv(in_ch, out_ch, kernel, stride, groups=groups, padding=padding)
+        self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
+        self.act = make_activation(act) if act else nn.Identity()

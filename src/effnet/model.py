@@ -1,0 +1,164 @@
+"""spec -> nn.Module: the EfficientNet assembler, feature maps and classifier reset."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from effnet.layers import BLOCKS, ConvBnAct
+from effnet.specs.base import ModelSpec
+
+#: Smallest input side accepted: five stride-2 reductions need 32 px to leave a 1x1 map.
+MIN_INPUT_SIZE = 32
+
+
+class EfficientNet(nn.Module):
+    """EfficientNet V1/V2 built from a :class:`~effnet.specs.ModelSpec`.
+
+    Layout: ``stem`` -> ``stages[i][j]`` (MBConv / Fused-MBConv) -> ``head`` (1x1 conv) ->
+    global average pool -> ``dropout`` -> ``classifier``.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, *, num_classes: int | None = None, dropout: float | None = None,
+        drop_path_rate: float | None = None,
+    ) -> None:
+        super().__init__()
+        changes = {k: v for k, v in dict(num_classes=num_classes, dropout=dropout,
+                                         drop_path_rate=drop_path_rate).items() if v is not None}
+        spec = spec.replace(**changes) if changes else spec
+        self.spec = spec
+        norm = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
+
+        self.stem = ConvBnAct(spec.in_channels, spec.stem_channels, 3, 2, act=spec.activation,
+                              padding=spec.padding, **norm)
+        # Stochastic depth: the drop rate grows linearly with the *global* block index, from 0
+        # at the first block to drop_path_rate at the last (EfficientNet section 5.2, survival
+        # 0.8 at the last block; torchvision and the official code use index / num_blocks).
+        total, index = spec.num_blocks, 0
+        in_ch = spec.stem_channels
+        stages: list[nn.Sequential] = []
+        self._strides: list[int] = []
+        stride = 2
+        for stage in spec.stages:
+            blocks = []
+            for j in range(stage.repeats):
+                blocks.append(BLOCKS[stage.op](
+                    in_ch, stage.channels, kernel=stage.kernel, stride=stage.stride if j == 0 else 1,
+                    expand=stage.expand, se=stage.se, drop_path=spec.drop_path_rate * index / total,
+                    act=spec.activation, padding=spec.padding, **norm,
+                ))
+                in_ch = stage.channels
+                index += 1
+            stride *= stage.stride
+            self._strides.append(stride)
+            stages.append(nn.Sequential(*blocks))
+        self.stages = nn.ModuleList(stages)
+        self.head = ConvBnAct(in_ch, spec.head_channels, 1, act=spec.activation, **norm)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.dropout = nn.Dropout(spec.dropout)
+        self.num_features = spec.head_channels
+        self.classifier = nn.Linear(spec.head_channels, spec.num_classes)
+        self.feature_info = self._feature_info()
+        self._init_weights()
+
+    # --- construction helpers ------------------------------------------------------------
+    def _init_weights(self) -> None:
+        # Official TF initialisers: conv He-normal on fan-out; dense uniform(+-1/sqrt(out)).
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                bound = 1.0 / math.sqrt(m.out_features)
+                nn.init.uniform_(m.weight, -bound, bound)
+                nn.init.zeros_(m.bias)
+
+    def _feature_info(self) -> list[dict[str, int]]:
+        """For each output stride 2..32, the last stage producing it (-1 = the stem)."""
+        info: dict[int, dict[str, int]] = {2: {"stage": -1, "channels": self.spec.stem_channels}}
+        for i, (s, stage) in enumerate(zip(self._strides, self.spec.stages)):
+            info[s] = {"stage": i, "channels": stage.channels}
+        return [{"stride": s, **info[s]} for s in (2, 4, 8, 16, 32) if s in info]
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.spec.in_channels:
+            raise ValueError(
+                f"expected {self.spec.in_channels} input channels, got {x.shape[1]} "
+                f"(shape {tuple(x.shape)}); convert grayscale to RGB or build with in_channels="
+                f"{x.shape[1]}"
+            )
+        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+            raise ValueError(
+                f"input spatial size {tuple(x.shape[-2:])} is below the minimum of {MIN_INPUT_SIZE} "
+                f"px (five stride-2 reductions); resize the input"
+            )
+
+    # --- forward ------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, H, W) -> (N, head_channels, H/32, W/32), before pooling."""
+        self._check_input(x)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.head(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pool(x).flatten(1)  # (N, head_channels)
+        if pre_logits:
+            return x
+        return self.classifier(self.dropout(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """One feature map per output stride 2, 4, 8, 16, 32 (for detection/segmentation).
+
+        Each is the output of the last stage at that stride (channels in ``feature_info``).
+        """
+        self._check_input(x)
+        wanted = {f["stage"]: f["stride"] for f in self.feature_info}
+        out: list[torch.Tensor] = []
+        x = self.stem(x)
+        if -1 in wanted:
+            out.append(x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in wanted:
+                out.append(x)
+        return out
+
+    # --- heads ----------------------------------------------------------------------------
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the classifier with a freshly initialised one for ``num_classes`` outputs
+        (``num_classes=0`` leaves an identity, so ``forward`` returns pooled features)."""
+        if not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes: expected a non-negative integer, got {num_classes!r}")
+        if num_classes == 0:
+            self.classifier = nn.Identity()
+        else:
+            self.classifier = nn.Linear(self.num_features, num_classes)
+            bound = 1.0 / math.sqrt(num_classes)
+            nn.init.uniform_(self.classifier.weight, -bound, bound)
+            nn.init.zeros_(self.classifier.bias)
+        self.spec = self.spec.replace(num_classes=max(num_classes, 1))
+
+    def set_dropout(self, p: float) -> None:
+        """Change the classifier dropout (progressive learning grows it during training)."""
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout: expected a rate in [0, 1), got {p}")
+        self.dropout.p = p
+
+
+def build(spec: ModelSpec, **overrides: object) -> EfficientNet:
+    """Build the network a spec describes (``overrides``: num_classes, dropout, drop_path_rate)."""
+    return EfficientNet(spec, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,59 @@
+"""Model names -> specs (two hops: name -> spec -> build(spec))."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from effnet.model import EfficientNet, build
+from effnet.scaling.compound import from_family
+from effnet.specs.base import ModelSpec
+from effnet.specs.v1 import V1_FAMILY
+from effnet.specs.v2 import V2_FAMILY
+
+#: name -> spec, built once from the published family rows.
+REGISTRY: dict[str, ModelSpec] = {
+    name: from_family(name, row) for name, row in {**V1_FAMILY, **V2_FAMILY}.items()
+}
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, optionally filtered by a substring or ``fnmatch`` pattern."""
+    names = list(REGISTRY)
+    if pattern:
+        import fnmatch
+
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) or pattern in n]
+    return names
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered under ``name``; an unknown name suggests the closest ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, REGISTRY, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(
+            f"unknown model {name!r}{hint} (see effnet.list_models() or `effnet list`)"
+        ) from None
+
+
+def create_model(
+    name: str, num_classes: int = 1000, *, weights: str | None = None, pretrained: bool = False,
+    **overrides: Any,
+) -> EfficientNet:
+    """Build a registered model by name.
+
+    ``overrides`` are spec fields (``dropout``, ``drop_path_rate``, ``bn_eps``,
+    ``bn_momentum``, ``padding``, ``in_channels``, ``resolution``, ``activation`` ...).
+    ``weights`` is a self-describing weight file (see ``effnet.weights``) that must fit the
+    named architecture; ``pretrained`` fetches the published weights (cached).
+    """
+    spec = get_spec(name)
+    if weights is not None or pretrained:
+        from effnet.weights import load_into
+
+        return load_into(name, spec, num_classes=num_classes, weights=weights,
+                         pretrained=pretrained, **overrides)
+    return build(spec.replace(num_classes=num_classes, **overrides))

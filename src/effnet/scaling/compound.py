@@ -1,0 +1,139 @@
+"""Compound model scaling (EfficientNet section 3.3) as pure functions of a spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from effnet.scaling.rounding import round_filters, round_repeats
+from effnet.specs.base import FamilyRow, ModelSpec
+
+#: Grid-searched at phi = 1 on B0 (EfficientNet section 3.3, step 1).
+ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
+
+
+def scale(
+    spec: ModelSpec,
+    width: float = 1.0,
+    depth: float = 1.0,
+    resolution: int | None = None,
+    *,
+    name: str | None = None,
+    dropout: float | None = None,
+    divisor: int = 8,
+    round_limit: float | None = None,
+) -> ModelSpec:
+    """Scale ``spec``'s width (channels), depth (repeats) and input resolution.
+
+    Channels of the stem, every stage and the head are rounded with :func:`round_filters`
+    (``round_limit`` defaults to the spec family's rule: 0.9 for V1, 0 for V2), repeats with
+    :func:`round_repeats`. ``resolution`` is the new absolute input size (default: unchanged).
+    """
+    if width <= 0 or depth <= 0:
+        raise ValueError(f"scale: width and depth must be positive, got width={width}, depth={depth}")
+    if resolution is not None and (not isinstance(resolution, int) or resolution <= 0):
+        raise ValueError(f"scale: resolution must be a positive integer, got {resolution!r}")
+    limit = spec.round_limit if round_limit is None else round_limit
+    narrow = [c for c in (spec.stem_channels, *(s.channels for s in spec.stages)) if c * width < divisor]
+    if narrow:
+        raise ValueError(
+            f"scale: width {width:g} is too small: a layer of {min(narrow)} channels would have "
+            f"{min(narrow) * width:.1f} < {divisor} channels; use a width >= {divisor / min(narrow):.3f}"
+        )
+
+    def rf(c: int) -> int:
+        return round_filters(c, width, divisor=divisor, round_limit=limit)
+
+    stages = tuple(
+        s.__class__(
+            op=s.op, repeats=round_repeats(s.repeats, depth), kernel=s.kernel, stride=s.stride,
+            expand=s.expand, channels=rf(s.channels), se=s.se,
+        )
+        for s in spec.stages
+    )
+    return spec.replace(
+        name=name or f"{spec.name}_w{width:g}_d{depth:g}_r{resolution or spec.resolution}",
+        stages=stages,
+        stem_channels=rf(spec.stem_channels),
+        head_channels=rf(spec.head_channels),
+        resolution=resolution or spec.resolution,
+        dropout=spec.dropout if dropout is None else dropout,
+        width=spec.width * width,
+        depth=spec.depth * depth,
+    )
+
+
+@dataclass(frozen=True)
+class CompoundCoefficients:
+    """The multipliers compound scaling applies for one ``phi``."""
+
+    phi: float
+    depth: float
+    width: float
+    resolution: int
+    flops_ratio_predicted: float
+
+
+def compound_coefficients(
+    phi: float, base_resolution: int, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA
+) -> CompoundCoefficients:
+    """d = alpha^phi, w = beta^phi, r = gamma^phi (EfficientNet eq. 3).
+
+    FLOPs of a ConvNet grow as d * w^2 * r^2, hence the predicted ratio
+    (alpha * beta^2 * gamma^2)^phi.
+    """
+    for label, value in (("alpha", alpha), ("beta", beta), ("gamma", gamma)):
+        if value <= 0:
+            raise ValueError(f"compound scaling: {label} must be positive, got {value}")
+    resolution = int(round(base_resolution * gamma**phi))
+    if resolution <= 0:
+        raise ValueError(f"compound scaling: phi={phi} gives a non-positive resolution {resolution}")
+    return CompoundCoefficients(
+        phi=phi, depth=alpha**phi, width=beta**phi, resolution=resolution,
+        flops_ratio_predicted=(alpha * beta**2 * gamma**2) ** phi,
+    )
+
+
+def compound_scale(
+    spec: ModelSpec, phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA
+) -> ModelSpec:
+    """Pure compound scaling of ``spec`` by coefficient ``phi`` (any real; negative shrinks).
+
+    Unlike the published B1-B7 (hand-rounded coefficients, see ``effnet.specs.V1_FAMILY``),
+    this applies alpha^phi, beta^phi, gamma^phi exactly: phi = 1 gives depth 1.2, width 1.1 and
+    224 * 1.15 = 258 px.
+    """
+    c = compound_coefficients(phi, spec.resolution, alpha, beta, gamma)
+    return scale(spec, width=c.width, depth=c.depth, resolution=c.resolution,
+                 name=f"{spec.name}_phi{phi:g}")
+
+
+def from_family(name: str, row: FamilyRow) -> ModelSpec:
+    """The published family member ``row`` as a spec named ``name``."""
+    spec = scale(row.base, width=row.width, depth=row.depth, resolution=row.resolution,
+                 name=name, dropout=row.dropout)
+    return spec.replace(train_resolution=row.train_resolution)
+
+
+def v2_scale(
+    spec: ModelSpec,
+    phi: float,
+    alpha: float = ALPHA,
+    beta: float = BETA,
+    gamma: float = GAMMA,
+    max_resolution: int = 480,
+    extra_layers_from_stage: int = 4,
+) -> ModelSpec:
+    """The EfficientNetV2 variant of compound scaling (V2 paper section 3.3).
+
+    Two changes to V1's rule: the resolution is capped at ``max_resolution`` (larger images
+    cost memory and time for little accuracy), and depth is added only to the later stages
+    (index >= ``extra_layers_from_stage``, 0-based), where it costs less runtime.
+    """
+    c = compound_coefficients(phi, spec.resolution, alpha, beta, gamma)
+    scaled = scale(spec, width=c.width, depth=1.0, resolution=min(c.resolution, max_resolution),
+                   name=f"{spec.name}_v2phi{phi:g}")
+    stages = tuple(
+        s if i < extra_layers_from_stage else s.__class__(**{**s.__dict__, "repeats": round_repeats(s.repeats, c.depth)})
+        for i, s in enumerate(scaled.stages)
+    )
+    return scaled.replace(stages=stages, depth=c.depth)

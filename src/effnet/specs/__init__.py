@@ -1,0 +1,26 @@
+"""Model specifications as data (paper tables)."""
+
+from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
+from effnet.specs.v1 import EFFICIENTNET_B0, V1_FAMILY
+from effnet.specs.v2 import (
+    EFFICIENTNETV2_BASE,
+    EFFICIENTNETV2_L,
+    EFFICIENTNETV2_M,
+    EFFICIENTNETV2_S,
+    EFFICIENTNETV2_XL,
+    V2_FAMILY,
+)
+
+__all__ = [
+    "EFFICIENTNETV2_BASE",
+    "EFFICIENTNETV2_L",
+    "EFFICIENTNETV2_M",
+    "EFFICIENTNETV2_S",
+    "EFFICIENTNETV2_XL",
+    "EFFICIENTNET_B0",
+    "V1_FAMILY",
+    "V2_FAMILY",
+    "FamilyRow",
+    "ModelSpec",
+    "StageSpec",
+]

@@ -1,0 +1,193 @@
+"""Stage and model specifications: the paper tables as frozen, serialisable data.
+
+A :class:`ModelSpec` holds *absolute* channel counts and repeats, so a spec is always the exact
+architecture that :func:`effnet.build` will construct. Scaling (``effnet.scaling``) is a pure
+function from one spec to another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Op = Literal["mbconv", "fused"]
+Padding = Literal["symmetric", "same"]
+
+_OPS = ("mbconv", "fused")
+_PADDINGS = ("symmetric", "same")
+_ACTIVATIONS = ("silu", "relu", "relu6", "gelu", "hardswish")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One row of a paper table: ``repeats`` identical blocks, the first with ``stride``.
+
+    ``se`` is the squeeze-excitation ratio relative to the block's *input* channels
+    (EfficientNet Table 1 footnote; the official code divides by the expansion ratio).
+    ``expand`` is the expansion ratio of the inverted bottleneck (1 = no expansion conv).
+    """
+
+    op: Op
+    repeats: int
+    kernel: int
+    stride: int
+    expand: float
+    channels: int
+    se: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"StageSpec.op: expected one of {_OPS}, got {self.op!r}")
+        for name in ("repeats", "kernel", "stride", "channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"StageSpec.{name}: expected a positive integer, got {value!r}")
+        if self.kernel % 2 == 0:
+            raise ValueError(f"StageSpec.kernel: expected an odd kernel size, got {self.kernel}")
+        if self.stride not in (1, 2):
+            raise ValueError(f"StageSpec.stride: expected 1 or 2, got {self.stride}")
+        if self.expand < 1:
+            raise ValueError(f"StageSpec.expand: expected >= 1, got {self.expand}")
+        if not 0.0 <= self.se < 1.0:
+            raise ValueError(f"StageSpec.se: expected a ratio in [0, 1), got {self.se}")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A whole network: stem, stages, head and the defaults it is trained and evaluated with.
+
+    ``round_limit`` is the "10% rule" of channel rounding that :func:`effnet.scaling.scale`
+    applies to this family (0.9 for V1; 0.0 disables it, as the V2 code does).
+    BatchNorm momentum follows the PyTorch convention: TF/Keras ``momentum=0.99`` is
+    PyTorch ``momentum=0.01`` (PyTorch weights the *new* batch statistic).
+    """
+
+    name: str
+    stages: tuple[StageSpec, ...]
+    stem_channels: int
+    head_channels: int
+    resolution: int
+    dropout: float = 0.2
+    drop_path_rate: float = 0.2
+    activation: str = "silu"
+    bn_eps: float = 1e-3
+    bn_momentum: float = 0.01
+    padding: Padding = "symmetric"
+    in_channels: int = 3
+    num_classes: int = 1000
+    round_limit: float = 0.9
+    train_resolution: int | None = None
+    width: float = 1.0
+    depth: float = 1.0
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError("ModelSpec.stages: expected at least one stage, got none")
+        stages = tuple(s if isinstance(s, StageSpec) else StageSpec(**s) for s in self.stages)
+        object.__setattr__(self, "stages", stages)
+        if not isinstance(self.resolution, int) or self.resolution <= 0:
+            raise ValueError(
+                f"ModelSpec.resolution: expected a positive integer, got {self.resolution!r}"
+            )
+        for name in ("stem_channels", "head_channels", "in_channels", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelSpec.{name}: expected a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ModelSpec.dropout: expected a rate in [0, 1), got {self.dropout}")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(
+                f"ModelSpec.drop_path_rate: expected a rate in [0, 1), got {self.drop_path_rate}"
+            )
+        if self.padding not in _PADDINGS:
+            raise ValueError(f"ModelSpec.padding: expected one of {_PADDINGS}, got {self.padding!r}")
+        if self.activation not in _ACTIVATIONS:
+            raise ValueError(
+                f"ModelSpec.activation: expected one of {_ACTIVATIONS}, got {self.activation!r}"
+            )
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(s.repeats for s in self.stages)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """A copy with ``changes`` applied (validated like a new spec)."""
+        valid = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - valid)
+        if unknown:
+            raise ValueError(
+                f"unknown spec field(s) {unknown}: expected some of {sorted(valid)}"
+            )
+        return dataclasses.replace(self, **changes)
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
+        if not isinstance(d, dict):
+            raise ValueError(f"ModelSpec.from_dict: expected a mapping, got {type(d).__name__}")
+        valid = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - valid)
+        if unknown:
+            raise ValueError(f"ModelSpec: unknown field(s) {unknown}; valid fields are {sorted(valid)}")
+        d = dict(d)
+        d["stages"] = tuple(StageSpec(**s) for s in d.get("stages", ()))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls.from_dict(json.loads(text))
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str) -> ModelSpec:
+        import yaml
+
+        return cls.from_dict(yaml.safe_load(text))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the spec as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        path = Path(path)
+        text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
+        path.write_text(text)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> ModelSpec:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"spec file not found: {path}")
+        text = path.read_text()
+        return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
+
+
+@dataclass(frozen=True)
+class FamilyRow:
+    """A published family member: (base spec, width, depth, resolution, dropout).
+
+    EfficientNet Table 2 / official ``efficientnet_params``; EfficientNetV2 official
+    ``efficientnetv2_params``. ``train_resolution`` is the V2 training size.
+    """
+
+    base: ModelSpec
+    width: float
+    depth: float
+    resolution: int
+    dropout: float
+    train_resolution: int | None = None
