@@ -1,0 +1,89 @@
+"""Weights: self-describing files, loading, converters from torchvision/timm/Keras, download cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from effnet.model import EfficientNet, build
+from effnet.specs.base import ModelSpec
+from effnet.weights.format import (
+    Preprocessing,
+    WeightFile,
+    check_state_dict,
+    read_weights,
+    save_weights,
+)
+
+__all__ = [
+    "Preprocessing",
+    "PreprocessedModel",
+    "WeightFile",
+    "check_state_dict",
+    "load_into",
+    "load_model",
+    "read_weights",
+    "save_weights",
+]
+
+
+class PreprocessedModel(nn.Module):
+    """Wraps a model so it takes raw RGB pixels (float 0-255, NCHW) and normalises them itself
+    with the scaling recorded in the weight file: ``(x * scale - mean) / std``."""
+
+    def __init__(self, model: EfficientNet, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        self.model = model
+        self.preprocessing = preprocessing
+        p = preprocessing
+        self.register_buffer("offset", torch.tensor(p.mean).view(1, -1, 1, 1) / p.scale, persistent=False)
+        self.register_buffer("divisor", torch.tensor(p.std).view(1, -1, 1, 1) / p.scale, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model((x - self.offset) / self.divisor)
+
+
+def load_model(
+    path: str | Path, include_preprocessing: bool = False, map_location: str | torch.device = "cpu"
+) -> nn.Module:
+    """A ready model (eval mode) from a self-describing weight file alone.
+
+    The returned model takes normalised input, as torchvision/timm models do; with
+    ``include_preprocessing=True`` it takes raw RGB pixels (float 0-255, NCHW) instead.
+    The file's spec, preprocessing, source and class names are attached as attributes.
+    """
+    wf = read_weights(path)
+    model = build(wf.spec)
+    check_state_dict(model, wf.state_dict, what=f"weights in {path}")
+    model.load_state_dict(wf.state_dict)
+    model.preprocessing = wf.preprocessing  # type: ignore[assignment]
+    model.class_names = wf.class_names  # type: ignore[assignment]
+    model.source = wf.source  # type: ignore[assignment]
+    model = model.to(map_location).eval()
+    if include_preprocessing:
+        return PreprocessedModel(model, wf.preprocessing).to(map_location).eval()
+    return model
+
+
+def load_into(
+    name: str, spec: ModelSpec, num_classes: int = 1000, weights: str | Path | None = None,
+    pretrained: bool = False, **overrides: Any,
+) -> EfficientNet:
+    """Build ``spec`` (registered as ``name``) and load ``weights`` (a file) into it.
+
+    A classifier of a different size than ``num_classes`` is replaced by a new head (fine-tuning).
+    """
+    if weights is None:
+        raise NotImplementedError("pretrained download lands with the download cache")
+    wf = read_weights(weights)
+    file_classes = wf.spec.num_classes
+    model = build(spec.replace(num_classes=file_classes, **overrides))
+    check_state_dict(model, wf.state_dict, what=f"weights {weights} for {name}")
+    model.load_state_dict(wf.state_dict)
+    if num_classes != file_classes:
+        model.reset_classifier(num_classes)
+    model.preprocessing = wf.preprocessing  # type: ignore[assignment]
+    return model
