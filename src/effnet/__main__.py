@@ -1,0 +1,7 @@
+"""`python -m effnet` (and `torchrun -m effnet train ...`)."""
+
+import sys
+
+from effnet.cli import main
+
+sys.exit(main())
