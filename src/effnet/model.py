@@ -67,9 +67,13 @@ class EfficientNet(nn.Module):
     # --- construction helpers ------------------------------------------------------------
     def _init_weights(self) -> None:
         # Official TF initialisers: conv He-normal on fan-out; dense uniform(+-1/sqrt(out)).
+        # fan-out counts one group's outputs (k * k * out / groups): for a depthwise conv TF's
+        # kernel is (k, k, C, 1), so fan-out is k * k. PyTorch's own fan-out (out * k * k) would
+        # shrink depthwise weights by sqrt(C) and make activations vanish through the stages.
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.BatchNorm2d):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from effnet.scaling.rounding import round_filters, round_repeats
@@ -21,12 +22,14 @@ def scale(
     dropout: float | None = None,
     divisor: int = 8,
     round_limit: float | None = None,
+    depth_rounding: str = "ceil",
 ) -> ModelSpec:
     """Scale ``spec``'s width (channels), depth (repeats) and input resolution.
 
     Channels of the stem, every stage and the head are rounded with :func:`round_filters`
     (``round_limit`` defaults to the spec family's rule: 0.9 for V1, 0 for V2), repeats with
-    :func:`round_repeats`. ``resolution`` is the new absolute input size (default: unchanged).
+    :func:`round_repeats` (``depth_rounding`` "ceil" as the official code, or "round").
+    ``resolution`` is the new absolute input size (default: unchanged).
     """
     if width <= 0 or depth <= 0:
         raise ValueError(f"scale: width and depth must be positive, got width={width}, depth={depth}")
@@ -44,10 +47,7 @@ def scale(
         return round_filters(c, width, divisor=divisor, round_limit=limit)
 
     stages = tuple(
-        s.__class__(
-            op=s.op, repeats=round_repeats(s.repeats, depth), kernel=s.kernel, stride=s.stride,
-            expand=s.expand, channels=rf(s.channels), se=s.se,
-        )
+        dataclasses.replace(s, repeats=round_repeats(s.repeats, depth, depth_rounding), channels=rf(s.channels))
         for s in spec.stages
     )
     return spec.replace(
@@ -94,17 +94,21 @@ def compound_coefficients(
 
 
 def compound_scale(
-    spec: ModelSpec, phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA
+    spec: ModelSpec, phi: float, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+    depth_rounding: str = "round",
 ) -> ModelSpec:
     """Pure compound scaling of ``spec`` by coefficient ``phi`` (any real; negative shrinks).
 
     Unlike the published B1-B7 (hand-rounded coefficients, see ``effnet.specs.V1_FAMILY``),
     this applies alpha^phi, beta^phi, gamma^phi exactly: phi = 1 gives depth 1.2, width 1.1 and
-    224 * 1.15 = 258 px.
+    224 * 1.15 = 258 px. Repeats are rounded to nearest by default so that FLOPs track the
+    predicted (alpha * beta^2 * gamma^2)^phi (within ~7% for B0, phi = 1..4); pass
+    ``depth_rounding="ceil"`` for the official code's rule (which overshoots, see
+    :func:`~effnet.scaling.round_repeats`).
     """
     c = compound_coefficients(phi, spec.resolution, alpha, beta, gamma)
     return scale(spec, width=c.width, depth=c.depth, resolution=c.resolution,
-                 name=f"{spec.name}_phi{phi:g}")
+                 name=f"{spec.name}_phi{phi:g}", depth_rounding=depth_rounding)
 
 
 def from_family(name: str, row: FamilyRow) -> ModelSpec:
@@ -133,7 +137,7 @@ def v2_scale(
     scaled = scale(spec, width=c.width, depth=1.0, resolution=min(c.resolution, max_resolution),
                    name=f"{spec.name}_v2phi{phi:g}")
     stages = tuple(
-        s if i < extra_layers_from_stage else s.__class__(**{**s.__dict__, "repeats": round_repeats(s.repeats, c.depth)})
+        s if i < extra_layers_from_stage else dataclasses.replace(s, repeats=round_repeats(s.repeats, c.depth, "round"))
         for i, s in enumerate(scaled.stages)
     )
     return scaled.replace(stages=stages, depth=c.depth)

@@ -29,15 +29,22 @@ def round_filters(
     return int(rounded)
 
 
-def round_repeats(repeats: int, depth: float) -> int:
-    """Scale a stage's block count by ``depth``, rounding *up*.
+def round_repeats(repeats: int, depth: float, mode: str = "ceil") -> int:
+    """Scale a stage's block count by ``depth``; ``mode`` "ceil" (default) or "round".
 
-    Ceil (not round) so that any depth multiplier > 1 adds at least one layer to every stage
-    and no stage ever vanishes (official ``round_repeats``: ``int(math.ceil(d * r))``).
+    "ceil" is the official code's rule (``int(math.ceil(d * r))``) and reproduces the published
+    B1-B7: any depth multiplier > 1 adds at least one layer to every stage. On B0's short
+    stages (1, 2, 2, 3, 3, 4, 1 blocks) it overshoots, though: depth 1.2 becomes 1.5x the
+    blocks, so FLOPs no longer grow as d * w^2 * r^2. "round" (to nearest, ties up) keeps the
+    total close to ``depth`` and is what pure compound scaling uses. Never below one block.
     """
+    if mode not in ("ceil", "round"):
+        raise ValueError(f"round_repeats: mode must be 'ceil' or 'round', got {mode!r}")
     if repeats <= 0:
         raise ValueError(f"round_repeats: expected positive repeats, got {repeats}")
     if depth <= 0:
         raise ValueError(f"round_repeats: expected a positive depth multiplier, got {depth}")
-    # A tiny tolerance keeps 3 * 1.1 * 10 / 10 style float noise from adding a layer.
+    if mode == "round":
+        return max(1, int(math.floor(repeats * depth + 0.5)))
+    # A tiny tolerance keeps float noise (e.g. 2 * 1.1 * 5 / 5) from adding a layer.
     return max(1, int(math.ceil(repeats * depth - 1e-9)))

@@ -1,0 +1,168 @@
+"""Measurement: parameters, multiply-adds, activation memory and CPU latency.
+
+FLOPs follow the papers' convention: *multiply-adds* (EfficientNet-B0 = 0.39B at 224 px).
+They are counted by ``torch.utils.flop_counter`` (which reports 2 FLOPs per multiply-add for
+convolutions and matmuls), on the meta device so that even L2 at 800 px costs no compute.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from effnet.model import EfficientNet, build
+from effnet.registry import get_spec
+from effnet.specs.base import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+def _resolve(model: str | ModelSpec, resolution: int | None) -> tuple[ModelSpec, int]:
+    spec = get_spec(model) if isinstance(model, str) else model
+    res = spec.resolution if resolution is None else resolution
+    if not isinstance(res, int) or res <= 0:
+        raise ValueError(f"resolution: expected a positive integer, got {res!r}")
+    return spec, res
+
+
+def count_params(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def count_flops(model: str | ModelSpec | nn.Module, resolution: int | None = None, batch: int = 1) -> int:
+    """Multiply-adds of one forward pass at ``resolution`` (per batch of ``batch`` images).
+
+    A name or spec is built on the meta device (no memory, no compute); a module is run as is
+    on a meta input only if its parameters are on meta, otherwise on a real zero input.
+    """
+    if isinstance(model, nn.Module):
+        spec = getattr(model, "spec", None)
+        res = resolution or (spec.resolution if spec else 224)
+        device = next(model.parameters()).device
+        in_ch = spec.in_channels if spec else 3
+        x = torch.zeros(batch, in_ch, res, res, device=device)
+        net = model
+    else:
+        spec, res = _resolve(model, resolution)
+        with torch.device("meta"):
+            net = build(spec)
+        x = torch.empty(batch, spec.in_channels, res, res, device="meta")
+    was_training = net.training
+    net.eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        net(x)
+    net.train(was_training)
+    # flop_counter counts 2 FLOPs per multiply-add for conv/matmul; the papers count MACs.
+    return counter.get_total_flops() // 2
+
+
+def activation_memory(model: nn.Module, resolution: int, batch: int = 1) -> int:
+    """Bytes of activations autograd keeps for the backward pass of one training forward.
+
+    Measured, not estimated: every tensor saved for backward is recorded through
+    ``torch.autograd.graph.saved_tensors_hooks``; parameters and tensors sharing storage with
+    one already counted are skipped.
+    """
+    device = next(model.parameters()).device
+    in_ch = getattr(getattr(model, "spec", None), "in_channels", 3)
+    x = torch.randn(batch, in_ch, resolution, resolution, device=device)
+    param_ptrs = {p.data_ptr() for p in model.parameters()}
+    seen: set[int] = set()
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in param_ptrs and ptr not in seen:
+            seen.add(ptr)
+            total += t.untyped_storage().nbytes()
+        return t
+
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(x)
+    del out
+    model.train(was_training)
+    return total
+
+
+def latency(
+    model: nn.Module, resolution: int, batch: int = 1, warmup: int = 2, runs: int = 10,
+    threads: int | None = None,
+) -> float:
+    """Median seconds of an inference forward pass (eval, ``torch.inference_mode``)."""
+    if runs < 1:
+        raise ValueError(f"runs: expected >= 1, got {runs}")
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    device = next(model.parameters()).device
+    in_ch = getattr(getattr(model, "spec", None), "in_channels", 3)
+    x = torch.randn(batch, in_ch, resolution, resolution, device=device)
+    was_training = model.training
+    model.eval()
+    times = []
+    try:
+        with torch.inference_mode():
+            for i in range(warmup + runs):
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                model(x)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if i >= warmup:
+                    times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old_threads)
+        model.train(was_training)
+    return statistics.median(times)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What ``effnet profile`` reports."""
+
+    model: str
+    resolution: int
+    params: int
+    flops: int
+    activation_bytes: int | None = None
+    latency_ms: float | None = None
+    batch: int = 1
+    threads: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def profile_model(
+    model: str | ModelSpec, resolution: int | None = None, *, memory: bool = True, timing: bool = True,
+    batch: int = 1, runs: int = 10, threads: int | None = None,
+) -> Profile:
+    """Parameters and multiply-adds (always), activation memory and CPU latency (optional)."""
+    spec, res = _resolve(model, resolution)
+    flops = count_flops(spec, res)
+    net: EfficientNet | None = None
+    if memory or timing:
+        net = build(spec)
+        params = count_params(net)
+    else:
+        with torch.device("meta"):
+            params = count_params(build(spec))
+    act = activation_memory(net, res, batch) if memory and net is not None else None
+    lat = latency(net, res, batch, runs=runs, threads=threads) * 1e3 if timing and net is not None else None
+    return Profile(model=spec.name, resolution=res, params=params, flops=flops, activation_bytes=act,
+                   latency_ms=lat, batch=batch, threads=threads or torch.get_num_threads())
+
+
+__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model"]
