@@ -10,19 +10,29 @@ from torch import nn
 
 from effnet.model import EfficientNet, build
 from effnet.specs.base import ModelSpec
+from effnet.weights.convert import convert
 from effnet.weights.format import (
     Preprocessing,
     WeightFile,
+    atomic_write,
     check_state_dict,
     read_weights,
     save_weights,
 )
+from effnet.weights.hub import PRETRAINED, cache_dir, fetch_pretrained
+from effnet.weights.peers import list_peers
 
 __all__ = [
+    "PRETRAINED",
     "Preprocessing",
     "PreprocessedModel",
     "WeightFile",
+    "atomic_write",
+    "cache_dir",
     "check_state_dict",
+    "convert",
+    "fetch_pretrained",
+    "list_peers",
     "load_into",
     "load_model",
     "read_weights",
@@ -68,22 +78,42 @@ def load_model(
     return model
 
 
+#: Spec fields that decide tensor shapes: a weight file must agree with the named model on these.
+_SHAPE_FIELDS = ("stages", "stem_channels", "head_channels", "in_channels")
+
+
 def load_into(
     name: str, spec: ModelSpec, num_classes: int = 1000, weights: str | Path | None = None,
     pretrained: bool = False, **overrides: Any,
 ) -> EfficientNet:
-    """Build ``spec`` (registered as ``name``) and load ``weights`` (a file) into it.
+    """Build ``spec`` (registered as ``name``) and load ``weights`` (a file) into it;
+    ``pretrained=True`` uses the published weights (downloaded once, then cached).
 
-    A classifier of a different size than ``num_classes`` is replaced by a new head (fine-tuning).
+    The runtime details recorded in the file (BatchNorm eps, TF "same" padding, activation)
+    are kept, since the weights only reproduce their outputs with them; the layer shapes must
+    be those of ``name``. A classifier of a different size than ``num_classes`` is replaced by
+    a new head (fine-tuning).
     """
     if weights is None:
-        raise NotImplementedError("pretrained download lands with the download cache")
+        if not pretrained:
+            raise ValueError(f"load_into({name!r}): expected weights=PATH or pretrained=True")
+        from effnet.weights.hub import fetch_pretrained
+
+        weights = fetch_pretrained(name)
     wf = read_weights(weights)
+    differ = [f for f in _SHAPE_FIELDS if getattr(wf.spec, f) != getattr(spec, f)]
+    if differ:
+        raise ValueError(
+            f"weights {weights} are for {wf.spec.name!r} ({wf.source or 'unknown source'}), whose "
+            f"{', '.join(differ)} differ from {name!r}: expected weights converted for {name}, or "
+            f"load the file as it is with effnet.load_model({str(weights)!r})"
+        )
     file_classes = wf.spec.num_classes
-    model = build(spec.replace(num_classes=file_classes, **overrides))
+    model = build(wf.spec.replace(name=name, num_classes=file_classes, **overrides))
     check_state_dict(model, wf.state_dict, what=f"weights {weights} for {name}")
     model.load_state_dict(wf.state_dict)
     if num_classes != file_classes:
         model.reset_classifier(num_classes)
     model.preprocessing = wf.preprocessing  # type: ignore[assignment]
+    model.source = wf.source  # type: ignore[assignment]
     return model

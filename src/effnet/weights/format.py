@@ -137,7 +137,7 @@ def read_weights(path: str | Path) -> WeightFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(
             f"{path} is not a readable safetensors file (truncated or corrupt?): {e}"
@@ -167,12 +167,14 @@ def check_state_dict(model: nn.Module, state: dict[str, torch.Tensor], what: str
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)
     ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), first: {missing[:5]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), first: {unexpected[:5]}")
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatch(es), first: {shapes[:5]}")
-        raise ValueError(f"{what} do not fit the architecture: " + "; ".join(parts))
+    report = describe_mismatches(
+        [("missing key(s)", missing), ("unexpected key(s)", unexpected), ("shape mismatch(es)", shapes)]
+    )
+    if report:
+        raise ValueError(f"{what} do not fit the architecture: {report}")
+
+
+def describe_mismatches(problems: list[tuple[str, list[str]]], first: int = 5) -> str:
+    """``"3 missing key(s), first: [...]; ..."`` for the non-empty lists ("" when all are empty),
+    so that a refused file names the first offending keys and shapes."""
+    return "; ".join(f"{len(items)} {label}, first: {items[:first]}" for label, items in problems if items)
