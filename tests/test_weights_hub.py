@@ -1,0 +1,146 @@
+"""Download-and-cache of published weights, against a loopback HTTP server (never the network)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import effnet
+from effnet.weights import hub
+from effnet.weights.hub import Checksum, PretrainedSource, fetch_pretrained
+from test_weights_convert import _random_source
+
+NAME = "efficientnetv2_b0"
+
+
+class _Server:
+    """Serves ``files`` on 127.0.0.1; ``truncate`` sends half the body, then hangs up."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.truncate = False
+        self.hits = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server API)
+                server.hits += 1
+                body = server.files.get(self.path.lstrip("/"))
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body[: len(body) // 2] if server.truncate else body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    path = tmp_path_factory.mktemp("ckpt") / "timm.pth"
+    torch.save(_random_source("timm", "tf_efficientnetv2_b0"), path)
+    return path.read_bytes()
+
+
+@pytest.fixture
+def server(checkpoint: bytes) -> Iterator[_Server]:
+    s = _Server()
+    s.files["tf_efficientnetv2_b0-0123abcd.pth"] = checkpoint
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _entry(server: _Server, checkpoint: bytes, digest: str | None = None) -> PretrainedSource:
+    return PretrainedSource(f"{server.url}/tf_efficientnetv2_b0-0123abcd.pth", "timm", "tf_efficientnetv2_b0",
+                            Checksum("sha256", digest or hashlib.sha256(checkpoint).hexdigest()))
+
+
+def _files(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+
+
+def test_download_verify_convert_then_offline(server: _Server, checkpoint: bytes, cache: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(hub.PRETRAINED, NAME, _entry(server, checkpoint))
+    model = effnet.create_model(NAME, pretrained=True)
+    assert model.spec.padding == "same" and server.hits == 1
+    assert _files(cache) == [f"{NAME}.timm.safetensors"]  # only the converted file is kept
+    server.close()  # offline from here on: the cache answers
+    again = effnet.create_model(NAME, pretrained=True, num_classes=10)
+    assert again.classifier.out_features == 10
+    assert torch.equal(again.state_dict()["stem.conv.weight"], model.state_dict()["stem.conv.weight"])
+
+
+def test_prefix_checksum(server: _Server, checkpoint: bytes, cache: Path) -> None:
+    prefix = hashlib.sha256(checkpoint).hexdigest()[:8]
+    entry = PretrainedSource(f"{server.url}/tf_efficientnetv2_b0-0123abcd.pth", "timm",
+                             "tf_efficientnetv2_b0", Checksum("sha256", prefix, prefix=True))
+    assert fetch_pretrained(NAME, table={NAME: entry}).is_file()
+
+
+def test_wrong_sha256_is_refused_and_nothing_cached(server: _Server, checkpoint: bytes, cache: Path) -> None:
+    table = {NAME: _entry(server, checkpoint, digest="0" * 64)}
+    with pytest.raises(ValueError, match="checksum mismatch"):
+        fetch_pretrained(NAME, table=table)
+    assert _files(cache) == []
+
+
+def test_interrupted_download_leaves_nothing(server: _Server, checkpoint: bytes, cache: Path) -> None:
+    server.truncate = True
+    with pytest.raises(RuntimeError, match="could not download"):
+        fetch_pretrained(NAME, table={NAME: _entry(server, checkpoint)})
+    assert _files(cache) == []
+
+
+def test_offline_error_names_url_and_convert_command(cache: Path) -> None:
+    entry = PretrainedSource("http://127.0.0.1:9/efficientnet_b0_rwightman-7f5810bc.pth", "torchvision",
+                             "efficientnet_b0", Checksum("sha256", "7f5810bc", prefix=True))
+    with pytest.raises(RuntimeError) as err:
+        fetch_pretrained("efficientnet_b0", table={"efficientnet_b0": entry})
+    msg = str(err.value)
+    assert entry.url in msg
+    assert "effnet convert FILE" in msg and "--source torchvision --model efficientnet_b0" in msg
+    assert str(cache / "efficientnet_b0.torchvision.safetensors") in msg
+
+
+def test_file_url_and_unknown_name(checkpoint: bytes, cache: Path, tmp_path: Path) -> None:
+    src = tmp_path / "tf_efficientnetv2_b0-0123abcd.pth"
+    src.write_bytes(checkpoint)
+    entry = PretrainedSource(src.as_uri(), "timm", "tf_efficientnetv2_b0",
+                             Checksum("sha256", hashlib.sha256(checkpoint).hexdigest()))
+    assert fetch_pretrained(NAME, table={NAME: entry}).is_file()
+    with pytest.raises(ValueError, match="no published weights known"):
+        fetch_pretrained("efficientnet_b9", table={})
+
+
+def test_published_table_is_well_formed() -> None:
+    for name, entry in hub.PRETRAINED.items():
+        assert name in effnet.REGISTRY
+        assert entry.url.startswith("https://")
+        hex_len = {"sha256": 64, "md5": 32}[entry.checksum.algorithm]
+        assert len(entry.checksum.hexdigest) == (8 if entry.checksum.prefix else hex_len), name
