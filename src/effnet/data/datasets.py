@@ -1,0 +1,206 @@
+"""Image datasets: class folders on disk and the embedded ``digits`` set.
+
+Every sample is a PIL image plus an integer label; decoding happens in ``__getitem__`` so that a
+DataLoader decodes in worker processes. A file that cannot be decoded does not crash the run:
+:class:`DecodedDataset` returns it with label ``-1`` and its index, the loop drops it from the
+batch and :class:`SkipLog` reports it at the end.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+#: File types read from image folders (matched case-insensitively).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+#: Label given to a sample that could not be decoded; the loop drops such samples.
+UNREADABLE = -1
+#: The embedded default dataset.
+DIGITS = "digits"
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, palette, RGBA/LA and CMYK become RGB (alpha is composited on white)."""
+    if img.mode == "RGB":
+        return img
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        background = Image.new("RGB", img.size, (255, 255, 255))
+        background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
+        return background
+    return img.convert("RGB")
+
+
+@dataclass
+class Split:
+    """One split: sample sources (file paths, or in-memory images) and their labels."""
+
+    items: list[Path | Image.Image]
+    labels: list[int]
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def describe(self, item_index: int) -> str:
+        item = self.items[item_index]
+        return str(item) if isinstance(item, Path) else f"sample #{item_index}"
+
+
+class DecodedDataset(torch.utils.data.Dataset):
+    """``(image uint8 (3, H, W), label, index)``; an unreadable file gives label ``UNREADABLE``."""
+
+    def __init__(self, split: Split, transform: Callable[[Image.Image], torch.Tensor], size: int) -> None:
+        self.split, self.transform, self.size = split, transform, size
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
+        item = self.split.items[index]
+        try:
+            if isinstance(item, Path):
+                with Image.open(item) as f:
+                    img = to_rgb(f)
+                    img.load()
+            else:
+                img = to_rgb(item)
+            return self.transform(img), self.split.labels[index], index
+        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
+            # Truncated JPEGs raise OSError, garbage raises UnidentifiedImageError (an OSError).
+            log.debug("cannot decode %s: %s", item, e)
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), UNREADABLE, index
+
+
+@dataclass
+class SkipLog:
+    """Unreadable samples met during a run (counted in the main process from the batch labels)."""
+
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add(self, split: Split, indices: Sequence[int]) -> None:
+        for i in indices:
+            self.skipped[split.describe(int(i))] = 1
+
+    def report(self) -> None:
+        if self.skipped:
+            names = sorted(self.skipped)
+            log.warning("skipped %d unreadable image(s): %s%s", len(names), ", ".join(names[:10]),
+                        " ..." if len(names) > 10 else "")
+
+
+def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    if not root.is_dir():
+        raise NotADirectoryError(f"image folder not found or not a directory: {root}")
+    try:
+        class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    except PermissionError as e:
+        raise ValueError(f"cannot read image folder {root}: {e}; check its permissions") from e
+    names = [p.name for p in class_dirs]
+    paths: list[Path] = []
+    labels: list[int] = []
+    for label, d in enumerate(class_dirs):
+        try:
+            files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        except PermissionError as e:
+            raise ValueError(f"cannot read class folder {d}: {e}; check its permissions") from e
+        paths += files
+        labels += [label] * len(files)
+    return paths, labels, names
+
+
+def _check(split: Split, what: str, root: object) -> None:
+    if len(split) == 0:
+        raise ValueError(
+            f"the {what} split of {root} is empty: expected images ({', '.join(IMAGE_EXTENSIONS)}) "
+            f"in one sub-folder per class"
+        )
+    if len(split.class_names) < 2:
+        raise ValueError(
+            f"{root} has {len(split.class_names)} class folder(s) ({split.class_names}); "
+            f"classification needs at least 2: put each class's images in its own sub-folder"
+        )
+
+
+def _seeded_split(n: int, labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Stratified: each class keeps about ``val_fraction`` of its samples for validation."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction}")
+    rng = random.Random(seed)
+    train, val = [], []
+    for c in sorted(set(labels)):
+        idx = [i for i in range(n) if labels[i] == c]
+        rng.shuffle(idx)
+        k = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
+        val += idx[:k]
+        train += idx[k:]
+    return sorted(train), sorted(val)
+
+
+def _subset(split: Split, idx: list[int]) -> Split:
+    return Split([split.items[i] for i in idx], [split.labels[i] for i in idx], split.class_names)
+
+
+def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
+    """scikit-learn's bundled 8x8 digits (1797 images, 10 classes) as grayscale PIL images,
+    with a fixed seeded, stratified train/val split."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    # Pixel values are 0..16: stretch to 0..255 so the usual normalisation applies.
+    images = [Image.fromarray((img * (255.0 / 16.0)).round().astype("uint8"), mode="L") for img in d.images]
+    full = Split(list(images), [int(t) for t in d.target], [str(i) for i in range(10)])
+    train, val = _seeded_split(len(full), full.labels, val_fraction, seed)
+    return _subset(full, train), _subset(full, val)
+
+
+def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
+    """``(train, val)`` from ``digits``, ``DIR/train`` + ``DIR/val`` (or ``validation``), or
+    one ``DIR/<class>/*`` folder split by a seeded ``val_fraction``."""
+    if str(data) == DIGITS:
+        return load_digits_split(val_fraction, seed)
+    root = Path(data)
+    if not root.is_dir():
+        raise NotADirectoryError(
+            f"data folder not found: {root} (expected DIR/train/<class>/*, DIR/<class>/* or 'digits')"
+        )
+    val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    if (root / "train").is_dir() and val_dir is not None:
+        train = Split(*_scan_classes(root / "train"))
+        val_paths, val_labels, val_names = _scan_classes(val_dir)
+        if val_names != train.class_names:
+            raise ValueError(
+                f"class folders differ between {root / 'train'} and {val_dir}: "
+                f"{train.class_names} vs {val_names}; use the same class sub-folders in both"
+            )
+        val = Split(val_paths, val_labels, val_names)
+    else:
+        full = Split(*_scan_classes(root))
+        _check(full, "whole", root)
+        tr, va = _seeded_split(len(full), full.labels, val_fraction, seed)
+        train, val = _subset(full, tr), _subset(full, va)
+    _check(train, "train", root)
+    _check(val, "val", root)
+    return train, val
+
+
+def load_eval_split(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Split:
+    """The split ``effnet eval`` scores: digits' val split, ``DIR/val``, or the whole ``DIR``
+    when it has no train/val sub-folders (a folder of held-out images)."""
+    if str(data) == DIGITS:
+        return load_digits_split(val_fraction, seed)[1]
+    root = Path(data)
+    val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    split = Split(*_scan_classes(val_dir if val_dir is not None else root))
+    if len(split) == 0:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    return split

@@ -1,0 +1,188 @@
+"""Evaluation and prediction with the preprocessing recorded in a weight file."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from effnet.data import (
+    UNREADABLE,
+    DecodedDataset,
+    EvalTransform,
+    Normalize,
+    SkipLog,
+    Split,
+    load_eval_split,
+    make_loader,
+    to_rgb,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    """Scores on one split; accuracies in percent."""
+
+    top1: float
+    top5: float
+    loss: float
+    count: int
+    per_class: dict[str, float]
+    confusion: list[list[int]]  # rows: true class, columns: predicted class
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    confusion_png: str | None = None
+
+
+def default_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.no_grad()
+def score(
+    model: nn.Module, loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device,
+    num_classes: int, split: Split | None = None, skips: SkipLog | None = None, channels_last: bool = False,
+    autocast_dtype: torch.dtype | None = None,
+) -> tuple[float, float, float, torch.Tensor]:
+    """``(loss, top1 %, top5 %, confusion (C, C))`` of ``model`` over ``loader``.
+
+    Plain sums, so that a distributed run can all-reduce them before dividing.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum, top1, top5, n = 0.0, 0, 0, 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for images, labels, index in loader:
+        bad = labels == UNREADABLE
+        if bad.any():
+            if skips is not None and split is not None:
+                skips.add(split, index[bad].tolist())
+            images, labels = images[~bad], labels[~bad]
+            if len(labels) == 0:
+                continue
+        x = normalize(images.to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels.to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        topk = logits.topk(k, dim=1).indices  # (B, k)
+        top1 += (topk[:, 0] == y).sum().item()
+        top5 += (topk == y[:, None]).any(dim=1).sum().item()
+        n += len(y)
+        confusion.index_put_((y.cpu(), topk[:, 0].cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
+    model.train(was_training)
+    if n == 0:
+        raise ValueError("evaluation: no readable images in the split")
+    return loss_sum / n, 100.0 * top1 / n, 100.0 * top5 / n, confusion
+
+
+def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[str]]:
+    from effnet.weights import load_model
+
+    model = load_model(weights, map_location=device)
+    names = model.class_names or [str(i) for i in range(model.spec.num_classes)]  # type: ignore[union-attr]
+    return model, list(names)
+
+
+def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(max(4, 0.4 * n + 2), max(4, 0.4 * n + 2)))
+    ax.imshow(confusion.numpy(), cmap="Blues")
+    if n <= 40:
+        ax.set_xticks(range(n), names, rotation=90)
+        ax.set_yticks(range(n), names)
+        if n <= 20:
+            for i in range(n):
+                for j in range(n):
+                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def evaluate(
+    weights: str | Path, data: str | Path = "digits", *, batch_size: int = 64, workers: int | None = None,
+    device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
+) -> EvalResult:
+    """Top-1/top-5, per-class accuracy and confusion matrix of a weight file on ``data`` (the
+    ``digits`` val split, ``DIR/val`` or a folder of class sub-folders), preprocessed as the
+    file records (resize, centre-crop fraction, normalisation)."""
+    dev = default_device(device)
+    model, names = _load(weights, dev)
+    split = load_eval_split(data, val_fraction, seed)
+    # Map the folder's classes onto the model's by name when the file knows its class names.
+    if set(split.class_names) <= set(names) and split.class_names != names:
+        remap = [names.index(c) for c in split.class_names]
+        split = Split(split.items, [remap[y] for y in split.labels], names)
+    elif len(split.class_names) > len(names):
+        raise ValueError(
+            f"{data} has {len(split.class_names)} classes but the model in {weights} predicts {len(names)}"
+        )
+    prep = model.preprocessing  # type: ignore[union-attr]
+    ds = DecodedDataset(split, EvalTransform(prep), prep.resolution)
+    if workers is None:
+        workers = 0 if str(data) == "digits" else min(torch.get_num_threads(), 8)
+    loader = make_loader(ds, batch_size, workers=workers)
+    skips = SkipLog()
+    loss, top1, top5, confusion = score(model, loader, Normalize(prep).to(dev), dev, len(names), split, skips)
+    totals = confusion.sum(1)
+    per_class = {names[i]: 100.0 * confusion[i, i].item() / totals[i].item()
+                 for i in range(len(names)) if totals[i] > 0}
+    skips.report()
+    png = None
+    if confusion_png is not None:
+        png = str(plot_confusion(confusion, names, Path(confusion_png)))
+    return EvalResult(top1, top5, loss, int(totals.sum()), per_class, confusion.tolist(), names,
+                      sorted(skips.skipped), png)
+
+
+@dataclass
+class Prediction:
+    image: str
+    top: list[tuple[str, float]]  # (class name, probability), best first
+    error: str | None = None
+
+
+@torch.no_grad()
+def predict(images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto") -> list[Prediction]:
+    """Top-``k`` class names and probabilities for each image file (an unreadable one gets
+    ``error`` set instead of crashing the batch)."""
+    from PIL import Image
+
+    dev = default_device(device)
+    model, names = _load(weights, dev)
+    prep = model.preprocessing  # type: ignore[union-attr]
+    transform, normalize = EvalTransform(prep), Normalize(prep).to(dev)
+    out: list[Prediction] = []
+    for path in images:
+        try:
+            with Image.open(path) as f:
+                img = to_rgb(f)
+                img.load()
+        except (OSError, ValueError, SyntaxError) as e:
+            out.append(Prediction(str(path), [], f"cannot read image: {e}"))
+            continue
+        x = normalize(transform(img)[None].to(dev))
+        probs = model(x).float().softmax(dim=1)[0]
+        p, i = probs.topk(min(topk, len(probs)))
+        out.append(Prediction(str(path), [(names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())]))
+    return out

@@ -1,0 +1,405 @@
+"""The training loop: one function, in marked sections (setup, data, model, optimiser, resume,
+then per epoch: stage, step, evaluation, checkpoint).
+
+Written so DistributedDataParallel slots in: the sampler is seeded by epoch, every metric is a
+plain sum before it is divided, and all file writes sit in the checkpoint section.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from effnet.data import (
+    DIGITS,
+    UNREADABLE,
+    AugmentSettings,
+    DecodedDataset,
+    EpochSampler,
+    EvalTransform,
+    LoadTransform,
+    Normalize,
+    SkipLog,
+    Stage,
+    TrainAugment,
+    load_splits,
+    make_loader,
+    plan,
+    stage_at,
+)
+from effnet.model import EfficientNet
+from effnet.train.config import TrainConfig
+from effnet.train.evaluate import default_device, score
+from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
+from effnet.weights.format import Preprocessing, atomic_write, save_weights
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+METRIC_FIELDS = ("epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "lr", "train_loss",
+                 "val_loss", "val_top1", "val_top5", "img_per_s", "seconds")
+
+
+@dataclass
+class RunResult:
+    """What a run left behind."""
+
+    run_dir: Path
+    epochs: int
+    best_top1: float
+    final_top1: float
+    metrics: list[dict[str, Any]]
+    skipped: list[str] = field(default_factory=list)
+
+
+# --- helpers (pure; the loop below reads top to bottom) -------------------------------------
+def build_model(cfg: TrainConfig, num_classes: int) -> EfficientNet:
+    """The network to train: with ``weights``, the file's own architecture (a converted, trained,
+    scaled or searched spec) and its weights, with a new head when the class count differs;
+    otherwise ``spec`` (a file) or ``model`` (a name), times ``width``/``depth``."""
+    from effnet.model import build
+    from effnet.registry import get_spec
+    from effnet.scaling import scale
+    from effnet.specs.base import ModelSpec
+    from effnet.weights import check_state_dict, read_weights
+
+    overrides = {k: v for k, v in dict(dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate,
+                                       bn_momentum=cfg.bn_momentum).items() if v is not None}
+    if cfg.weights:
+        wf = read_weights(cfg.weights)
+        log.info("initial weights %s (%s, source %s); model/width/depth options are ignored",
+                 cfg.weights, wf.spec.name, wf.source or "unknown")
+        model = build(wf.spec.replace(**overrides))
+        check_state_dict(model, wf.state_dict, what=f"weights {cfg.weights}")
+        model.load_state_dict(wf.state_dict)
+        if num_classes != wf.spec.num_classes:
+            log.info("new %d-class head (the weights have %d classes)", num_classes, wf.spec.num_classes)
+            model.reset_classifier(num_classes)
+        return model
+    spec = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
+    if cfg.width != 1.0 or cfg.depth != 1.0:
+        spec = scale(spec, width=cfg.width, depth=cfg.depth)
+    return build(spec.replace(num_classes=num_classes, **overrides))
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "rmsprop_tf":
+        return RMSpropTF(groups, lr=lr, rho=cfg.rmsprop_rho, momentum=cfg.momentum, eps=cfg.rmsprop_eps)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed precision: bf16 where the device supports it (no loss scaling needed), fp16 on
+    request (with a GradScaler); ``auto`` is off on CPU, where bf16 is rarely faster."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+def stage_settings(cfg: TrainConfig, stage: Stage) -> AugmentSettings:
+    return AugmentSettings(
+        image_size=stage.image_size, crop_scale=cfg.crop_scale, hflip=cfg.hflip, autoaugment=cfg.autoaugment,
+        randaugment_magnitude=cfg.randaugment_magnitude if stage.randaugment is None else stage.randaugment,
+        mixup_alpha=cfg.mixup_alpha if stage.mixup is None else stage.mixup, cutmix_alpha=cfg.cutmix_alpha,
+    )
+
+
+def new_run_dir(out: str | None) -> Path:
+    if out:
+        return Path(out)
+    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Loss and accuracy per epoch (matplotlib, Agg backend, imported only here)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    a.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.plot(epochs, [r["val_top1"] for r in rows], label="val top-1")
+    b.set_xlabel("epoch")
+    b.set_ylabel("accuracy (%)")
+    b.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+def auto_threads() -> int:
+    """CPU threads for torch: the cores other processes leave idle (1-minute load average).
+
+    On a shared machine, OpenMP threads that spin-wait for a pre-empted sibling make every small
+    op wait a scheduler tick: on 2 busy cores, 2 threads measured 7 img/s where 1 gave 247.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, cores - int(busy + 0.5)))
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --- the loop ---------------------------------------------------------------------------------
+def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
+    """Train (or fine-tune) as ``cfg`` says; ``resume`` continues a run folder where its last
+    checkpoint left off (its saved config is used)."""
+    # ===== setup =====
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / STATE_FILE).is_file():
+            raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir}")
+        saved = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        cfg = TrainConfig.from_dict(saved["config"])
+    else:
+        saved = None
+        run_dir = new_run_dir(cfg.out)
+        if (run_dir / STATE_FILE).exists():
+            raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    threads = cfg.threads or auto_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(cfg.seed)
+    device = default_device(cfg.device)
+    amp_dtype = autocast_dtype(cfg, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+
+    # ===== data =====
+    train_split, val_split = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
+    if cfg.train_subset:
+        train_split.items, train_split.labels = train_split.items[:cfg.train_subset], train_split.labels[:cfg.train_subset]
+    class_names = train_split.class_names
+    workers = cfg.workers if cfg.workers is not None else (0 if cfg.data == DIGITS else min(os.cpu_count() or 1, 8))
+
+    # ===== model =====
+    model = build_model(cfg, len(class_names)).to(device)
+    base_size = cfg.image_size or model.spec.train_resolution or model.spec.resolution
+    stages = plan(cfg.progressive, cfg.epochs) if cfg.progressive else [Stage(0, 0, base_size, None, None, None)]
+    final_size = stages[-1].image_size
+    eval_size = cfg.eval_size or final_size
+    preprocessing = Preprocessing(resolution=eval_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                                  mean=cfg.mean, std=cfg.std)
+    # Workers decode to one fixed square a little larger than the largest stage; the device
+    # crops it to each stage's size (EfficientNet's random-resized crop).
+    load_size = int(math.ceil(final_size / cfg.crop_pct))
+    train_ds = DecodedDataset(train_split, LoadTransform(load_size, cfg.interpolation), load_size)
+    sampler = EpochSampler(len(train_ds), cfg.seed)
+    drop_last = len(train_ds) > cfg.batch_size
+    train_loader = make_loader(train_ds, cfg.batch_size, workers=workers, sampler=sampler, drop_last=drop_last,
+                               pin_memory=device.type == "cuda")
+    val_ds = DecodedDataset(val_split, EvalTransform(preprocessing), eval_size)
+    val_loader = make_loader(val_ds, cfg.batch_size * 2, workers=workers)
+    normalize = Normalize(preprocessing).to(device)
+    if cfg.freeze_backbone:
+        # Fine-tune only the classifier; the backbone (incl. its BatchNorm statistics) stays fixed.
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith("classifier."))
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
+    forward = torch.compile(model) if cfg.compile else model
+
+    # ===== optimiser =====
+    batches_per_epoch = len(train_ds) // cfg.batch_size if drop_last else 1
+    steps_per_epoch = max(1, batches_per_epoch // cfg.accum_steps)
+    peak_lr = scaled_lr(cfg.lr_per_256, cfg.batch_size * cfg.accum_steps)
+    optimizer = make_optimizer(cfg, model, peak_lr)
+
+    def lr_for(step: int) -> float:
+        return lr_at(step, steps_per_epoch, peak_lr, warmup_epochs=cfg.warmup_epochs, schedule=cfg.schedule,
+                     decay_rate=cfg.decay_rate, decay_epochs=cfg.decay_epochs, total_epochs=cfg.epochs,
+                     min_lr=cfg.min_lr)
+
+    # ===== resume =====
+    epoch, step, batch_in_epoch, rows, best = 0, 0, 0, [], -1.0
+    partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scaler.load_state_dict(saved["scaler"])
+        if ema is not None:
+            ema.load_state_dict(saved["ema"])
+        epoch, step, batch_in_epoch = saved["epoch"], saved["step"], saved["batch_in_epoch"]
+        rows, best, partial = saved["metrics"], saved["best_top1"], saved["partial"]
+        set_rng_state(saved["rng"])
+        log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch_in_epoch, step)
+    skips = SkipLog()
+    log.info("run folder %s: %s (%d params) on %s, %d train / %d val images, %d classes, %d epochs, "
+             "batch %d x %d, peak lr %.4g, %d CPU thread(s)", run_dir, model.spec.name, sum(p.numel() for p in model.parameters()),
+             device, len(train_split), len(val_split), len(class_names), cfg.epochs, cfg.batch_size,
+             cfg.accum_steps, peak_lr, threads)
+
+    def save_state(epoch_: int, batch_: int) -> None:
+        """Full resume state, written atomically (a kill leaves the previous file intact)."""
+        state = {
+            "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+            "epoch": epoch_, "step": step, "batch_in_epoch": batch_, "metrics": rows, "best_top1": best,
+            "partial": partial, "rng": rng_state(), "class_names": class_names,
+        }
+        atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=epoch * batches_per_epoch + batch_in_epoch,
+               unit="batch", dynamic_ncols=True, mininterval=1.0)
+    eval_model: nn.Module = model
+    stage: Stage | None = None
+    augment: TrainAugment | None = None
+    while epoch < cfg.epochs:
+        # ===== stage (progressive learning: image size and regularisation grow together) =====
+        new_stage = stage_at(stages, epoch)
+        if new_stage != stage:
+            stage = new_stage
+            if stage.dropout is not None:
+                model.set_dropout(stage.dropout)
+            augment = TrainAugment(stage_settings(cfg, stage)).to(device)
+            s = augment.settings
+            log.info("stage %d/%d from epoch %d: image size %d, dropout %.3f, RandAugment %.1f, mixup %.2f",
+                     stage.index + 1, len(stages), stage.first_epoch + 1, stage.image_size,
+                     model.dropout.p, s.randaugment_magnitude, s.mixup_alpha)
+        assert augment is not None and stage is not None
+
+        # ===== train one epoch =====
+        model.train()
+        if cfg.freeze_backbone:
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+        t0 = time.time() - partial["seconds"]
+        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs} stage {stage.index + 1} {stage.image_size}px")
+        for images, labels, index in train_loader:
+            # --- data: drop unreadable files, augment on the device
+            bad = labels == UNREADABLE
+            if bad.any():
+                skips.add(train_split, index[bad].tolist())
+                images, labels = images[~bad], labels[~bad]
+            if len(labels) > 1:
+                x, targets = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+                x = normalize.from_unit(x)
+                if cfg.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # --- forward / backward (loss averaged over the accumulated micro-batches)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                    logits = forward(x)
+                loss = targets.loss(logits.float(), cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    bar.close()
+                    raise RuntimeError(
+                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: training diverged; the last "
+                        f"good checkpoint is kept in {run_dir}; lower the learning rate (--lr) or use --amp off"
+                    )
+                scaler.scale(loss / cfg.accum_steps).backward()
+                partial["loss_sum"] += loss.item() * len(labels)
+                partial["seen"] += len(labels)
+            batch_in_epoch += 1
+            # --- optimiser step (every accum_steps micro-batches)
+            if batch_in_epoch % cfg.accum_steps == 0:
+                for g in optimizer.param_groups:
+                    g["lr"] = lr_for(step)
+                if cfg.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                    partial["seconds"] = time.time() - t0
+                    save_state(epoch, batch_in_epoch)
+            bar.update(1)
+            elapsed = time.time() - t0
+            bar.set_postfix(loss=f"{partial['loss_sum'] / max(partial['seen'], 1):.3f}",
+                            img_s=f"{partial['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
+        train_seconds = time.time() - t0
+        optimizer.zero_grad(set_to_none=True)  # a partial accumulation does not leak into the next epoch
+
+        # ===== evaluation (the EMA weights when EMA is on) =====
+        eval_model = ema.module if ema is not None else model
+        val_loss, top1, top5, _ = score(eval_model, val_loader, normalize, device, len(class_names), val_split,
+                                        skips, channels_last=cfg.channels_last, autocast_dtype=amp_dtype)
+        row = {
+            "epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size,
+            "dropout": round(float(model.dropout.p), 4), "randaugment": augment.settings.randaugment_magnitude,
+            "mixup": augment.settings.mixup_alpha, "lr": round(optimizer.param_groups[0]["lr"], 8),
+            "train_loss": round(partial["loss_sum"] / max(partial["seen"], 1), 5), "val_loss": round(val_loss, 5),
+            "val_top1": round(top1, 3), "val_top5": round(top5, 3),
+            "img_per_s": round(partial["seen"] / max(train_seconds, 1e-9), 1),
+            "seconds": round(time.time() - t0, 2),
+        }
+        rows.append(row)
+        log.info("epoch %d/%d stage %d size %d dropout %.3f RandAugment %.1f mixup %.2f lr %.4g | train loss "
+                 "%.4f | val loss %.4f top-1 %.2f%% top-5 %.2f%% | %.0f img/s, %.1f s",
+                 row["epoch"], cfg.epochs, row["stage"], row["image_size"], row["dropout"], row["randaugment"],
+                 row["mixup"], row["lr"], row["train_loss"], row["val_loss"], row["val_top1"], row["val_top5"],
+                 row["img_per_s"], row["seconds"])
+
+        # ===== checkpoint (weights first, then the resume state that points past them) =====
+        epoch, batch_in_epoch = epoch + 1, 0
+        partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+        extra = {"epoch": epoch, "val_top1": top1, "val_top5": top5, "recipe": cfg.recipe}
+        save_weights(eval_model, run_dir / "last.safetensors", preprocessing=preprocessing, source="effnet-train",
+                     class_names=class_names, extra=extra)
+        if top1 > best:
+            best = top1
+            save_weights(eval_model, run_dir / "best.safetensors", preprocessing=preprocessing,
+                         source="effnet-train", class_names=class_names, extra=extra)
+        save_state(epoch, 0)
+        write_metrics(run_dir / "metrics.csv", rows)
+        plot_curves(run_dir / "curves.png", rows)
+    bar.close()
+    skips.report()
+    final = rows[-1]["val_top1"] if rows else float("nan")
+    log.info("done: %d epochs, final top-1 %.2f%%, best %.2f%%; run folder %s", len(rows), final, best, run_dir)
+    return RunResult(run_dir, len(rows), best, final, rows, sorted(skips.skipped))

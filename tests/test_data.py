@@ -1,0 +1,130 @@
+"""Image folders, the digits split, unreadable files and the kornia augmentation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from effnet.data import (
+    UNREADABLE,
+    AugmentSettings,
+    DecodedDataset,
+    EpochSampler,
+    EvalTransform,
+    LoadTransform,
+    TrainAugment,
+    load_digits_split,
+    load_eval_split,
+    load_splits,
+    to_rgb,
+)
+from effnet.weights.format import Preprocessing
+
+
+def make_folder(root: Path, classes: dict[str, int], size: int = 40, corrupt: bool = False) -> Path:
+    """``root/<class>/*.png|jpg|webp`` with a mix of modes; optionally one corrupt JPEG."""
+    modes = ["RGB", "L", "P", "RGBA"]
+    exts = [".png", ".jpg", ".webp", ".png"]
+    for c, (name, n) in enumerate(classes.items()):
+        d = root / name
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            mode, ext = modes[i % 4], exts[i % 4]
+            if mode == "RGBA" or ext == ".jpg":
+                mode = "RGBA" if ext == ".png" else "RGB"
+            color = (60 + 150 * c, 40 * (i % 5), 200 - 150 * c)
+            img = Image.new("RGB", (size + i, size), color)
+            img = img.convert(mode) if mode != "RGBA" else img.convert("RGBA")
+            img.save(d / f"{i}{ext}")
+    if corrupt:
+        bad = root / next(iter(classes)) / "broken.jpg"
+        bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    return root
+
+
+def test_to_rgb_modes():
+    for mode in ("L", "P", "RGBA", "LA", "CMYK", "RGB"):
+        assert to_rgb(Image.new(mode, (4, 4))).mode == "RGB"
+    rgba = Image.new("RGBA", (2, 2), (0, 0, 0, 0))  # fully transparent -> white background
+    assert to_rgb(rgba).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_digits_split_is_fixed_and_stratified():
+    train, val = load_digits_split()
+    train2, val2 = load_digits_split()
+    assert len(train) + len(val) == 1797 and len(val) == pytest.approx(1797 * 0.2, abs=10)
+    assert train.labels == train2.labels and val.labels == val2.labels
+    assert sorted(set(val.labels)) == list(range(10))
+    assert train.items[0].size == (8, 8)
+
+
+def test_folder_split_and_corrupt_file(tmp_path):
+    root = make_folder(tmp_path / "imgs", {"cat": 8, "dog": 8}, corrupt=True)
+    train, val = load_splits(root, val_fraction=0.25, seed=1)
+    assert train.class_names == ["cat", "dog"] and len(train) + len(val) == 17
+    ds = DecodedDataset(train, LoadTransform(32), 32)
+    labels = [ds[i][1] for i in range(len(ds))]
+    bad = [i for i, y in enumerate(labels) if y == UNREADABLE]
+    broken_in_train = any(str(p).endswith("broken.jpg") for p in train.items)
+    assert len(bad) == (1 if broken_in_train else 0)
+    img, _, _ = ds[next(i for i, y in enumerate(labels) if y != UNREADABLE)]
+    assert img.shape == (3, 32, 32) and img.dtype == torch.uint8
+
+
+def test_train_val_folders_and_eval_split(tmp_path):
+    make_folder(tmp_path / "d" / "train", {"a": 3, "b": 3})
+    make_folder(tmp_path / "d" / "val", {"a": 2, "b": 2})
+    train, val = load_splits(tmp_path / "d")
+    assert (len(train), len(val)) == (6, 4)
+    assert len(load_eval_split(tmp_path / "d")) == 4
+
+
+def test_refuses_bad_datasets(tmp_path):
+    make_folder(tmp_path / "one", {"only": 4})
+    with pytest.raises(ValueError, match="at least 2"):
+        load_splits(tmp_path / "one")
+    (tmp_path / "empty" / "a").mkdir(parents=True)
+    (tmp_path / "empty" / "b").mkdir(parents=True)
+    with pytest.raises(ValueError, match="empty"):
+        load_splits(tmp_path / "empty")
+    with pytest.raises(NotADirectoryError):
+        load_splits(tmp_path / "missing")
+
+
+def test_eval_transform_resize_and_crop():
+    img = Image.new("RGB", (64, 48))
+    t = EvalTransform(Preprocessing(resolution=32, crop_pct=0.875, interpolation="bilinear"))
+    assert t(img).shape == (3, 32, 32)
+
+
+def test_sampler_order_depends_only_on_seed_and_epoch():
+    s = EpochSampler(10, seed=3)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start=4)
+    assert list(s) == full[4:] and len(s) == 6
+    s.set_epoch(3)
+    assert list(s) != full
+
+
+@pytest.mark.parametrize("settings", [
+    AugmentSettings(32, autoaugment=True),
+    AugmentSettings(40, randaugment_magnitude=10),
+    AugmentSettings(32, mixup_alpha=0.2),
+    AugmentSettings(32, cutmix_alpha=1.0),
+])
+def test_train_augment_shapes_and_targets(settings):
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
+    y = torch.tensor([0, 1, 2, 3])
+    out, targets = TrainAugment(settings)(x, y)
+    assert out.shape == (4, 3, settings.image_size, settings.image_size)
+    assert out.min() >= 0.0 and out.max() <= 1.0
+    loss = targets.loss(torch.zeros(4, 5), 0.1)
+    assert torch.isfinite(loss)
+    if settings.mixup_alpha or settings.cutmix_alpha:
+        assert targets.partner is not None and targets.lam is not None
+        assert ((targets.lam >= 0) & (targets.lam <= 1)).all()

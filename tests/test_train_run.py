@@ -1,0 +1,118 @@
+"""End to end on tiny configs: train -> run folder -> eval/predict; SIGKILL + resume; guards."""
+
+from __future__ import annotations
+
+import csv
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from effnet.train import evaluate, predict, resolve_config, train
+from effnet.weights import load_model, read_weights, save_weights
+from test_data import make_folder
+
+TINY = dict(threads=1, epochs=2, train_subset=192, batch_size=32)
+
+
+def rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "debug"
+    result = train(resolve_config("debug", **TINY, out=str(out)))
+    assert result.epochs == 2
+    return out
+
+
+def test_run_folder(digits_run):
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", "last.safetensors", "state.pt", "curves.png"):
+        assert (digits_run / name).is_file(), name
+    r = rows(digits_run)
+    assert [int(x["epoch"]) for x in r] == [1, 2]
+    for key in ("stage", "image_size", "lr", "train_loss", "val_loss", "val_top1", "img_per_s", "seconds"):
+        assert r[0][key] != ""
+    wf = read_weights(digits_run / "best.safetensors")
+    assert wf.source == "effnet-train" and wf.class_names == [str(i) for i in range(10)]
+    assert wf.preprocessing.resolution == 32
+    model = load_model(digits_run / "last.safetensors")
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    state = torch.load(digits_run / "state.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["batch_in_epoch"] == 0
+
+
+def test_eval_and_predict_on_trained_and_classless_files(digits_run, tmp_path):
+    r = evaluate(digits_run / "best.safetensors", "digits", confusion_png=tmp_path / "cm.png")
+    assert r.count == 359 and 0 <= r.top1 <= r.top5 <= 100 and len(r.per_class) == 10
+    assert (tmp_path / "cm.png").is_file()
+    # A file without class names (as `effnet convert` writes) falls back to indices.
+    wf = read_weights(digits_run / "best.safetensors")
+    bare = save_weights(wf.state_dict, tmp_path / "bare.safetensors", spec=wf.spec, preprocessing=wf.preprocessing)
+    img = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGBA", (20, 20), (10, 200, 30, 128)).save(img)
+    preds = predict([img, tmp_path / "missing.jpg"], bare, topk=3)
+    assert len(preds[0].top) == 3 and preds[0].top[0][0] in [str(i) for i in range(10)]
+    assert abs(sum(p for _, p in preds[0].top) - 1) < 1 and preds[1].error
+
+
+def test_folder_with_corrupt_and_rgba_trains_and_evaluates(tmp_path):
+    data = make_folder(tmp_path / "imgs", {"red": 10, "blue": 10}, size=36, corrupt=True)
+    result = train(resolve_config("debug", data=str(data), threads=1, epochs=1, out=str(tmp_path / "run"),
+                                  val_fraction=0.3))
+    r = evaluate(result.run_dir / "best.safetensors", data)
+    assert r.count == 20  # the whole folder minus the corrupt file
+    assert any("broken.jpg" in s for s in r.skipped)
+    assert any("broken.jpg" in s for s in result.skipped) or r.skipped
+
+
+def test_refuses_one_class_and_nan(tmp_path):
+    make_folder(tmp_path / "one", {"only": 4})
+    with pytest.raises(ValueError, match="at least 2"):
+        train(resolve_config("debug", data=str(tmp_path / "one"), out=str(tmp_path / "r1")))
+    with pytest.raises(RuntimeError, match="diverged"):
+        train(resolve_config("debug", **TINY, lr_per_256=float("inf"), warmup_epochs=0, out=str(tmp_path / "r2")))
+
+
+def test_fine_tune_new_head_and_freeze(digits_run, tmp_path):
+    data = make_folder(tmp_path / "imgs", {"a": 6, "b": 6, "c": 6}, size=36)
+    result = train(resolve_config("debug", data=str(data), weights=str(digits_run / "best.safetensors"),
+                                  freeze_backbone=True, threads=1, epochs=1, out=str(tmp_path / "ft")))
+    ft = read_weights(result.run_dir / "last.safetensors")
+    base = read_weights(digits_run / "best.safetensors")
+    assert ft.spec.num_classes == 3 and ft.class_names == ["a", "b", "c"]
+    assert torch.equal(ft.state_dict["stem.conv.weight"], base.state_dict["stem.conv.weight"])
+
+
+def test_sigkill_mid_epoch_then_resume(tmp_path):
+    """A run killed mid-epoch resumes from its last checkpoint and ends like an uninterrupted one."""
+    cfg = dict(recipe="debug", epochs=4, threads=1, train_subset=320, batch_size=32)
+    reference = train(resolve_config(**cfg, out=str(tmp_path / "ref")))
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "effnet", "train", "--recipe", "debug", "--epochs", "4", "--threads", "1",
+            "--batch-size", "32", "--subset", "320", "--out", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "metrics.csv").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    rows_before = [dict(r) for r in torch.load(run / "state.pt", weights_only=True)["metrics"]]
+    done = [r["epoch"] for r in rows_before]
+    assert 1 <= len(done) < 4, "the kill should land before the run finished"
+    result = train(resolve_config(), resume=run)
+    epochs = [int(r["epoch"]) for r in rows(run)]
+    assert epochs == [1, 2, 3, 4]  # none repeated, none missing
+    assert result.epochs == 4
+    assert abs(result.final_top1 - reference.final_top1) <= 1.0
+    # Epochs before the kill are the checkpoint's own rows, not recomputed.
+    assert result.metrics[0] == rows_before[0]
