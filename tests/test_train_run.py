@@ -116,3 +116,33 @@ def test_sigkill_mid_epoch_then_resume(tmp_path):
     assert abs(result.final_top1 - reference.final_top1) <= 1.0
     # Epochs before the kill are the checkpoint's own rows, not recomputed.
     assert result.metrics[0] == rows_before[0]
+
+
+def test_sigkill_after_mid_epoch_checkpoint_resumes_mid_epoch(tmp_path):
+    run = tmp_path / "steps"
+    args = [sys.executable, "-m", "effnet", "train", "--recipe", "debug", "--epochs", "2", "--threads", "1",
+            "--batch-size", "32", "--subset", "256", "--save-every", "3", "--out", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (run / "state.pt").exists():
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = torch.load(run / "state.pt", weights_only=True)
+    assert state["step"] >= 3
+    result = train(resolve_config(), resume=run)
+    assert [int(r["epoch"]) for r in rows(run)] == [1, 2] and result.epochs == 2
+
+
+def test_progressive_stages_logged(tmp_path):
+    from effnet.data import ProgressiveSpec, Range
+
+    prog = ProgressiveSpec(2, Range(32, 48), Range(0.0, 0.2), Range(1, 3), Range(0.0, 0.2))
+    result = train(resolve_config("debug", threads=1, epochs=2, train_subset=128, progressive=prog,
+                                  out=str(tmp_path / "prog")))
+    r = rows(result.run_dir)
+    assert [int(x["image_size"]) for x in r] == [32, 48]
+    assert [float(x["dropout"]) for x in r] == [0.0, 0.2]
+    assert [float(x["randaugment"]) for x in r] == [1.0, 3.0]
+    assert [int(x["stage"]) for x in r] == [1, 2]
+    assert read_weights(result.run_dir / "last.safetensors").preprocessing.resolution == 48

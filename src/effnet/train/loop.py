@@ -210,7 +210,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     device = default_device(cfg.device)
     amp_dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    (run_dir / "config.yaml").write_text(cfg.to_yaml())
+    atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
 
     # ===== data =====
     train_split, val_split = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
@@ -225,8 +225,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     stages = plan(cfg.progressive, cfg.epochs) if cfg.progressive else [Stage(0, 0, base_size, None, None, None)]
     final_size = stages[-1].image_size
     eval_size = cfg.eval_size or final_size
-    preprocessing = Preprocessing(resolution=eval_size, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                                  mean=cfg.mean, std=cfg.std)
+
+    def eval_preprocessing(stage: Stage) -> Preprocessing:
+        """Evaluation view for a stage: its size times eval_size / final size, so that each
+        epoch's score (and the checkpoint's recorded preprocessing) matches what the network was
+        trained at; the last stage evaluates at ``eval_size``."""
+        resolution = max(32, round(stage.image_size * eval_size / final_size))
+        return Preprocessing(resolution=resolution, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
+                             mean=cfg.mean, std=cfg.std)
+
+    preprocessing = eval_preprocessing(stages[-1])
     # Workers decode to one fixed square a little larger than the largest stage; the device
     # crops it to each stage's size (EfficientNet's random-resized crop).
     load_size = int(math.ceil(final_size / cfg.crop_pct))
@@ -235,8 +243,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     drop_last = len(train_ds) > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, workers=workers, sampler=sampler, drop_last=drop_last,
                                pin_memory=device.type == "cuda")
-    val_ds = DecodedDataset(val_split, EvalTransform(preprocessing), eval_size)
-    val_loader = make_loader(val_ds, cfg.batch_size * 2, workers=workers)
+
+    def val_loader_for(p: Preprocessing) -> torch.utils.data.DataLoader:
+        return make_loader(DecodedDataset(val_split, EvalTransform(p), p.resolution), cfg.batch_size * 2,
+                           workers=workers)
+
     normalize = Normalize(preprocessing).to(device)
     if cfg.freeze_backbone:
         # Fine-tune only the classifier; the backbone (incl. its BatchNorm statistics) stays fixed.
@@ -302,6 +313,8 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
             if stage.dropout is not None:
                 model.set_dropout(stage.dropout)
             augment = TrainAugment(stage_settings(cfg, stage)).to(device)
+            preprocessing = eval_preprocessing(stage)
+            val_loader = val_loader_for(preprocessing)
             s = augment.settings
             log.info("stage %d/%d from epoch %d: image size %d, dropout %.3f, RandAugment %.1f, mixup %.2f",
                      stage.index + 1, len(stages), stage.first_epoch + 1, stage.image_size,
