@@ -146,3 +146,14 @@ def test_progressive_stages_logged(tmp_path):
     assert [float(x["randaugment"]) for x in r] == [1.0, 3.0]
     assert [int(x["stage"]) for x in r] == [1, 2]
     assert read_weights(result.run_dir / "last.safetensors").preprocessing.resolution == 48
+
+
+@pytest.mark.slow
+def test_default_digits_job_reaches_97_percent_in_5_minutes(tmp_path):
+    """The README's main job: `effnet train` with no options."""
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "effnet", "train", "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.time() - start < 300
+    assert float(rows(tmp_path / "run")[-1]["val_top1"]) >= 97.0

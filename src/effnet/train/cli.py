@@ -4,30 +4,40 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from effnet.train import RunResult
 
 
 def _train(args: argparse.Namespace) -> int:
-    from effnet.train import resolve_config, train
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    if args.resume:
-        result = train(resolve_config(), resume=args.resume)
-    else:
-        cfg = resolve_config(
-            args.recipe, data=args.data, model=args.model, spec=args.spec, weights=args.weights,
-            epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr_per_256=args.lr,
-            image_size=args.image_size, freeze_backbone=args.freeze_backbone or None, seed=args.seed,
-            workers=args.workers, device=args.device, amp=args.amp, compile=args.compile or None,
-            accum_steps=args.accum_steps, save_every_steps=args.save_every, schedule=args.schedule,
-            width=args.width, depth=args.depth, threads=args.threads, train_subset=args.subset,
-            channels_last=False if args.no_channels_last else None, ema=False if args.no_ema else None,
-            **_progressive(args),
-        )
-        result = train(cfg)
+    with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
+        result = _run_training(args)
     print(f"{result.epochs} epochs: final top-1 {result.final_top1:.2f}%, best {result.best_top1:.2f}%")
     print(f"run folder: {result.run_dir}")
     if result.skipped:
         print(f"skipped {len(result.skipped)} unreadable image(s): {', '.join(result.skipped[:10])}")
     return 0
+
+
+def _run_training(args: argparse.Namespace) -> RunResult:
+    from effnet.train import resolve_config, train
+
+    if args.resume:
+        return train(resolve_config(), resume=args.resume)
+    cfg = resolve_config(
+        args.recipe, data=args.data, model=args.model, spec=args.spec, weights=args.weights,
+        epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr_per_256=args.lr,
+        image_size=args.image_size, freeze_backbone=args.freeze_backbone or None, seed=args.seed,
+        workers=args.workers, device=args.device, amp=args.amp, compile=args.compile or None,
+        accum_steps=args.accum_steps, save_every_steps=args.save_every, schedule=args.schedule,
+        width=args.width, depth=args.depth, threads=args.threads, train_subset=args.subset,
+        channels_last=False if args.no_channels_last else None, ema=False if args.no_ema else None,
+        **_progressive(args),
+    )
+    return train(cfg)
 
 
 def _progressive(args: argparse.Namespace) -> dict:

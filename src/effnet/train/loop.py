@@ -124,7 +124,11 @@ def stage_settings(cfg: TrainConfig, stage: Stage) -> AugmentSettings:
 def new_run_dir(out: str | None) -> Path:
     if out:
         return Path(out)
-    return Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = base, 1
+    while path.exists():  # two runs started in the same second
+        path, n = base.with_name(f"{base.name}-{n}"), n + 1
+    return path
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
