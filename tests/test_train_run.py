@@ -157,3 +157,19 @@ def test_default_digits_job_reaches_97_percent_in_5_minutes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert time.time() - start < 300
     assert float(rows(tmp_path / "run")[-1]["val_top1"]) >= 97.0
+
+
+def test_cli_progressive_options():
+    from effnet.cli import build_parser
+    from effnet.data import Range
+    from effnet.train.cli import _progressive
+    from effnet.train.config import RECIPES
+
+    parse = build_parser().parse_args
+    recipe = RECIPES["digits_progressive"]["progressive"]
+    assert _progressive(parse(["train"]), None) is None
+    assert _progressive(parse(["train", "--sizes", "32", "48"]), recipe).image_size == Range(32, 48)
+    s = _progressive(parse(["train", "--progressive", "efficientnetv2_m", "--stages", "2"]), None)
+    assert s.stages == 2 and s.image_size == Range(128, 380)
+    with pytest.raises(ValueError, match="--progressive on"):
+        _progressive(parse(["train", "--stages", "3"]), None)

@@ -7,6 +7,7 @@ import json
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from effnet.data.progressive import ProgressiveSpec
     from effnet.train import RunResult
 
 
@@ -35,31 +36,33 @@ def _run_training(args: argparse.Namespace) -> RunResult:
         accum_steps=args.accum_steps, save_every_steps=args.save_every, schedule=args.schedule,
         width=args.width, depth=args.depth, threads=args.threads, train_subset=args.subset,
         channels_last=False if args.no_channels_last else None, ema=False if args.no_ema else None,
-        **_progressive(args),
     )
+    progressive = _progressive(args, cfg.progressive)
+    if progressive is not cfg.progressive:
+        cfg.progressive, cfg.autoaugment = progressive, False  # V2 pairs progressive with RandAugment
     return train(cfg)
 
 
-def _progressive(args: argparse.Namespace) -> dict:
-    if not args.progressive:
-        return {}
+def _progressive(args: argparse.Namespace, current: ProgressiveSpec | None) -> ProgressiveSpec | None:
+    """``--progressive PRESET`` picks the ranges (else the recipe's); ``--stages``/``--sizes`` adjust them."""
     from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
 
-    preset = args.progressive
-    if preset in V2_PRESETS:
-        spec = V2_PRESETS[preset]
-    elif preset == "on":
-        spec = ProgressiveSpec()
-    else:
-        raise ValueError(f"--progressive: expected 'on' or one of {sorted(V2_PRESETS)}, got {preset!r}")
+    spec = current
+    if args.progressive:
+        if args.progressive in V2_PRESETS:
+            spec = V2_PRESETS[args.progressive]
+        elif args.progressive == "on":
+            spec = current or ProgressiveSpec()
+        else:
+            raise ValueError(f"--progressive: expected 'on' or one of {sorted(V2_PRESETS)}, got {args.progressive!r}")
+    if (args.stages or args.sizes) and spec is None:
+        raise ValueError("--stages/--sizes need progressive learning: add --progressive on (or a preset)")
     changes: dict = {}
     if args.stages:
         changes["stages"] = args.stages
     if args.sizes:
         changes["image_size"] = Range(*args.sizes)
-    if changes:
-        spec = ProgressiveSpec(**{**spec.__dict__, **changes})
-    return {"progressive": spec, "autoaugment": False}
+    return ProgressiveSpec(**{**spec.__dict__, **changes}) if changes and spec else spec
 
 
 def _eval(args: argparse.Namespace) -> int:
