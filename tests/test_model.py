@@ -45,12 +45,15 @@ def test_flops_match_the_papers(name):
 def test_every_model_runs_forward_and_backward(name):
     torch.manual_seed(0)
     model = effnet.create_model(name, num_classes=7)
-    x = torch.randn(2, 3, 32, 32)
+    # 64 px, not 32: at 32 px the stride-32 stages are 1x1, so a training-mode BatchNorm sees two
+    # values per channel and its backward amplifies gradients until the 100+ blocks of V2-XL
+    # overflow float32 (a property of batch statistics over 2 numbers, not of the network).
+    x = torch.randn(2, 3, 64, 64)
     out = model(x)
     assert out.shape == (2, 7) and torch.isfinite(out).all()
     out.square().mean().backward()
     grads = [p.grad for p in model.parameters()]
-    assert all(g is not None for g in grads)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert model.stem.conv.weight.grad.abs().sum() > 0
 
 
