@@ -117,7 +117,11 @@ class TrainAugment(nn.Module):
         from kornia.augmentation.auto import AutoAugment, RandAugment
 
         self.settings = s
-        ops: list[nn.Module] = [K.RandomResizedCrop((s.image_size, s.image_size), scale=s.crop_scale)]
+        # crop_scale (1, 1) turns the crop off (a plain resize): RandomResizedCrop would still
+        # draw a random aspect ratio, and exact comparisons (e.g. 1 vs N processes) need none.
+        crop = (K.Resize((s.image_size, s.image_size)) if tuple(s.crop_scale) == (1.0, 1.0)
+                else K.RandomResizedCrop((s.image_size, s.image_size), scale=s.crop_scale))
+        ops: list[nn.Module] = [crop]
         if s.hflip:
             ops.append(K.RandomHorizontalFlip())
         self.geometric = nn.Sequential(*ops)

@@ -16,6 +16,8 @@ def _train(args: argparse.Namespace) -> int:
 
     with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
         result = _run_training(args)
+    if not result.is_main:
+        return 0  # in a torchrun job, rank 0 reports
     print(f"{result.epochs} epochs: final top-1 {result.final_top1:.2f}%, best {result.best_top1:.2f}%")
     print(f"run folder: {result.run_dir}")
     if result.skipped:
@@ -36,6 +38,8 @@ def _run_training(args: argparse.Namespace) -> RunResult:
         accum_steps=args.accum_steps, save_every_steps=args.save_every, schedule=args.schedule,
         width=args.width, depth=args.depth, threads=args.threads, train_subset=args.subset,
         channels_last=False if args.no_channels_last else None, ema=False if args.no_ema else None,
+        sync_bn=args.sync_bn or None, deterministic=args.deterministic or None,
+        dist_timeout_minutes=args.dist_timeout, log_steps=args.log_steps or None,
     )
     progressive = _progressive(args, cfg.progressive)
     if progressive is not cfg.progressive:
@@ -110,7 +114,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--recipe", help="digits, digits_progressive, paper_v1, paper_v2, transfer_v2, debug, "
                                     "or a YAML file (default: digits for digits data, else paper_v1)")
     t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int)
+    t.add_argument("--batch-size", type=int,
+                   help="images per process and step (under torchrun the global batch is this x world size)")
     t.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
     t.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly with batch size)")
     t.add_argument("--schedule", choices=["exponential", "cosine", "constant"])
@@ -134,6 +139,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-channels-last", action="store_true")
     t.add_argument("--no-ema", action="store_true", help="evaluate/save the raw weights, not their EMA")
+    t.add_argument("--log-steps", action="store_true", help="write steps.csv: the loss of every optimiser step")
+    t.add_argument("--deterministic", action="store_true",
+                   help="torch.use_deterministic_algorithms (reproducible, slower)")
+    t.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    t.add_argument("--dist-timeout", type=float, metavar="MINUTES",
+                   help="under torchrun: fail a collective that waits longer than this (default 30)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights on data")

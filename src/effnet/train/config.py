@@ -79,9 +79,14 @@ class TrainConfig:
     compile: bool = False
     threads: int | None = None  # torch CPU threads; None: the idle cores (see loop.auto_threads)
     seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms (exact comparisons; slower)
+    # --- distributed (torchrun; batch_size is per process, the global batch is x world size)
+    sync_bn: bool = False  # BatchNorm statistics over the global batch, not each process's share
+    dist_timeout_minutes: float = 30.0  # a collective waiting longer than this fails the job
     # --- run folder
     out: str | None = None
     save_every_steps: int = 0  # also checkpoint mid-epoch every N optimiser steps (0: off)
+    log_steps: bool = False  # write steps.csv: the loss of every optimiser step (global average)
     recipe: str = "paper_v1"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -104,6 +109,7 @@ class TrainConfig:
             (self.amp in ("auto", "bf16", "fp16", "off"), f"amp: expected auto, bf16, fp16 or off, got {self.amp!r}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing: expected [0, 1), got {self.label_smoothing}"),
             (0 < self.crop_pct <= 1, f"crop_pct: expected (0, 1], got {self.crop_pct}"),
+            (self.dist_timeout_minutes > 0, f"dist_timeout_minutes: expected > 0, got {self.dist_timeout_minutes}"),
         ]
         for ok, msg in checks:
             if not ok:

@@ -49,11 +49,13 @@ def default_device(device: str = "auto") -> torch.device:
 def score(
     model: nn.Module, loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device,
     num_classes: int, split: Split | None = None, skips: SkipLog | None = None, channels_last: bool = False,
-    autocast_dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | None = None, sharded: bool = False,
 ) -> tuple[float, float, float, torch.Tensor]:
     """``(loss, top1 %, top5 %, confusion (C, C))`` of ``model`` over ``loader``.
 
-    Plain sums, so that a distributed run can all-reduce them before dividing.
+    ``sharded``: the loader holds this rank's share of the split (in a torch.distributed job);
+    the plain sums are all-reduced over the ranks before they are divided, so every image
+    counts once and every rank returns the same scores.
     """
     was_training = model.training
     model.eval()
@@ -82,6 +84,13 @@ def score(
         n += len(y)
         confusion.index_put_((y.cpu(), topk[:, 0].cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
     model.train(was_training)
+    if sharded:
+        totals = torch.tensor([loss_sum, top1, top5, n], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(totals)
+        loss_sum, top1, top5, n = totals[0].item(), totals[1].item(), totals[2].item(), int(totals[3].item())
+        confusion = confusion.to(device)
+        torch.distributed.all_reduce(confusion)
+        confusion = confusion.cpu()
     if n == 0:
         raise ValueError("evaluation: no readable images in the split")
     return loss_sum / n, 100.0 * top1 / n, 100.0 * top5 / n, confusion

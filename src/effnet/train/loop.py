@@ -1,8 +1,9 @@
 """The training loop: one function, in marked sections (setup, data, model, optimiser, resume,
 then per epoch: stage, step, evaluation, checkpoint).
 
-Written so DistributedDataParallel slots in: the sampler is seeded by epoch, every metric is a
-plain sum before it is divided, and all file writes sit in the checkpoint section.
+DistributedDataParallel is written into it: the sampler is seeded by epoch and sharded by rank,
+every metric is a plain sum all-reduced over the ranks before it is divided, and rank 0 alone
+writes files (see ``effnet.train.distributed`` for the process group and ``torchrun``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from torch import nn
@@ -38,6 +39,7 @@ from effnet.data import (
     stage_at,
 )
 from effnet.model import EfficientNet
+from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.train.evaluate import default_device, score
 from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
@@ -60,6 +62,7 @@ class RunResult:
     final_top1: float
     metrics: list[dict[str, Any]]
     skipped: list[str] = field(default_factory=list)
+    is_main: bool = True  # False on the ranks > 0 of a distributed job (they print nothing)
 
 
 # --- helpers (pure; the loop below reads top to bottom) -------------------------------------
@@ -141,6 +144,17 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+def open_step_log(path: Path, keep_steps: int) -> TextIO:
+    """``steps.csv`` for appending, holding rows up to optimiser step ``keep_steps`` (a resumed
+    run drops the rows written after its checkpoint, which it is about to redo)."""
+    kept = ["epoch,step,lr,loss,images\n"]
+    if keep_steps and path.is_file():
+        kept += [line for line in path.read_text().splitlines(keepends=True)[1:]
+                 if int(line.split(",")[1]) <= keep_steps]
+    path.write_text("".join(kept))
+    return open(path, "a")
+
+
 def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
     """Loss and accuracy per epoch (matplotlib, Agg backend, imported only here)."""
     import matplotlib
@@ -194,27 +208,61 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # --- the loop ---------------------------------------------------------------------------------
 def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     """Train (or fine-tune) as ``cfg`` says; ``resume`` continues a run folder where its last
-    checkpoint left off (its saved config is used)."""
+    checkpoint left off (its saved config is used).
+
+    Launched by ``torchrun``, every process calls this: they join one process group (NCCL on
+    GPUs, Gloo on CPU), each trains on its share of every global batch of ``world x batch_size``
+    images, and rank 0 alone logs and writes the run folder (see ``effnet.train.distributed``).
+    """
+    saved = None
+    if resume is not None:
+        if not (Path(resume) / STATE_FILE).is_file():
+            raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {resume}")
+        saved = torch.load(Path(resume) / STATE_FILE, map_location="cpu", weights_only=True)
+        cfg = TrainConfig.from_dict(saved["config"])
+    d = distributed.start(cfg.device, cfg.dist_timeout_minutes)
+    effnet_log = logging.getLogger("effnet")
+    log_level, was_deterministic = effnet_log.level, torch.are_deterministic_algorithms_enabled()
+    if not d.is_main:
+        effnet_log.setLevel(logging.WARNING)  # one copy of the log: rank 0's (warnings still show)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
+        torch.use_deterministic_algorithms(True)
+    try:
+        return _train(cfg, resume, saved, d)
+    finally:
+        # An exception propagates (the CLI exits non-zero, and torchrun then stops the other ranks).
+        effnet_log.setLevel(log_level)
+        torch.use_deterministic_algorithms(was_deterministic)
+        distributed.stop(d)
+
+
+def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | None,
+           d: distributed.Dist) -> RunResult:
     # ===== setup =====
     if resume is not None:
         run_dir = Path(resume)
-        if not (run_dir / STATE_FILE).is_file():
-            raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir}")
-        saved = torch.load(run_dir / STATE_FILE, map_location="cpu", weights_only=True)
-        cfg = TrainConfig.from_dict(saved["config"])
     else:
-        saved = None
-        run_dir = new_run_dir(cfg.out)
+        # Rank 0 names the folder: the others' clocks may sit in another second.
+        run_dir = Path(distributed.broadcast_object(d, str(new_run_dir(cfg.out))))
         if (run_dir / STATE_FILE).exists():
             raise ValueError(f"{run_dir} already holds a run; pass --resume {run_dir} or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    threads = cfg.threads or auto_threads()
+    saved_world = saved.get("world_size", 1) if saved is not None else d.world
+    if saved_world != d.world:
+        raise ValueError(f"{run_dir} was trained by {saved_world} process(es) and this job has {d.world}: "
+                         f"resume with the same world size (torchrun --nnodes x --nproc_per_node), since "
+                         f"the global batch, learning rate and data order depend on it")
+    if d.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    # Ranks sharing a machine share its cores.
+    threads = cfg.threads or max(1, auto_threads() // d.local_world)
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
-    device = default_device(cfg.device)
+    device = distributed.device_for(d, default_device(cfg.device))
     amp_dtype = autocast_dtype(cfg, device)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+    if d.is_main:
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
 
     # ===== data =====
     train_split, val_split = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
@@ -225,6 +273,10 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
 
     # ===== model =====
     model = build_model(cfg, len(class_names)).to(device)
+    if d.enabled:
+        # Same initial weights everywhere (seeded above; DDP also broadcasts rank 0's), then each
+        # rank its own augmentation and dropout draws, so the shards are not augmented alike.
+        torch.manual_seed(cfg.seed + d.rank)
     base_size = cfg.image_size or model.spec.train_resolution or model.spec.resolution
     stages = plan(cfg.progressive, cfg.epochs) if cfg.progressive else [Stage(0, 0, base_size, None, None, None)]
     final_size = stages[-1].image_size
@@ -243,29 +295,49 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     # crops it to each stage's size (EfficientNet's random-resized crop).
     load_size = int(math.ceil(final_size / cfg.crop_pct))
     train_ds = DecodedDataset(train_split, LoadTransform(load_size, cfg.interpolation), load_size)
-    sampler = EpochSampler(len(train_ds), cfg.seed)
-    drop_last = len(train_ds) > cfg.batch_size
+    # Under DDP each rank reads every world-th image of the epoch's permutation.
+    sampler = EpochSampler(len(train_ds), cfg.seed, rank=d.rank, world=d.world)
+    shard_size = sampler.shard_size()
+    if shard_size == 0:
+        raise ValueError(f"{len(train_ds)} training images cannot be shared by {d.world} processes: "
+                         f"use fewer processes or more data")
+    drop_last = shard_size > cfg.batch_size
     train_loader = make_loader(train_ds, cfg.batch_size, workers=workers, sampler=sampler, drop_last=drop_last,
                                pin_memory=device.type == "cuda")
 
     def val_loader_for(p: Preprocessing) -> torch.utils.data.DataLoader:
-        return make_loader(DecodedDataset(val_split, EvalTransform(p), p.resolution), cfg.batch_size * 2,
-                           workers=workers)
+        val_ds: Any = DecodedDataset(val_split, EvalTransform(p), p.resolution)
+        if d.enabled:
+            # Every validation image exactly once over all ranks (no padding duplicates); the
+            # sums are all-reduced in score().
+            val_ds = torch.utils.data.Subset(val_ds, range(d.rank, len(val_ds), d.world))
+        return make_loader(val_ds, cfg.batch_size * 2, workers=workers)
 
     normalize = Normalize(preprocessing).to(device)
     if cfg.freeze_backbone:
         # Fine-tune only the classifier; the backbone (incl. its BatchNorm statistics) stays fixed.
         for name, p in model.named_parameters():
             p.requires_grad_(name.startswith("classifier."))
+    if cfg.sync_bn and d.enabled:
+        model = distributed.convert_sync_batchnorm(model, device)
+    elif cfg.sync_bn:
+        log.info("sync_bn ignored: a single process already normalises over the whole batch")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, cfg.ema_decay) if cfg.ema else None
-    forward = torch.compile(model) if cfg.compile else model
+    # ``model`` stays the plain network (its state_dict is what checkpoints hold); ``ddp`` wraps
+    # it to average gradients across ranks during backward.
+    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if d.enabled else None)
+    forward = ddp or model
+    forward = torch.compile(forward) if cfg.compile else forward
 
     # ===== optimiser =====
-    batches_per_epoch = len(train_ds) // cfg.batch_size if drop_last else 1
+    batches_per_epoch = shard_size // cfg.batch_size if drop_last else 1
     steps_per_epoch = max(1, batches_per_epoch // cfg.accum_steps)
-    peak_lr = scaled_lr(cfg.lr_per_256, cfg.batch_size * cfg.accum_steps)
+    # The linear scaling rule (lr per 256 images) applies to the global batch.
+    global_batch = cfg.batch_size * d.world * cfg.accum_steps
+    peak_lr = scaled_lr(cfg.lr_per_256, global_batch)
     optimizer = make_optimizer(cfg, model, peak_lr)
 
     def lr_for(step: int) -> float:
@@ -275,7 +347,7 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
 
     # ===== resume =====
     epoch, step, batch_in_epoch, rows, best = 0, 0, 0, [], -1.0
-    partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+    partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}  # global sums (all ranks) of the epoch so far
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -284,28 +356,47 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
             ema.load_state_dict(saved["ema"])
         epoch, step, batch_in_epoch = saved["epoch"], saved["step"], saved["batch_in_epoch"]
         rows, best, partial = saved["metrics"], saved["best_top1"], saved["partial"]
-        set_rng_state(saved["rng"])
+        set_rng_state(saved["rng_ranks"][d.rank] if d.enabled else saved["rng"])
         log.info("resuming %s at epoch %d, batch %d (step %d)", run_dir, epoch + 1, batch_in_epoch, step)
     skips = SkipLog()
     log.info("run folder %s: %s (%d params) on %s, %d train / %d val images, %d classes, %d epochs, "
              "batch %d x %d, peak lr %.4g, %d CPU thread(s)", run_dir, model.spec.name, sum(p.numel() for p in model.parameters()),
              device, len(train_split), len(val_split), len(class_names), cfg.epochs, cfg.batch_size,
              cfg.accum_steps, peak_lr, threads)
+    if d.enabled:
+        log.info("distributed: %d processes (%s); global batch %d = %d per process x %d processes x %d "
+                 "accumulation step(s); peak lr %.4g = %.4g per 256 images x %d / 256; SyncBatchNorm %s",
+                 d.world, torch.distributed.get_backend(), global_batch, cfg.batch_size, d.world, cfg.accum_steps,
+                 peak_lr, cfg.lr_per_256, global_batch, "on" if cfg.sync_bn else "off")
+    step_log = open_step_log(run_dir / "steps.csv", step) if cfg.log_steps and d.is_main else None
 
     def save_state(epoch_: int, batch_: int) -> None:
-        """Full resume state, written atomically (a kill leaves the previous file intact)."""
+        """Full resume state, written atomically (a kill leaves the previous file intact); under
+        DDP every rank calls it (each rank's random state is gathered), rank 0 writes."""
+        rngs = distributed.all_gather_object(d, rng_state())
+        if not d.is_main:
+            return
         state = {
             "config": cfg.to_dict(), "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
             "epoch": epoch_, "step": step, "batch_in_epoch": batch_, "metrics": rows, "best_top1": best,
-            "partial": partial, "rng": rng_state(), "class_names": class_names,
+            "partial": partial, "rng": rngs[0], "class_names": class_names,
         }
+        if d.enabled:
+            state.update(world_size=d.world, rng_ranks=rngs)
         atomic_write(run_dir / STATE_FILE, lambda tmp: torch.save(state, tmp))
+
+    def add_step_loss(sums: list[float]) -> float:
+        """Add one step's (loss sum, images) of every rank to the epoch's totals; the step's mean loss."""
+        loss_sum, seen = distributed.sum_floats(d, sums, device)
+        partial["loss_sum"] += loss_sum
+        partial["seen"] += int(seen)
+        return loss_sum / max(seen, 1)
 
     from tqdm import tqdm
 
     bar = tqdm(total=cfg.epochs * batches_per_epoch, initial=epoch * batches_per_epoch + batch_in_epoch,
-               unit="batch", dynamic_ncols=True, mininterval=1.0)
+               unit="batch", dynamic_ncols=True, mininterval=1.0, disable=not d.is_main)
     eval_model: nn.Module = model
     stage: Stage | None = None
     augment: TrainAugment | None = None
@@ -329,10 +420,11 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
         model.train()
         if cfg.freeze_backbone:
             for m in model.modules():
-                if isinstance(m, nn.BatchNorm2d):
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
         sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
         t0 = time.time() - partial["seconds"]
+        step_sums = [0.0, 0.0]  # this rank's loss sum and images since the last optimiser step
         bar.set_description(f"epoch {epoch + 1}/{cfg.epochs} stage {stage.index + 1} {stage.image_size}px")
         for images, labels, index in train_loader:
             # --- data: drop unreadable files, augment on the device
@@ -340,12 +432,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
             if bad.any():
                 skips.add(train_split, index[bad].tolist())
                 images, labels = images[~bad], labels[~bad]
-            if len(labels) > 1:
+            # Under DDP all ranks skip together: a rank that skipped its forward/backward would
+            # leave the others waiting in the gradient all-reduce.
+            if distributed.all_agree(d, len(labels) > 1, device):
                 x, targets = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
                 x = normalize.from_unit(x)
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                # --- forward / backward (loss averaged over the accumulated micro-batches)
+                # --- forward / backward (loss averaged over the accumulated micro-batches; DDP
+                # averages the gradients over the ranks, so the step sees the global batch's mean)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = forward(x)
                 loss = targets.loss(logits.float(), cfg.label_smoothing)
@@ -356,13 +451,14 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
                         f"good checkpoint is kept in {run_dir}; lower the learning rate (--lr) or use --amp off"
                     )
                 scaler.scale(loss / cfg.accum_steps).backward()
-                partial["loss_sum"] += loss.item() * len(labels)
-                partial["seen"] += len(labels)
+                step_sums[0] += loss.item() * len(labels)
+                step_sums[1] += len(labels)
             batch_in_epoch += 1
             # --- optimiser step (every accum_steps micro-batches)
             if batch_in_epoch % cfg.accum_steps == 0:
+                lr = lr_for(step)
                 for g in optimizer.param_groups:
-                    g["lr"] = lr_for(step)
+                    g["lr"] = lr
                 if cfg.grad_clip:
                     scaler.unscale_(optimizer)
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -370,8 +466,15 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 if ema is not None:
-                    ema.update(model)
+                    ema.update(model)  # on every rank: the weights are identical after each step
                 step += 1
+                step_loss = add_step_loss(step_sums)
+                step_sums = [0.0, 0.0]
+                if step_log is not None:
+                    step_log.write(f"{epoch + 1},{step},{lr:.8g},{step_loss:.8f},{partial['seen']}\n")
+                    step_log.flush()
+                if step == 1:
+                    distributed.crash_for_test(d)
                 if cfg.save_every_steps and step % cfg.save_every_steps == 0:
                     partial["seconds"] = time.time() - t0
                     save_state(epoch, batch_in_epoch)
@@ -379,13 +482,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
             elapsed = time.time() - t0
             bar.set_postfix(loss=f"{partial['loss_sum'] / max(partial['seen'], 1):.3f}",
                             img_s=f"{partial['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
+        add_step_loss(step_sums)  # micro-batches of an unfinished accumulation still count in the loss
         train_seconds = time.time() - t0
         optimizer.zero_grad(set_to_none=True)  # a partial accumulation does not leak into the next epoch
 
         # ===== evaluation (the EMA weights when EMA is on) =====
         eval_model = ema.module if ema is not None else model
+        distributed.broadcast_buffers(d, eval_model)
         val_loss, top1, top5, _ = score(eval_model, val_loader, normalize, device, len(class_names), val_split,
-                                        skips, channels_last=cfg.channels_last, autocast_dtype=amp_dtype)
+                                        skips, channels_last=cfg.channels_last, autocast_dtype=amp_dtype,
+                                        sharded=d.enabled)
         row = {
             "epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size,
             "dropout": round(float(model.dropout.p), 4), "randaugment": augment.settings.randaugment_magnitude,
@@ -402,21 +508,26 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
                  row["mixup"], row["lr"], row["train_loss"], row["val_loss"], row["val_top1"], row["val_top5"],
                  row["img_per_s"], row["seconds"])
 
-        # ===== checkpoint (weights first, then the resume state that points past them) =====
+        # ===== checkpoint (weights first, then the resume state that points past them; rank 0 writes) =====
         epoch, batch_in_epoch = epoch + 1, 0
         partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
         extra = {"epoch": epoch, "val_top1": top1, "val_top5": top5, "recipe": cfg.recipe}
-        save_weights(eval_model, run_dir / "last.safetensors", preprocessing=preprocessing, source="effnet-train",
-                     class_names=class_names, extra=extra)
-        if top1 > best:
-            best = top1
-            save_weights(eval_model, run_dir / "best.safetensors", preprocessing=preprocessing,
+        improved = top1 > best
+        best = max(best, top1)
+        if d.is_main:
+            save_weights(eval_model, run_dir / "last.safetensors", preprocessing=preprocessing,
                          source="effnet-train", class_names=class_names, extra=extra)
+            if improved:
+                save_weights(eval_model, run_dir / "best.safetensors", preprocessing=preprocessing,
+                             source="effnet-train", class_names=class_names, extra=extra)
         save_state(epoch, 0)
-        write_metrics(run_dir / "metrics.csv", rows)
-        plot_curves(run_dir / "curves.png", rows)
+        if d.is_main:
+            write_metrics(run_dir / "metrics.csv", rows)
+            plot_curves(run_dir / "curves.png", rows)
     bar.close()
+    if step_log is not None:
+        step_log.close()
     skips.report()
     final = rows[-1]["val_top1"] if rows else float("nan")
     log.info("done: %d epochs, final top-1 %.2f%%, best %.2f%%; run folder %s", len(rows), final, best, run_dir)
-    return RunResult(run_dir, len(rows), best, final, rows, sorted(skips.skipped))
+    return RunResult(run_dir, len(rows), best, final, rows, sorted(skips.skipped), is_main=d.is_main)

@@ -1,0 +1,193 @@
+"""Data-parallel training with PyTorch's own engine: ``torch.distributed`` process groups and
+``DistributedDataParallel``, launched by ``torchrun``.
+
+``torchrun --nproc_per_node=N -m effnet train ...`` starts N copies of the same command and
+sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address) in each one's
+environment; :func:`start` joins the group they describe. Without those variables every helper
+here is a no-op and a run is the plain single-process one.
+
+Test hook: ``EFFNET_TEST_CRASH_RANK=R`` makes rank ``R`` raise after its first optimiser step,
+so that the tests can check that one rank's failure ends the whole job with its message instead
+of leaving the others waiting in a collective.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "EFFNET_TEST_CRASH_RANK"
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits in the job (``world == 1``: not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    owns_group: bool = False  # this module created the process group, so it destroys it
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def start(device: str, timeout_minutes: float) -> Dist:
+    """Join the process group that torchrun's environment describes (or one the caller already
+    initialised). NCCL for CUDA devices, Gloo for CPU. The timeout is finite so that a rank stuck
+    in a collective whose peer vanished raises instead of hanging forever."""
+    if dist.is_available() and dist.is_initialized():
+        return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)),
+                    int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return Dist()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank)  # before NCCL init: one GPU per process
+    dist.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=timeout_minutes))
+    return Dist(rank, world, local_rank, int(os.environ.get("LOCAL_WORLD_SIZE", 1)), owns_group=True)
+
+
+def stop(d: Dist) -> None:
+    if d.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_for(d: Dist, device: torch.device) -> torch.device:
+    """Under DDP each process drives the GPU numbered by its local rank."""
+    if d.enabled and device.type == "cuda":
+        return torch.device("cuda", d.local_rank)
+    return device
+
+
+def broadcast_object(d: Dist, obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (e.g. a run folder named from rank 0's clock)."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_object(d: Dist, obj: Any) -> list[Any]:
+    if not d.enabled:
+        return [obj]
+    out: list[Any] = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def sum_floats(d: Dist, values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sum of ``values`` over all ranks (float64, so counts stay exact)."""
+    if not d.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def all_agree(d: Dist, flag: bool, device: torch.device) -> bool:
+    """True only when ``flag`` holds on every rank."""
+    if not d.enabled:
+        return flag
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def broadcast_buffers(d: Dist, module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm statistics) everywhere: without SyncBatchNorm each rank's
+    statistics follow its own shard, and evaluation must score one model, the one rank 0 saves."""
+    if d.enabled:
+        for b in module.buffers():
+            dist.broadcast(b, src=0)
+
+
+def crash_for_test(d: Dist) -> None:
+    """The documented test hook (module docstring)."""
+    if os.environ.get(CRASH_ENV) == str(d.rank):
+        raise RuntimeError(f"rank {d.rank} crashed on purpose ({CRASH_ENV}={d.rank})")
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose backward is also a sum over ranks: the gradient of a global sum with
+    respect to one rank's term collects every rank's downstream loss."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class _DistributedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are taken over the whole global batch, for devices
+    where ``nn.SyncBatchNorm`` has no kernel (it refuses CPU tensors, so Gloo jobs use this).
+
+    The sums go through :class:`_SumOverRanks`, whose backward all-reduces the gradients of the
+    statistics: each rank's input gradient then holds every rank's loss term, as with
+    ``nn.SyncBatchNorm``. Two passes (mean, then squared
+    deviations) keep the variance as accurate as the single-process kernel's.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        totals = _SumOverRanks.apply(torch.cat([x.sum(dims), count]))  # (C + 1,): channel sums, image count
+        n = totals[-1]
+        mean = totals[:-1] / n
+        centred = x - mean[None, :, None, None]
+        var = _SumOverRanks.apply(centred.square().sum(dims)) / n  # biased, as BatchNorm normalises with
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+                self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)  # unbiased, as torch
+        y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
+        if self.affine:
+            y = y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return y
+
+
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d normalised over the global batch: ``nn.SyncBatchNorm`` on GPUs,
+    :class:`_DistributedBatchNorm2d` on CPU. Parameter and buffer names are unchanged, so
+    checkpoints stay those of the plain model."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = _DistributedBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats)
+            new.load_state_dict(child.state_dict())
+            new.to(child.weight.device if child.affine else device)
+            setattr(model, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return model
