@@ -39,6 +39,12 @@ def test_scale_json_and_table(capsys):
     assert code == 0 and "alpha=1.3" in out and out.count("\n") >= 5
 
 
+def test_scale_plot(capsys, tmp_path):
+    code, _, _ = run(capsys, "scale", "--phi", "0", "1", "--plot", str(tmp_path / "s.png"))
+    data = (tmp_path / "s.png").read_bytes()
+    assert code == 0 and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
 def test_table(capsys):
     code, out, _ = run(capsys, "table")
     assert code == 0 and "efficientnet_b7" in out and "efficientnetv2_l" in out and "37.75B" in out

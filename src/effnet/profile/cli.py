@@ -78,6 +78,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
     from effnet.scaling.study import compound_study
 
     rows = compound_study(get_spec(args.base), _phis(args), args.alpha, args.beta, args.gamma)
+    if args.plot:
+        from effnet.viz import plot_compound_study
+
+        plot_compound_study(rows, args.plot, title=f"compound scaling of {args.base}")
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
         return 0
@@ -145,6 +149,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beta", type=float, default=BETA, help="width base (default 1.1)")
     p.add_argument("--gamma", type=float, default=GAMMA, help="resolution base (default 1.15)")
     p.add_argument("--json", action="store_true", help="a JSON list of objects")
+    p.add_argument("--plot", metavar="PNG", help="also draw measured vs predicted FLOPs growth to this file")
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("table", help="the paper's Table 2 beside what effnet measures")
