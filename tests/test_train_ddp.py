@@ -110,7 +110,6 @@ def test_a_crashing_rank_ends_the_job_with_its_error(tmp_path):
     assert seconds < 60, seconds
 
 
-@pytest.mark.slow
 def test_two_processes_killed_and_resumed(tmp_path):
     run = tmp_path / "killed"
     args = ["--recipe", "debug", "--epochs", "3", "--subset", "192", "--batch-size", "16", "--threads", "1",

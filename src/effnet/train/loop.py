@@ -220,14 +220,16 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
             raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {resume}")
         saved = torch.load(Path(resume) / STATE_FILE, map_location="cpu", weights_only=True)
         cfg = TrainConfig.from_dict(saved["config"])
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if cfg.deterministic:
+        # Before anything touches CUDA: cuBLAS reads this when it creates its handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     d = distributed.start(cfg.device, cfg.dist_timeout_minutes)
     effnet_log = logging.getLogger("effnet")
-    log_level, was_deterministic = effnet_log.level, torch.are_deterministic_algorithms_enabled()
+    log_level = effnet_log.level
     if not d.is_main:
         effnet_log.setLevel(logging.WARNING)  # one copy of the log: rank 0's (warnings still show)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it to be deterministic
-        torch.use_deterministic_algorithms(True)
     try:
         return _train(cfg, resume, saved, d)
     finally:
@@ -420,7 +422,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
         model.train()
         if cfg.freeze_backbone:
             for m in model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
                     m.eval()
         sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
         t0 = time.time() - partial["seconds"]
