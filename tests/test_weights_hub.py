@@ -144,3 +144,20 @@ def test_published_table_is_well_formed() -> None:
         assert entry.url.startswith("https://")
         hex_len = {"sha256": 64, "md5": 32}[entry.checksum.algorithm]
         assert len(entry.checksum.hexdigest) == (8 if entry.checksum.prefix else hex_len), name
+
+
+def test_train_cli_pretrained_fine_tunes_from_the_cache(checkpoint: bytes, cache: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from effnet.cli import main
+
+    src = tmp_path / "tf_efficientnetv2_b0-0123abcd.pth"
+    src.write_bytes(checkpoint)
+    monkeypatch.setitem(hub.PRETRAINED, NAME, PretrainedSource(
+        src.as_uri(), "timm", "tf_efficientnetv2_b0", Checksum("sha256", hashlib.sha256(checkpoint).hexdigest())))
+    assert main(["train", "--pretrained"]) == 1  # needs --model
+    out = tmp_path / "run"
+    code = main(["train", "--model", NAME, "--pretrained", "--epochs", "1", "--subset", "64", "--threads", "1",
+                 "--out", str(out)])
+    assert code == 0 and _files(cache) == [f"{NAME}.timm.safetensors"]
+    trained = effnet.load_model(out / "last.safetensors")
+    assert trained.spec.padding == "same" and trained.classifier.out_features == 10  # TF file, new head

@@ -30,8 +30,15 @@ def _run_training(args: argparse.Namespace) -> RunResult:
 
     if args.resume:
         return train(resolve_config(), resume=args.resume)
+    weights = args.weights
+    if args.pretrained:
+        if weights or not args.model:
+            raise ValueError("--pretrained needs --model NAME (the published weights of that model) and no --weights")
+        from effnet.weights.hub import fetch_pretrained
+
+        weights = str(fetch_pretrained(args.model))
     cfg = resolve_config(
-        args.recipe, data=args.data, model=args.model, spec=args.spec, weights=args.weights,
+        args.recipe, data=args.data, model=args.model, spec=args.spec, weights=weights,
         epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr_per_256=args.lr,
         image_size=args.image_size, freeze_backbone=args.freeze_backbone or None, seed=args.seed,
         workers=args.workers, device=args.device, amp=args.amp, compile=args.compile or None,
@@ -111,6 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--model", help="registered model name (effnet list)")
     t.add_argument("--spec", help="spec file (YAML/JSON) instead of --model")
     t.add_argument("--weights", help="initial weights (fine-tuning; a new head if the class count differs)")
+    t.add_argument("--pretrained", action="store_true",
+                   help="start from --model's published ImageNet weights (downloaded once, cached; see "
+                        "`effnet pretrained`)")
     t.add_argument("--recipe", help="digits, digits_progressive, paper_v1, paper_v2, transfer_v2, debug, "
                                     "or a YAML file (default: digits for digits data, else paper_v1)")
     t.add_argument("--epochs", type=int)
