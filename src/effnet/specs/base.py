@@ -21,6 +21,15 @@ _PADDINGS = ("symmetric", "same")
 _ACTIVATIONS = ("silu", "relu", "relu6", "gelu", "hardswish")
 
 
+def check_fields(cls: type, keys: Any, what: str) -> None:
+    """Refuse keys that are not fields of dataclass ``cls`` (a typo in a YAML file or an
+    override must not be silently ignored)."""
+    valid = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(keys) - valid)
+    if unknown:
+        raise ValueError(f"unknown {what} field(s) {unknown}; valid fields are {sorted(valid)}")
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One row of a paper table: ``repeats`` identical blocks, the first with ``stride``.
@@ -117,12 +126,7 @@ class ModelSpec:
 
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with ``changes`` applied (validated like a new spec)."""
-        valid = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - valid)
-        if unknown:
-            raise ValueError(
-                f"unknown spec field(s) {unknown}: expected some of {sorted(valid)}"
-            )
+        check_fields(type(self), changes, "spec")
         return dataclasses.replace(self, **changes)
 
     # --- serialisation -------------------------------------------------------------------
@@ -135,10 +139,7 @@ class ModelSpec:
     def from_dict(cls, d: dict[str, Any]) -> ModelSpec:
         if not isinstance(d, dict):
             raise ValueError(f"ModelSpec.from_dict: expected a mapping, got {type(d).__name__}")
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"ModelSpec: unknown field(s) {unknown}; valid fields are {sorted(valid)}")
+        check_fields(cls, d, "spec")
         d = dict(d)
         d["stages"] = tuple(StageSpec(**s) for s in d.get("stages", ()))
         return cls(**d)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
+from effnet.specs.base import check_fields
 from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -131,10 +132,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        valid = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - valid)
-        if unknown:
-            raise ValueError(f"training config: unknown field(s) {unknown}; valid fields: {sorted(valid)}")
+        check_fields(cls, d, "training config")
         return cls(**d)
 
 
