@@ -128,3 +128,15 @@ def test_train_augment_shapes_and_targets(settings):
     if settings.mixup_alpha or settings.cutmix_alpha:
         assert targets.partner is not None and targets.lam is not None
         assert ((targets.lam >= 0) & (targets.lam <= 1)).all()
+
+
+def test_cutmix_weights_the_partner_by_its_pasted_area():
+    """Each image is one constant grey level, so every pixel says which image it came from."""
+    torch.manual_seed(0)
+    aug = TrainAugment(AugmentSettings(32, crop_scale=(1.0, 1.0), hflip=False, cutmix_alpha=1.0))
+    labels = torch.arange(8)
+    images = (labels.view(8, 1, 1, 1) * 30).expand(8, 3, 40, 40).to(torch.uint8)
+    x, targets = aug(images, labels)
+    for i in range(8):
+        partner_area = 1 - ((x[i, 0] * 255).round() == labels[i] * 30).float().mean().item()
+        assert targets.lam[i].item() == pytest.approx(partner_area, abs=0.02)

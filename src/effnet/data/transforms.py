@@ -147,8 +147,10 @@ class TrainAugment(nn.Module):
         if use_cutmix:
             params = self.cutmix.forward_parameters(x.shape)  # type: ignore[union-attr]
             x, mixed = self.cutmix(x, labels, params=params)  # type: ignore[misc]
-            mixed = mixed[0]  # (B, 3): label, partner label, partner's area fraction
-            return x, Targets(labels, mixed[:, 1].long(), mixed[:, 2].to(x))
+            mixed = mixed[0]  # (B, 3): label, partner label, area fraction of the *original* image
+            # With use_correct_lambda kornia reports the share of the original image that is
+            # kept; the partner's label is weighted by the pasted area, 1 minus that.
+            return x, Targets(labels, mixed[:, 1].long(), 1.0 - mixed[:, 2].to(x))
         if self.mixup is not None:
             params = self.mixup.forward_parameters(x.shape)
             # mixup draws lambda ~ Beta(alpha, alpha) (Zhang et al. 2018); kornia's default is
