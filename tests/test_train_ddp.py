@@ -130,3 +130,17 @@ def test_two_processes_killed_and_resumed(tmp_path):
     state = torch.load(run / "state.pt", weights_only=True)
     assert state["epoch"] == 3 and state["world_size"] == 2 and len(state["rng_ranks"]) == 2
     assert load_model(run / "last.safetensors") is not None
+
+
+def test_cpu_sync_bn_keeps_parameters_and_their_frozen_state():
+    import effnet
+    from effnet.train.distributed import convert_sync_batchnorm
+
+    model = effnet.create_model("efficientnetv2_b0", num_classes=3)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith("classifier."))
+    before = {n: p for n, p in model.named_parameters()}
+    convert_sync_batchnorm(model, torch.device("cpu"))
+    after = dict(model.named_parameters())
+    assert after.keys() == before.keys() and all(after[n] is before[n] for n in before)
+    assert not any(p.requires_grad for n, p in after.items() if not n.startswith("classifier."))

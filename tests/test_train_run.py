@@ -92,6 +92,35 @@ def test_fine_tune_new_head_and_freeze(digits_run, tmp_path):
     assert torch.equal(ft.state_dict["stem.conv.weight"], base.state_dict["stem.conv.weight"])
 
 
+def test_fine_tune_keeps_the_weights_normalisation_and_resume_needs_no_initial_file(digits_run, tmp_path):
+    from effnet.weights import Preprocessing
+
+    base = read_weights(digits_run / "best.safetensors")
+    keras_like = Preprocessing(resolution=32, scale=1 / 128, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0))
+    init = save_weights(base.state_dict, tmp_path / "init.safetensors", spec=base.spec, preprocessing=keras_like)
+    result = train(resolve_config("debug", weights=str(init), threads=1, epochs=1, train_subset=64,
+                                  out=str(tmp_path / "ft")))
+    pp = read_weights(result.run_dir / "last.safetensors").preprocessing
+    assert (pp.scale, pp.mean, pp.std) == (1 / 128, (1.0, 1.0, 1.0), (1.0, 1.0, 1.0))
+    # An explicit mean/std still wins over the file's.
+    explicit = train(resolve_config("debug", weights=str(init), threads=1, epochs=1, train_subset=64,
+                                    mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), out=str(tmp_path / "ex")))
+    assert read_weights(explicit.run_dir / "last.safetensors").preprocessing.mean == (0.5, 0.5, 0.5)
+    # Resuming rebuilds from the run's own state: the initial file may be gone.
+    import yaml
+
+    cfg_path = result.run_dir / "config.yaml"
+    cfg = yaml.safe_load(cfg_path.read_text())
+    state = torch.load(result.run_dir / "state.pt", weights_only=True)
+    state["config"]["epochs"] = 2  # one more epoch
+    torch.save(state, result.run_dir / "state.pt")
+    init.unlink()
+    resumed = train(resolve_config(), resume=str(result.run_dir))
+    assert resumed.epochs == 2 and cfg["weights"] == str(init)
+    pp = read_weights(resumed.run_dir / "last.safetensors").preprocessing
+    assert pp.scale == 1 / 128
+
+
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     """A run killed mid-epoch resumes from its last checkpoint and ends like an uninterrupted one."""
     cfg = dict(recipe="debug", epochs=4, threads=1, train_subset=320, batch_size=32)

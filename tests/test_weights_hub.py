@@ -81,7 +81,10 @@ def _entry(server: _Server, checkpoint: bytes, digest: str | None = None) -> Pre
 
 
 def _files(cache: Path) -> list[str]:
-    return sorted(p.name for p in cache.rglob("*") if p.is_file()) if cache.exists() else []
+    """Files in the cache, less the empty per-model lock files that serialise downloads."""
+    if not cache.exists():
+        return []
+    return sorted(p.name for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".lock"))
 
 
 def test_download_verify_convert_then_offline(server: _Server, checkpoint: bytes, cache: Path,
@@ -161,3 +164,14 @@ def test_train_cli_pretrained_fine_tunes_from_the_cache(checkpoint: bytes, cache
     assert code == 0 and _files(cache) == [f"{NAME}.timm.safetensors"]
     trained = effnet.load_model(out / "last.safetensors")
     assert trained.spec.padding == "same" and trained.classifier.out_features == 10  # TF file, new head
+
+
+def test_concurrent_fetches_download_once(server: _Server, checkpoint: bytes, cache: Path) -> None:
+    """As under torchrun: several processes ask for the same weights at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = {NAME: _entry(server, checkpoint)}
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda _: fetch_pretrained(NAME, table=table), range(4)))
+    assert len(set(paths)) == 1 and server.hits == 1
+    assert _files(cache) == [f"{NAME}.timm.safetensors"]

@@ -34,9 +34,9 @@ class EfficientNet(nn.Module):
 
         self.stem = ConvBnAct(spec.in_channels, spec.stem_channels, 3, 2, act=spec.activation,
                               padding=spec.padding, **norm)
-        # Stochastic depth: the drop rate grows linearly with the *global* block index, from 0
-        # at the first block to drop_path_rate at the last (EfficientNet section 5.2, survival
-        # 0.8 at the last block; torchvision and the official code use index / num_blocks).
+        # Stochastic depth: the drop rate grows linearly with the *global* block index i, as
+        # drop_path_rate * i / num_blocks: 0 at the first block, just under drop_path_rate at the
+        # last (EfficientNet section 5.2, survival 0.8; the official code and torchvision).
         total, index = spec.num_blocks, 0
         in_ch = spec.stem_channels
         stages: list[nn.Sequential] = []

@@ -34,8 +34,8 @@ def check_fields(cls: type, keys: Any, what: str) -> None:
 class StageSpec:
     """One row of a paper table: ``repeats`` identical blocks, the first with ``stride``.
 
-    ``se`` is the squeeze-excitation ratio relative to the block's *input* channels
-    (EfficientNet Table 1 footnote; the official code divides by the expansion ratio).
+    ``se`` is the squeeze-excitation ratio relative to the block's *input* channels, as in the
+    official code (``num_reduced_filters = max(1, int(input_filters * se_ratio))``).
     ``expand`` is the expansion ratio of the inverted bottleneck (1 = no expansion conv).
     """
 
@@ -164,10 +164,11 @@ class ModelSpec:
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
+        from effnet.files import atomic_write
+
         path = Path(path)
         text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
-        path.write_text(text)
-        return path
+        return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     @classmethod
     def load(cls, path: str | Path) -> ModelSpec:

@@ -14,7 +14,6 @@ from typing import Any
 
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
 from effnet.specs.base import check_fields
-from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass
@@ -44,8 +43,10 @@ class TrainConfig:
     eval_size: int | None = None  # None: the final training size
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    # None: the initial weights' recorded input normalisation (a Keras or TF-ported file may
+    # expect other scaling than ImageNet's), else ImageNet mean/std on pixels / 255.
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
     # --- augmentation
     crop_scale: tuple[float, float] = (0.08, 1.0)
     hflip: bool = True
@@ -99,7 +100,8 @@ class TrainConfig:
                     v = p[k]
                     p[k] = Range(**v) if isinstance(v, dict) else Range(*v)
             self.progressive = ProgressiveSpec(**p)
-        self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.mean = None if self.mean is None else tuple(self.mean)
+        self.std = None if self.std is None else tuple(self.std)
         self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
         checks = [
             (self.epochs >= 1, f"epochs: expected >= 1, got {self.epochs}"),
@@ -119,7 +121,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for k in ("mean", "std", "crop_scale"):
-            d[k] = list(d[k])
+            d[k] = None if d[k] is None else list(d[k])
         if self.progressive is not None:
             d["progressive"] = {k: (dataclasses.asdict(v) if isinstance(v, Range) else v)
                                 for k, v in self.progressive.__dict__.items()}

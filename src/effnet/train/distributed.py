@@ -187,6 +187,9 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
                                           child.track_running_stats)
             new.load_state_dict(child.state_dict())
             new.to(child.weight.device if child.affine else device)
+            if child.affine:
+                # The same Parameter objects, so requires_grad (a frozen backbone) carries over.
+                new.weight, new.bias = child.weight, child.bias
             setattr(model, name, new)
         else:
             convert_sync_batchnorm(child, device)

@@ -20,6 +20,7 @@ from effnet.data import (
     make_loader,
     to_rgb,
 )
+from effnet.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path) -> Pat
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     plt.close(fig)
     return path
 

@@ -39,11 +39,12 @@ from effnet.data import (
     stage_at,
 )
 from effnet.model import EfficientNet
+from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.train.evaluate import default_device, score
 from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
-from effnet.weights.format import Preprocessing, atomic_write, save_weights
+from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, atomic_write, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,20 @@ class RunResult:
 
 
 # --- helpers (pure; the loop below reads top to bottom) -------------------------------------
-def build_model(cfg: TrainConfig, num_classes: int) -> EfficientNet:
+def build_model(cfg: TrainConfig, num_classes: int, resume_spec: ModelSpec | None = None) -> EfficientNet:
     """The network to train: with ``weights``, the file's own architecture (a converted, trained,
-    scaled or searched spec) and its weights, with a new head when the class count differs;
-    otherwise ``spec`` (a file) or ``model`` (a name), times ``width``/``depth``."""
+    scaled or searched spec) and its weights, with a new head when the class count differs
+    (the file's preprocessing is attached as ``model.preprocessing``); otherwise ``spec`` (a
+    file) or ``model`` (a name), times ``width``/``depth``. ``resume_spec``: the architecture a
+    resumed run recorded; its weights come from the resume state, so the initial weights file
+    is not needed again."""
     from effnet.model import build
     from effnet.registry import get_spec
     from effnet.scaling import scale
-    from effnet.specs.base import ModelSpec
     from effnet.weights import check_state_dict, read_weights
 
+    if resume_spec is not None:
+        return build(resume_spec)
     overrides = {k: v for k, v in dict(dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate,
                                        bn_momentum=cfg.bn_momentum).items() if v is not None}
     if cfg.weights:
@@ -88,11 +93,21 @@ def build_model(cfg: TrainConfig, num_classes: int) -> EfficientNet:
         if num_classes != wf.spec.num_classes:
             log.info("new %d-class head (the weights have %d classes)", num_classes, wf.spec.num_classes)
             model.reset_classifier(num_classes)
+        model.preprocessing = wf.preprocessing  # type: ignore[assignment]
         return model
     spec = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
     if cfg.width != 1.0 or cfg.depth != 1.0:
         spec = scale(spec, width=cfg.width, depth=cfg.depth)
     return build(spec.replace(num_classes=num_classes, **overrides))
+
+
+def input_normalisation(cfg: TrainConfig, initial: Preprocessing | None) -> dict[str, Any]:
+    """``scale``, ``mean`` and ``std`` of the model input: the config's mean/std when set, else
+    what the initial weights were trained with (e.g. [-1, 1] for Keras V2 and TF ports), else
+    ImageNet mean/std on pixels / 255."""
+    if cfg.mean is not None or cfg.std is not None or initial is None:
+        return {"scale": 1.0 / 255.0, "mean": tuple(cfg.mean or IMAGENET_MEAN), "std": tuple(cfg.std or IMAGENET_STD)}
+    return {"scale": initial.scale, "mean": tuple(initial.mean), "std": tuple(initial.std)}
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -149,9 +164,12 @@ def open_step_log(path: Path, keep_steps: int) -> TextIO:
     run drops the rows written after its checkpoint, which it is about to redo)."""
     kept = ["epoch,step,lr,loss,images\n"]
     if keep_steps and path.is_file():
-        kept += [line for line in path.read_text().splitlines(keepends=True)[1:]
-                 if int(line.split(",")[1]) <= keep_steps]
-    path.write_text("".join(kept))
+        for line in path.read_text().splitlines(keepends=True)[1:]:
+            fields = line.rstrip("\n").split(",")
+            # A kill can tear the last appended line: keep only complete rows.
+            if line.endswith("\n") and len(fields) == 5 and fields[1].isdigit() and int(fields[1]) <= keep_steps:
+                kept.append(line)
+    atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
     return open(path, "a")
 
 
@@ -269,12 +287,20 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
     # ===== data =====
     train_split, val_split = load_splits(cfg.data, cfg.val_fraction, cfg.seed)
     if cfg.train_subset:
-        train_split.items, train_split.labels = train_split.items[:cfg.train_subset], train_split.labels[:cfg.train_subset]
+        # A seeded random subset: an image folder lists its files class by class, so the first
+        # N would be the first class(es) only.
+        g = torch.Generator().manual_seed(cfg.seed)
+        keep = sorted(torch.randperm(len(train_split.items), generator=g)[:cfg.train_subset].tolist())
+        train_split.items = [train_split.items[i] for i in keep]
+        train_split.labels = [train_split.labels[i] for i in keep]
     class_names = train_split.class_names
     workers = cfg.workers if cfg.workers is not None else (0 if cfg.data == DIGITS else min(os.cpu_count() or 1, 8))
 
     # ===== model =====
-    model = build_model(cfg, len(class_names)).to(device)
+    resume_spec = ModelSpec.from_dict(saved["spec"]) if saved is not None else None
+    model = build_model(cfg, len(class_names), resume_spec).to(device)
+    norm = saved["normalisation"] if saved is not None else input_normalisation(
+        cfg, getattr(model, "preprocessing", None))
     if d.enabled:
         # Same initial weights everywhere (seeded above; DDP also broadcasts rank 0's), then each
         # rank its own augmentation and dropout draws, so the shards are not augmented alike.
@@ -290,7 +316,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
         trained at; the last stage evaluates at ``eval_size``."""
         resolution = max(32, round(stage.image_size * eval_size / final_size))
         return Preprocessing(resolution=resolution, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                             mean=cfg.mean, std=cfg.std)
+                             mean=norm["mean"], std=norm["std"], scale=norm["scale"])
 
     preprocessing = eval_preprocessing(stages[-1])
     # Workers decode to one fixed square a little larger than the largest stage; the device
@@ -383,6 +409,7 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
             "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else {},
             "epoch": epoch_, "step": step, "batch_in_epoch": batch_, "metrics": rows, "best_top1": best,
             "partial": partial, "rng": rngs[0], "class_names": class_names,
+            "spec": model.spec.to_dict(), "normalisation": norm,
         }
         if d.enabled:
             state.update(world_size=d.world, rng_ranks=rngs)
@@ -446,14 +473,15 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                     logits = forward(x)
                 loss = targets.loss(logits.float(), cfg.label_smoothing)
-                if not torch.isfinite(loss):
+                loss_value = loss.item()  # one host read per micro-batch, for the guard and the log
+                if not math.isfinite(loss_value):
                     bar.close()
                     raise RuntimeError(
-                        f"loss is {loss.item()} at epoch {epoch + 1}, step {step}: training diverged; the last "
+                        f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training diverged; the last "
                         f"good checkpoint is kept in {run_dir}; lower the learning rate (--lr) or use --amp off"
                     )
                 scaler.scale(loss / cfg.accum_steps).backward()
-                step_sums[0] += loss.item() * len(labels)
+                step_sums[0] += loss_value * len(labels)
                 step_sums[1] += len(labels)
             batch_in_epoch += 1
             # --- optimiser step (every accum_steps micro-batches)

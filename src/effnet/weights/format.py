@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effnet.files import atomic_write
 from effnet.specs.base import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -42,7 +41,7 @@ class Preprocessing:
     ``x = (pixels * scale - mean) / std`` per channel, after resizing the shorter side to
     ``resolution / crop_pct`` with ``interpolation`` and center-cropping ``resolution``.
     torchvision/timm: scale 1/255 with ImageNet mean/std; Keras EfficientNet V1: its own
-    Rescaling+Normalization layers; Keras V2: scale 1/127.5 with mean 1 (i.e. [-1, 1]).
+    Rescaling+Normalization layers; Keras V2: scale 1/128 with mean 1 (Rescaling(1/128, offset=-1)).
     """
 
     resolution: int = 224
@@ -73,23 +72,6 @@ class WeightFile:
     source: str = ""
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def atomic_write(path: str | Path, write: Any) -> Path:
-    """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_weights(

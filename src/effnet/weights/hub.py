@@ -13,6 +13,7 @@ Checksums are recorded as published, which is not always a full SHA-256:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -164,6 +165,16 @@ def fetch_pretrained(name: str, table: dict[str, PretrainedSource] | None = None
     path = cached_path(name, entry)
     if path.is_file():
         return path
+    # One download per machine: under torchrun every process asks at once. The first takes the
+    # lock and fetches; the others wait on it and then find the file in the cache.
+    with open(_ensure(path.parent) / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return path
+        return _download_and_convert(name, entry, path)
+
+
+def _download_and_convert(name: str, entry: PretrainedSource, path: Path) -> Path:
     from effnet.weights.convert import convert
 
     log.info("downloading %s (%s)", entry.url, entry.checksum.describe())
