@@ -136,9 +136,12 @@ def _seeded_split(n: int, labels: list[int], val_fraction: float, seed: int) -> 
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction}")
     rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i in range(n):  # one pass (not one per class: ImageNet-sized folders have 1000)
+        by_class.setdefault(labels[i], []).append(i)
     train, val = [], []
-    for c in sorted(set(labels)):
-        idx = [i for i in range(n) if labels[i] == c]
+    for c in sorted(by_class):
+        idx = by_class[c]
         rng.shuffle(idx)
         k = max(1, round(len(idx) * val_fraction)) if len(idx) > 1 else 0
         val += idx[:k]
