@@ -20,7 +20,7 @@ from effnet.data import (
     make_loader,
     to_rgb,
 )
-from effnet.files import atomic_write
+from effnet.viz.plots import plot_confusion
 
 log = logging.getLogger(__name__)
 
@@ -103,30 +103,6 @@ def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[st
     model = load_model(weights, map_location=device)
     names = model.class_names or [str(i) for i in range(model.spec.num_classes)]  # type: ignore[union-attr]
     return model, list(names)
-
-
-def plot_confusion(confusion: torch.Tensor, names: list[str], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(max(4, 0.4 * n + 2), max(4, 0.4 * n + 2)))
-    ax.imshow(confusion.numpy(), cmap="Blues")
-    if n <= 40:
-        ax.set_xticks(range(n), names, rotation=90)
-        ax.set_yticks(range(n), names)
-        if n <= 20:
-            for i in range(n):
-                for j in range(n):
-                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-    return path
 
 
 def evaluate(

@@ -44,6 +44,7 @@ from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.train.evaluate import default_device, score
 from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
+from effnet.viz.plots import plot_curves
 from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, atomic_write, save_weights
 
 log = logging.getLogger(__name__)
@@ -171,29 +172,6 @@ def open_step_log(path: Path, keep_steps: int) -> TextIO:
                 kept.append(line)
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
     return open(path, "a")
-
-
-def plot_curves(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Loss and accuracy per epoch (matplotlib, Agg backend, imported only here)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
-    a.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    a.plot(epochs, [r["val_loss"] for r in rows], label="val")
-    a.set_xlabel("epoch")
-    a.set_ylabel("loss")
-    a.legend()
-    b.plot(epochs, [r["val_top1"] for r in rows], label="val top-1")
-    b.set_xlabel("epoch")
-    b.set_ylabel("accuracy (%)")
-    b.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
-    plt.close(fig)
 
 
 def auto_threads() -> int:
@@ -429,134 +407,135 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
     eval_model: nn.Module = model
     stage: Stage | None = None
     augment: TrainAugment | None = None
-    while epoch < cfg.epochs:
-        # ===== stage (progressive learning: image size and regularisation grow together) =====
-        new_stage = stage_at(stages, epoch)
-        if new_stage != stage:
-            stage = new_stage
-            if stage.dropout is not None:
-                model.set_dropout(stage.dropout)
-            augment = TrainAugment(stage_settings(cfg, stage)).to(device)
-            preprocessing = eval_preprocessing(stage)
-            val_loader = val_loader_for(preprocessing)
-            s = augment.settings
-            log.info("stage %d/%d from epoch %d: image size %d, dropout %.3f, RandAugment %.1f, mixup %.2f",
-                     stage.index + 1, len(stages), stage.first_epoch + 1, stage.image_size,
-                     model.dropout.p, s.randaugment_magnitude, s.mixup_alpha)
-        assert augment is not None and stage is not None
+    try:
+        while epoch < cfg.epochs:
+            # ===== stage (progressive learning: image size and regularisation grow together) =====
+            new_stage = stage_at(stages, epoch)
+            if new_stage != stage:
+                stage = new_stage
+                if stage.dropout is not None:
+                    model.set_dropout(stage.dropout)
+                augment = TrainAugment(stage_settings(cfg, stage)).to(device)
+                preprocessing = eval_preprocessing(stage)
+                val_loader = val_loader_for(preprocessing)
+                s = augment.settings
+                log.info("stage %d/%d from epoch %d: image size %d, dropout %.3f, RandAugment %.1f, mixup %.2f",
+                         stage.index + 1, len(stages), stage.first_epoch + 1, stage.image_size,
+                         model.dropout.p, s.randaugment_magnitude, s.mixup_alpha)
+            assert augment is not None and stage is not None
 
-        # ===== train one epoch =====
-        model.train()
-        if cfg.freeze_backbone:
-            for m in model.modules():
-                if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
-                    m.eval()
-        sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
-        t0 = time.time() - partial["seconds"]
-        step_sums = [0.0, 0.0]  # this rank's loss sum and images since the last optimiser step
-        bar.set_description(f"epoch {epoch + 1}/{cfg.epochs} stage {stage.index + 1} {stage.image_size}px")
-        for images, labels, index in train_loader:
-            # --- data: drop unreadable files, augment on the device
-            bad = labels == UNREADABLE
-            if bad.any():
-                skips.add(train_split, index[bad].tolist())
-                images, labels = images[~bad], labels[~bad]
-            # Under DDP all ranks skip together: a rank that skipped its forward/backward would
-            # leave the others waiting in the gradient all-reduce.
-            if distributed.all_agree(d, len(labels) > 1, device):
-                x, targets = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
-                x = normalize.from_unit(x)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                # --- forward / backward (loss averaged over the accumulated micro-batches; DDP
-                # averages the gradients over the ranks, so the step sees the global batch's mean)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    logits = forward(x)
-                loss = targets.loss(logits.float(), cfg.label_smoothing)
-                loss_value = loss.item()  # one host read per micro-batch, for the guard and the log
-                if not math.isfinite(loss_value):
-                    bar.close()
-                    raise RuntimeError(
-                        f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training diverged; the last "
-                        f"good checkpoint is kept in {run_dir}; lower the learning rate (--lr) or use --amp off"
-                    )
-                scaler.scale(loss / cfg.accum_steps).backward()
-                step_sums[0] += loss_value * len(labels)
-                step_sums[1] += len(labels)
-            batch_in_epoch += 1
-            # --- optimiser step (every accum_steps micro-batches)
-            if batch_in_epoch % cfg.accum_steps == 0:
-                lr = lr_for(step)
-                for g in optimizer.param_groups:
-                    g["lr"] = lr
-                if cfg.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update(model)  # on every rank: the weights are identical after each step
-                step += 1
-                step_loss = add_step_loss(step_sums)
-                step_sums = [0.0, 0.0]
-                if step_log is not None:
-                    step_log.write(f"{epoch + 1},{step},{lr:.8g},{step_loss:.8f},{partial['seen']}\n")
-                    step_log.flush()
-                if step == 1:
-                    distributed.crash_for_test(d)
-                if cfg.save_every_steps and step % cfg.save_every_steps == 0:
-                    partial["seconds"] = time.time() - t0
-                    save_state(epoch, batch_in_epoch)
-            bar.update(1)
-            elapsed = time.time() - t0
-            bar.set_postfix(loss=f"{partial['loss_sum'] / max(partial['seen'], 1):.3f}",
-                            img_s=f"{partial['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
-        add_step_loss(step_sums)  # micro-batches of an unfinished accumulation still count in the loss
-        train_seconds = time.time() - t0
-        optimizer.zero_grad(set_to_none=True)  # a partial accumulation does not leak into the next epoch
+            # ===== train one epoch =====
+            model.train()
+            if cfg.freeze_backbone:
+                for m in model.modules():
+                    if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+                        m.eval()
+            sampler.set_epoch(epoch, start=batch_in_epoch * cfg.batch_size)
+            t0 = time.time() - partial["seconds"]
+            step_sums = [0.0, 0.0]  # this rank's loss sum and images since the last optimiser step
+            bar.set_description(f"epoch {epoch + 1}/{cfg.epochs} stage {stage.index + 1} {stage.image_size}px")
+            for images, labels, index in train_loader:
+                # --- data: drop unreadable files, augment on the device
+                bad = labels == UNREADABLE
+                if bad.any():
+                    skips.add(train_split, index[bad].tolist())
+                    images, labels = images[~bad], labels[~bad]
+                # Under DDP all ranks skip together: a rank that skipped its forward/backward would
+                # leave the others waiting in the gradient all-reduce.
+                if distributed.all_agree(d, len(labels) > 1, device):
+                    x, targets = augment(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
+                    x = normalize.from_unit(x)
+                    if cfg.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    # --- forward / backward (loss averaged over the accumulated micro-batches; DDP
+                    # averages the gradients over the ranks, so the step sees the global batch's mean)
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                        logits = forward(x)
+                    loss = targets.loss(logits.float(), cfg.label_smoothing)
+                    loss_value = loss.item()  # one host read per micro-batch, for the guard and the log
+                    if not math.isfinite(loss_value):
+                        raise RuntimeError(
+                            f"loss is {loss_value} at epoch {epoch + 1}, step {step}: training diverged; the last "
+                            f"good checkpoint is kept in {run_dir}; lower the learning rate (--lr) or use --amp off"
+                        )
+                    scaler.scale(loss / cfg.accum_steps).backward()
+                    step_sums[0] += loss_value * len(labels)
+                    step_sums[1] += len(labels)
+                batch_in_epoch += 1
+                # --- optimiser step (every accum_steps micro-batches)
+                if batch_in_epoch % cfg.accum_steps == 0:
+                    lr = lr_for(step)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    if cfg.grad_clip:
+                        scaler.unscale_(optimizer)
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    optimizer.zero_grad(set_to_none=True)
+                    if ema is not None:
+                        ema.update(model)  # on every rank: the weights are identical after each step
+                    step += 1
+                    step_loss = add_step_loss(step_sums)
+                    step_sums = [0.0, 0.0]
+                    if step_log is not None:
+                        step_log.write(f"{epoch + 1},{step},{lr:.8g},{step_loss:.8f},{partial['seen']}\n")
+                        step_log.flush()
+                    if step == 1:
+                        distributed.crash_for_test(d)
+                    if cfg.save_every_steps and step % cfg.save_every_steps == 0:
+                        partial["seconds"] = time.time() - t0
+                        save_state(epoch, batch_in_epoch)
+                bar.update(1)
+                elapsed = time.time() - t0
+                bar.set_postfix(loss=f"{partial['loss_sum'] / max(partial['seen'], 1):.3f}",
+                                img_s=f"{partial['seen'] / max(elapsed, 1e-9):.0f}", refresh=False)
+            add_step_loss(step_sums)  # micro-batches of an unfinished accumulation still count in the loss
+            train_seconds = time.time() - t0
+            optimizer.zero_grad(set_to_none=True)  # a partial accumulation does not leak into the next epoch
 
-        # ===== evaluation (the EMA weights when EMA is on) =====
-        eval_model = ema.module if ema is not None else model
-        distributed.broadcast_buffers(d, eval_model)
-        val_loss, top1, top5, _ = score(eval_model, val_loader, normalize, device, len(class_names), val_split,
-                                        skips, channels_last=cfg.channels_last, autocast_dtype=amp_dtype,
-                                        sharded=d.enabled)
-        row = {
-            "epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size,
-            "dropout": round(float(model.dropout.p), 4), "randaugment": augment.settings.randaugment_magnitude,
-            "mixup": augment.settings.mixup_alpha, "lr": round(optimizer.param_groups[0]["lr"], 8),
-            "train_loss": round(partial["loss_sum"] / max(partial["seen"], 1), 5), "val_loss": round(val_loss, 5),
-            "val_top1": round(top1, 3), "val_top5": round(top5, 3),
-            "img_per_s": round(partial["seen"] / max(train_seconds, 1e-9), 1),
-            "seconds": round(time.time() - t0, 2),
-        }
-        rows.append(row)
-        log.info("epoch %d/%d stage %d size %d dropout %.3f RandAugment %.1f mixup %.2f lr %.4g | train loss "
-                 "%.4f | val loss %.4f top-1 %.2f%% top-5 %.2f%% | %.0f img/s, %.1f s",
-                 row["epoch"], cfg.epochs, row["stage"], row["image_size"], row["dropout"], row["randaugment"],
-                 row["mixup"], row["lr"], row["train_loss"], row["val_loss"], row["val_top1"], row["val_top5"],
-                 row["img_per_s"], row["seconds"])
+            # ===== evaluation (the EMA weights when EMA is on) =====
+            eval_model = ema.module if ema is not None else model
+            distributed.broadcast_buffers(d, eval_model)
+            val_loss, top1, top5, _ = score(eval_model, val_loader, normalize, device, len(class_names), val_split,
+                                            skips, channels_last=cfg.channels_last, autocast_dtype=amp_dtype,
+                                            sharded=d.enabled)
+            row = {
+                "epoch": epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size,
+                "dropout": round(float(model.dropout.p), 4), "randaugment": augment.settings.randaugment_magnitude,
+                "mixup": augment.settings.mixup_alpha, "lr": round(optimizer.param_groups[0]["lr"], 8),
+                "train_loss": round(partial["loss_sum"] / max(partial["seen"], 1), 5), "val_loss": round(val_loss, 5),
+                "val_top1": round(top1, 3), "val_top5": round(top5, 3),
+                "img_per_s": round(partial["seen"] / max(train_seconds, 1e-9), 1),
+                "seconds": round(time.time() - t0, 2),
+            }
+            rows.append(row)
+            log.info("epoch %d/%d stage %d size %d dropout %.3f RandAugment %.1f mixup %.2f lr %.4g | train loss "
+                     "%.4f | val loss %.4f top-1 %.2f%% top-5 %.2f%% | %.0f img/s, %.1f s",
+                     row["epoch"], cfg.epochs, row["stage"], row["image_size"], row["dropout"], row["randaugment"],
+                     row["mixup"], row["lr"], row["train_loss"], row["val_loss"], row["val_top1"], row["val_top5"],
+                     row["img_per_s"], row["seconds"])
 
-        # ===== checkpoint (weights first, then the resume state that points past them; rank 0 writes) =====
-        epoch, batch_in_epoch = epoch + 1, 0
-        partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
-        extra = {"epoch": epoch, "val_top1": top1, "val_top5": top5, "recipe": cfg.recipe}
-        improved = top1 > best
-        best = max(best, top1)
-        if d.is_main:
-            save_weights(eval_model, run_dir / "last.safetensors", preprocessing=preprocessing,
-                         source="effnet-train", class_names=class_names, extra=extra)
-            if improved:
-                save_weights(eval_model, run_dir / "best.safetensors", preprocessing=preprocessing,
+            # ===== checkpoint (weights first, then the resume state that points past them; rank 0 writes) =====
+            epoch, batch_in_epoch = epoch + 1, 0
+            partial = {"loss_sum": 0.0, "seen": 0, "seconds": 0.0}
+            extra = {"epoch": epoch, "val_top1": top1, "val_top5": top5, "recipe": cfg.recipe}
+            improved = top1 > best
+            best = max(best, top1)
+            if d.is_main:
+                save_weights(eval_model, run_dir / "last.safetensors", preprocessing=preprocessing,
                              source="effnet-train", class_names=class_names, extra=extra)
-        save_state(epoch, 0)
-        if d.is_main:
-            write_metrics(run_dir / "metrics.csv", rows)
-            plot_curves(run_dir / "curves.png", rows)
-    bar.close()
-    if step_log is not None:
-        step_log.close()
+                if improved:
+                    save_weights(eval_model, run_dir / "best.safetensors", preprocessing=preprocessing,
+                                 source="effnet-train", class_names=class_names, extra=extra)
+            save_state(epoch, 0)
+            if d.is_main:
+                write_metrics(run_dir / "metrics.csv", rows)
+                plot_curves(run_dir / "curves.png", rows)
+    finally:  # also on an exception: the bar and the step log are closed
+        bar.close()
+        if step_log is not None:
+            step_log.close()
     skips.report()
     final = rows[-1]["val_top1"] if rows else float("nan")
     log.info("done: %d epochs, final top-1 %.2f%%, best %.2f%%; run folder %s", len(rows), final, best, run_dir)

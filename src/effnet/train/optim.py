@@ -133,7 +133,6 @@ class ModelEMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
         self.decay, self.warmup, self.updates = decay, warmup, 0
-        self._params = {n for n, _ in self.module.named_parameters()}
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -144,13 +143,12 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         d = self.current_decay()
         self.updates += 1
-        src = model.state_dict()
-        for k, v in self.module.state_dict().items():
-            w = src[k].detach()
-            if k in self._params:
-                v.mul_(d).add_(w.to(v.dtype), alpha=1 - d)
-            else:
-                v.copy_(w)
+        # Walk the two modules side by side (same structure: the EMA is a deep copy) instead of
+        # building two state dicts every step; lerp_ is ema + (1 - d) * (w - ema).
+        ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_params, [p.to(e.dtype) for e, p in zip(ema_params, params)], 1.0 - d)
+        for e, b in zip(self.module.buffers(), model.buffers()):
+            e.copy_(b)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}
