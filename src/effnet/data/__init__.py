@@ -19,10 +19,10 @@ from effnet.data.transforms import (
     AugmentSettings,
     EvalTransform,
     LoadTransform,
-    Normalize,
     Targets,
     TrainAugment,
 )
+from effnet.weights.format import Normalize  # beside Preprocessing, which it applies
 
 __all__ = [
     "DIGITS", "IMAGE_EXTENSIONS", "UNREADABLE", "V2_PRESETS", "AugmentSettings", "DecodedDataset",

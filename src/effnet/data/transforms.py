@@ -71,25 +71,6 @@ class LoadTransform:
         return to_uint8_tensor(resize_center_crop(img, self.size, self.size, self.interpolation))
 
 
-class Normalize(nn.Module):
-    """uint8 pixels -> model input ``(pixels * scale - mean) / std`` (see :class:`Preprocessing`)."""
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
-        super().__init__()
-        p = preprocessing
-        self.scale = p.scale
-        self.register_buffer("mean", torch.tensor(p.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(p.std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: pixels 0..255 (uint8 or float)."""
-        return (x.float() * self.scale - self.mean) / self.std
-
-    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: float pixels in [0, 1], as the kornia augmentation returns them."""
-        return (x * (255.0 * self.scale) - self.mean) / self.std
-
-
 @dataclass(frozen=True)
 class AugmentSettings:
     """The augmentation in force for one progressive stage."""

@@ -12,6 +12,7 @@ from effnet.model import EfficientNet, build
 from effnet.specs.base import ModelSpec
 from effnet.weights.convert import convert
 from effnet.weights.format import (
+    Normalize,
     Preprocessing,
     WeightFile,
     atomic_write,
@@ -48,12 +49,10 @@ class PreprocessedModel(nn.Module):
         super().__init__()
         self.model = model
         self.preprocessing = preprocessing
-        p = preprocessing
-        self.register_buffer("offset", torch.tensor(p.mean).view(1, -1, 1, 1) / p.scale, persistent=False)
-        self.register_buffer("divisor", torch.tensor(p.std).view(1, -1, 1, 1) / p.scale, persistent=False)
+        self.normalize = Normalize(preprocessing)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model((x - self.offset) / self.divisor)
+        return self.model(self.normalize(x))
 
 
 def load_model(

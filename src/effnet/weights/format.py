@@ -62,6 +62,25 @@ class Preprocessing:
         return cls(**d)
 
 
+class Normalize(nn.Module):
+    """uint8 pixels -> model input ``(pixels * scale - mean) / std`` (see :class:`Preprocessing`)."""
+
+    def __init__(self, preprocessing: Preprocessing) -> None:
+        super().__init__()
+        p = preprocessing
+        self.scale = p.scale
+        self.register_buffer("mean", torch.tensor(p.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(p.std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: pixels 0..255 (uint8 or float)."""
+        return (x.float() * self.scale - self.mean) / self.std
+
+    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
+        """``x``: float pixels in [0, 1], as the kornia augmentation returns them."""
+        return (x * (255.0 * self.scale) - self.mean) / self.std
+
+
 @dataclass
 class WeightFile:
     """What a self-describing weight file holds."""
