@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from effnet.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 CACHE_ENV = "EFFNET_CACHE"
@@ -119,34 +121,28 @@ def cached_path(name: str, entry: PretrainedSource) -> Path:
 
 
 def download(url: str, dest: Path, checksum: Checksum, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest``, verifying ``checksum``; atomic: the bytes go to a temp file
-    beside ``dest`` and are renamed onto it only when complete and verified, so an interrupted
-    or tampered download never leaves a file at ``dest``."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    digest = hashlib.new(checksum.algorithm)
-    received = 0
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+    """Download ``url`` to ``dest``, verifying ``checksum``; atomic (``effnet.files``): the
+    bytes go to a temp file beside ``dest`` that is renamed onto it only when complete and
+    verified, so an interrupted or tampered download never leaves a file at ``dest``."""
+
+    def fetch(tmp: str) -> None:
+        digest = hashlib.new(checksum.algorithm)
+        received = 0
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
             expected = resp.headers.get("Content-Length")
             while chunk := resp.read(_CHUNK):
                 out.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
-            if expected is not None and received != int(expected):
-                raise OSError(f"connection closed after {received} of {expected} bytes")
-            out.flush()
-            os.fsync(out.fileno())
+        if expected is not None and received != int(expected):
+            raise OSError(f"connection closed after {received} of {expected} bytes")
         if not checksum.matches(digest.hexdigest()):
             raise ValueError(
                 f"checksum mismatch for {url}: expected the {checksum.describe()}, got "
                 f"{digest.hexdigest()}; the file was discarded (corrupt or tampered download)"
             )
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return dest
+
+    return atomic_write(dest, fetch)
 
 
 def fetch_pretrained(name: str, table: dict[str, PretrainedSource] | None = None) -> Path:
