@@ -422,7 +422,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
                 log.info("stage %d/%d from epoch %d: image size %d, dropout %.3f, RandAugment %.1f, mixup %.2f",
                          stage.index + 1, len(stages), stage.first_epoch + 1, stage.image_size,
                          model.dropout.p, s.randaugment_magnitude, s.mixup_alpha)
-            assert augment is not None and stage is not None
+            if augment is None or stage is None:  # plan() always covers epoch 0 onwards
+                raise RuntimeError(f"no progressive stage covers epoch {epoch + 1}: the stage plan is empty")
 
             # ===== train one epoch =====
             model.train()
