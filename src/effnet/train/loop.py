@@ -78,7 +78,7 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_spec: ModelSpec | Non
     from effnet.model import build
     from effnet.registry import get_spec
     from effnet.scaling import scale
-    from effnet.weights import check_state_dict, read_weights
+    from effnet.weights import model_from_weights, read_weights
 
     if resume_spec is not None:
         return build(resume_spec)
@@ -88,14 +88,9 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_spec: ModelSpec | Non
         wf = read_weights(cfg.weights)
         log.info("initial weights %s (%s, source %s); model/width/depth options are ignored",
                  cfg.weights, wf.spec.name, wf.source or "unknown")
-        model = build(wf.spec.replace(**overrides))
-        check_state_dict(model, wf.state_dict, what=f"weights {cfg.weights}")
-        model.load_state_dict(wf.state_dict)
         if num_classes != wf.spec.num_classes:
             log.info("new %d-class head (the weights have %d classes)", num_classes, wf.spec.num_classes)
-            model.reset_classifier(num_classes)
-        model.preprocessing = wf.preprocessing  # type: ignore[assignment]
-        return model
+        return model_from_weights(wf, what=f"weights {cfg.weights}", num_classes=num_classes, **overrides)
     spec = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
     if cfg.width != 1.0 or cfg.depth != 1.0:
         spec = scale(spec, width=cfg.width, depth=cfg.depth)

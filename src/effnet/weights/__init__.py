@@ -36,6 +36,7 @@ __all__ = [
     "list_peers",
     "load_into",
     "load_model",
+    "model_from_weights",
     "read_weights",
     "save_weights",
 ]
@@ -55,6 +56,25 @@ class PreprocessedModel(nn.Module):
         return self.model(self.normalize(x))
 
 
+def model_from_weights(
+    wf: WeightFile, *, what: str, num_classes: int | None = None, **spec_changes: Any
+) -> EfficientNet:
+    """The architecture a weight file records (with ``spec_changes``), its tensors loaded and
+    checked (``what`` names the file in errors), and its preprocessing, source and class names
+    attached as attributes. A ``num_classes`` other than the file's gets a new head."""
+    model = build(wf.spec.replace(**spec_changes) if spec_changes else wf.spec)
+    check_state_dict(model, wf.state_dict, what=what)
+    model.load_state_dict(wf.state_dict)
+    class_names = wf.class_names
+    if num_classes is not None and num_classes != wf.spec.num_classes:
+        model.reset_classifier(num_classes)
+        class_names = None  # the file's names belong to the replaced head
+    model.preprocessing = wf.preprocessing  # type: ignore[assignment]
+    model.class_names = class_names  # type: ignore[assignment]
+    model.source = wf.source  # type: ignore[assignment]
+    return model
+
+
 def load_model(
     path: str | Path, include_preprocessing: bool = False, map_location: str | torch.device = "cpu"
 ) -> nn.Module:
@@ -65,13 +85,7 @@ def load_model(
     The file's spec, preprocessing, source and class names are attached as attributes.
     """
     wf = read_weights(path)
-    model = build(wf.spec)
-    check_state_dict(model, wf.state_dict, what=f"weights in {path}")
-    model.load_state_dict(wf.state_dict)
-    model.preprocessing = wf.preprocessing  # type: ignore[assignment]
-    model.class_names = wf.class_names  # type: ignore[assignment]
-    model.source = wf.source  # type: ignore[assignment]
-    model = model.to(map_location).eval()
+    model = model_from_weights(wf, what=f"weights in {path}").to(map_location).eval()
     if include_preprocessing:
         return PreprocessedModel(model, wf.preprocessing).to(map_location).eval()
     return model
@@ -107,12 +121,5 @@ def load_into(
             f"{', '.join(differ)} differ from {name!r}: expected weights converted for {name}, or "
             f"load the file as it is with effnet.load_model({str(weights)!r})"
         )
-    file_classes = wf.spec.num_classes
-    model = build(wf.spec.replace(name=name, num_classes=file_classes, **overrides))
-    check_state_dict(model, wf.state_dict, what=f"weights {weights} for {name}")
-    model.load_state_dict(wf.state_dict)
-    if num_classes != file_classes:
-        model.reset_classifier(num_classes)
-    model.preprocessing = wf.preprocessing  # type: ignore[assignment]
-    model.source = wf.source  # type: ignore[assignment]
-    return model
+    return model_from_weights(wf, what=f"weights {weights} for {name}", num_classes=num_classes,
+                              name=name, **overrides)
