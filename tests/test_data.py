@@ -13,7 +13,6 @@ from effnet.data import (
     AugmentSettings,
     DecodedDataset,
     EpochSampler,
-    EvalTransform,
     LoadTransform,
     TrainAugment,
     load_digits_split,
@@ -21,7 +20,7 @@ from effnet.data import (
     load_splits,
     to_rgb,
 )
-from effnet.weights.format import Preprocessing
+from effnet.preprocessing import EvalTransform, Preprocessing
 
 
 def make_folder(root: Path, classes: dict[str, int], size: int = 40, corrupt: bool = False) -> Path:

@@ -93,7 +93,7 @@ def test_fine_tune_new_head_and_freeze(digits_run, tmp_path):
 
 
 def test_fine_tune_keeps_the_weights_normalisation_and_resume_needs_no_initial_file(digits_run, tmp_path):
-    from effnet.weights import Preprocessing
+    from effnet.preprocessing import Preprocessing
 
     base = read_weights(digits_run / "best.safetensors")
     keras_like = Preprocessing(resolution=32, scale=1 / 128, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0))

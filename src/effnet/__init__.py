@@ -1,7 +1,7 @@
 """effnet: the EfficientNet family and compound model scaling for PyTorch."""
 
 from effnet.model import EfficientNet, build
-from effnet.registry import REGISTRY, create_model, get_spec, list_models
+from effnet.registry import REGISTRY, get_spec, list_models
 from effnet.scaling import compound_scale, round_filters, round_repeats, scale
 from effnet.specs import ModelSpec, StageSpec
 
@@ -18,15 +18,19 @@ __all__ = [
     "create_model",
     "get_spec",
     "list_models",
+    "load_model",
     "round_filters",
     "round_repeats",
     "scale",
 ]
 
 
-def __getattr__(name: str):  # lazy: weights pull in safetensors/yaml only when asked for
-    if name == "load_model":
-        from effnet.weights import load_model
 
-        return load_model
+def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
+    # Loaded on first use, so that ``import effnet.data`` (or ``effnet.model``) does not pull in
+    # the weights package: lower layers must import without the upper ones (see tests/test_layers.py).
+    if name in ("create_model", "load_model"):
+        from effnet import weights
+
+        return getattr(weights, name)
     raise AttributeError(f"module 'effnet' has no attribute {name!r}")

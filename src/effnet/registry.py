@@ -39,21 +39,13 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def create_model(
-    name: str, num_classes: int = 1000, *, weights: str | None = None, pretrained: bool = False,
-    **overrides: Any,
-) -> EfficientNet:
-    """Build a registered model by name.
+def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> EfficientNet:
+    """Build a registered architecture by name, with random weights.
 
     ``overrides`` are spec fields (``dropout``, ``drop_path_rate``, ``bn_eps``,
-    ``bn_momentum``, ``padding``, ``in_channels``, ``resolution``, ``activation`` ...).
-    ``weights`` is a self-describing weight file (see ``effnet.weights``) that must fit the
-    named architecture; ``pretrained`` fetches the published weights (cached).
+    ``bn_momentum``, ``padding``, ``in_channels``, ``resolution``, ``activation`` ...): this is
+    the one place where they enter; :func:`effnet.build` takes a finished spec. For weights
+    (a file or the published ones) use :func:`effnet.create_model`, which is
+    :func:`effnet.weights.create_model`.
     """
-    spec = get_spec(name)
-    if weights is not None or pretrained:
-        from effnet.weights import load_into
-
-        return load_into(name, spec, num_classes=num_classes, weights=weights,
-                         pretrained=pretrained, **overrides)
-    return build(spec.replace(num_classes=num_classes, **overrides))
+    return build(get_spec(name).replace(num_classes=num_classes, **overrides))

@@ -17,16 +17,14 @@ from effnet.data.loader import EpochSampler, make_loader
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range, Stage, plan, stage_at, stage_values
 from effnet.data.transforms import (
     AugmentSettings,
-    EvalTransform,
     LoadTransform,
     Targets,
     TrainAugment,
 )
-from effnet.weights.format import Normalize  # beside Preprocessing, which it applies
 
 __all__ = [
     "DIGITS", "IMAGE_EXTENSIONS", "UNREADABLE", "V2_PRESETS", "AugmentSettings", "DecodedDataset",
-    "EpochSampler", "EvalTransform", "LoadTransform", "Normalize", "ProgressiveSpec", "Range",
+    "EpochSampler", "LoadTransform", "ProgressiveSpec", "Range",
     "SkipLog", "Split", "Stage", "Targets", "TrainAugment", "load_digits_split", "load_eval_split",
     "load_splits", "make_loader", "plan", "stage_at", "stage_values", "to_rgb",
 ]

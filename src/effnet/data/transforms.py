@@ -8,55 +8,13 @@ mixup/CutMix run afterwards on whole batches where the model runs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from effnet.weights.format import Preprocessing
-
-_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC, "nearest": Image.NEAREST}
-
-
-def _resample(name: str) -> int:
-    if name not in _RESAMPLE:
-        raise ValueError(f"interpolation: expected one of {sorted(_RESAMPLE)}, got {name!r}")
-    return _RESAMPLE[name]
-
-
-def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
-    """PIL RGB -> uint8 (3, H, W)."""
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
-
-
-def resize_center_crop(img: Image.Image, resize: int, crop: int, interpolation: str) -> Image.Image:
-    """Shorter side to ``resize`` (aspect kept), then a centred ``crop`` x ``crop`` square."""
-    w, h = img.size
-    s = resize / min(w, h)
-    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
-    img = img.resize((nw, nh), _resample(interpolation))
-    left, top = (nw - crop) // 2, (nh - crop) // 2
-    return img.crop((left, top, left + crop, top + crop))
-
-
-@dataclass(frozen=True)
-class EvalTransform:
-    """The evaluation view recorded in a weight file's :class:`Preprocessing`: shorter side to
-    ``resolution / crop_pct``, centre crop ``resolution`` (EfficientNet evaluation, crop 0.875)."""
-
-    preprocessing: Preprocessing
-
-    @property
-    def size(self) -> int:
-        return self.preprocessing.resolution
-
-    def __call__(self, img: Image.Image) -> torch.Tensor:
-        p = self.preprocessing
-        resize = int(math.floor(p.resolution / p.crop_pct))
-        return to_uint8_tensor(resize_center_crop(img, resize, p.resolution, p.interpolation))
+from effnet.preprocessing import resize_center_crop, to_uint8_tensor
 
 
 @dataclass(frozen=True)

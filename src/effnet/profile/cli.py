@@ -74,8 +74,8 @@ def _phis(args: argparse.Namespace) -> list[float]:
 
 
 def cmd_scale(args: argparse.Namespace) -> int:
+    from effnet.profile.study import compound_study
     from effnet.registry import get_spec
-    from effnet.scaling.study import compound_study
 
     rows = compound_study(get_spec(args.base), _phis(args), args.alpha, args.beta, args.gamma)
     if args.plot:

@@ -12,14 +12,13 @@ from torch import nn
 from effnet.data import (
     UNREADABLE,
     DecodedDataset,
-    EvalTransform,
-    Normalize,
     SkipLog,
     Split,
     load_eval_split,
     make_loader,
     to_rgb,
 )
+from effnet.preprocessing import EvalTransform, Normalize
 from effnet.viz.plots import plot_confusion
 
 log = logging.getLogger(__name__)

@@ -27,9 +27,7 @@ from effnet.data import (
     AugmentSettings,
     DecodedDataset,
     EpochSampler,
-    EvalTransform,
     LoadTransform,
-    Normalize,
     SkipLog,
     Stage,
     TrainAugment,
@@ -38,14 +36,16 @@ from effnet.data import (
     plan,
     stage_at,
 )
+from effnet.files import atomic_write
 from effnet.model import EfficientNet
+from effnet.preprocessing import EvalTransform, Normalize, Preprocessing, choose_normalisation
 from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.train.evaluate import default_device, score
 from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
 from effnet.viz.plots import plot_curves
-from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, atomic_write, save_weights
+from effnet.weights.format import save_weights
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,6 @@ def build_model(cfg: TrainConfig, num_classes: int, resume_spec: ModelSpec | Non
     if cfg.width != 1.0 or cfg.depth != 1.0:
         spec = scale(spec, width=cfg.width, depth=cfg.depth)
     return build(spec.replace(num_classes=num_classes, **overrides))
-
-
-def input_normalisation(cfg: TrainConfig, initial: Preprocessing | None) -> dict[str, Any]:
-    """``scale``, ``mean`` and ``std`` of the model input: the config's mean/std when set, else
-    what the initial weights were trained with (e.g. [-1, 1] for Keras V2 and TF ports), else
-    ImageNet mean/std on pixels / 255."""
-    if cfg.mean is not None or cfg.std is not None or initial is None:
-        return {"scale": 1.0 / 255.0, "mean": tuple(cfg.mean or IMAGENET_MEAN), "std": tuple(cfg.std or IMAGENET_STD)}
-    return {"scale": initial.scale, "mean": tuple(initial.mean), "std": tuple(initial.std)}
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -272,8 +263,8 @@ def _train(cfg: TrainConfig, resume: str | Path | None, saved: dict[str, Any] | 
     # ===== model =====
     resume_spec = ModelSpec.from_dict(saved["spec"]) if saved is not None else None
     model = build_model(cfg, len(class_names), resume_spec).to(device)
-    norm = saved["normalisation"] if saved is not None else input_normalisation(
-        cfg, getattr(model, "preprocessing", None))
+    norm = saved["normalisation"] if saved is not None else choose_normalisation(
+        cfg.mean, cfg.std, getattr(model, "preprocessing", None))
     if d.enabled:
         # Same initial weights everywhere (seeded above; DDP also broadcasts rank 0's), then each
         # rank its own augmentation and dropout draws, so the shards are not augmented alike.

@@ -15,7 +15,7 @@ from effnet.files import atomic_write
 if TYPE_CHECKING:
     import torch
 
-    from effnet.scaling.study import ScaleRow
+    from effnet.profile.study import ScaleRow
 
 
 def _pyplot() -> Any:

@@ -8,14 +8,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from effnet import registry
 from effnet.model import EfficientNet, build
+from effnet.preprocessing import PreprocessedModel, Preprocessing
 from effnet.specs.base import ModelSpec
 from effnet.weights.convert import convert
 from effnet.weights.format import (
-    Normalize,
-    Preprocessing,
     WeightFile,
-    atomic_write,
     check_state_dict,
     read_weights,
     save_weights,
@@ -28,10 +27,10 @@ __all__ = [
     "Preprocessing",
     "PreprocessedModel",
     "WeightFile",
-    "atomic_write",
     "cache_dir",
     "check_state_dict",
     "convert",
+    "create_model",
     "fetch_pretrained",
     "list_peers",
     "load_into",
@@ -40,20 +39,6 @@ __all__ = [
     "read_weights",
     "save_weights",
 ]
-
-
-class PreprocessedModel(nn.Module):
-    """Wraps a model so it takes raw RGB pixels (float 0-255, NCHW) and normalises them itself
-    with the scaling recorded in the weight file: ``(x * scale - mean) / std``."""
-
-    def __init__(self, model: EfficientNet, preprocessing: Preprocessing) -> None:
-        super().__init__()
-        self.model = model
-        self.preprocessing = preprocessing
-        self.normalize = Normalize(preprocessing)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(self.normalize(x))
 
 
 def model_from_weights(
@@ -110,8 +95,6 @@ def load_into(
     if weights is None:
         if not pretrained:
             raise ValueError(f"load_into({name!r}): expected weights=PATH or pretrained=True")
-        from effnet.weights.hub import fetch_pretrained
-
         weights = fetch_pretrained(name)
     wf = read_weights(weights)
     differ = [f for f in _SHAPE_FIELDS if getattr(wf.spec, f) != getattr(spec, f)]
@@ -123,3 +106,19 @@ def load_into(
         )
     return model_from_weights(wf, what=f"weights {weights} for {name}", num_classes=num_classes,
                               name=name, **overrides)
+
+
+def create_model(
+    name: str, num_classes: int = 1000, *, weights: str | Path | None = None, pretrained: bool = False,
+    **overrides: Any,
+) -> EfficientNet:
+    """Build a registered model by name (``effnet.create_model``), optionally with weights.
+
+    ``overrides`` are spec fields (see :func:`effnet.registry.create_model`). ``weights`` is a
+    self-describing weight file that must fit the named architecture; ``pretrained`` fetches
+    the published weights (downloaded once, then cached). Without either, random weights.
+    """
+    if weights is not None or pretrained:
+        return load_into(name, registry.get_spec(name), num_classes=num_classes, weights=weights,
+                         pretrained=pretrained, **overrides)
+    return registry.create_model(name, num_classes, **overrides)

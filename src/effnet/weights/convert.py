@@ -24,8 +24,9 @@ from pathlib import Path
 import torch
 
 from effnet.model import build
+from effnet.preprocessing import IMAGENET_STD, Preprocessing
 from effnet.specs.base import ModelSpec
-from effnet.weights.format import IMAGENET_STD, Preprocessing, describe_mismatches, save_weights
+from effnet.weights.format import describe_mismatches, save_weights
 from effnet.weights.peers import PeerModel, get_peer
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,63 +24,13 @@ import torch
 from torch import nn
 
 from effnet.files import atomic_write
+from effnet.preprocessing import Preprocessing
 from effnet.specs.base import ModelSpec
 
 log = logging.getLogger(__name__)
 
 FORMAT = "effnet"
 FORMAT_VERSION = "1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class Preprocessing:
-    """How raw RGB pixels (0-255) become the model's input.
-
-    ``x = (pixels * scale - mean) / std`` per channel, after resizing the shorter side to
-    ``resolution / crop_pct`` with ``interpolation`` and center-cropping ``resolution``.
-    torchvision/timm: scale 1/255 with ImageNet mean/std; Keras EfficientNet V1: its own
-    Rescaling+Normalization layers; Keras V2: scale 1/128 with mean 1 (Rescaling(1/128, offset=-1)).
-    """
-
-    resolution: int = 224
-    crop_pct: float = 0.875
-    interpolation: str = "bicubic"
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    scale: float = 1.0 / 255.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
-        d = dict(d)
-        d["mean"] = tuple(d.get("mean", IMAGENET_MEAN))
-        d["std"] = tuple(d.get("std", IMAGENET_STD))
-        return cls(**d)
-
-
-class Normalize(nn.Module):
-    """uint8 pixels -> model input ``(pixels * scale - mean) / std`` (see :class:`Preprocessing`)."""
-
-    def __init__(self, preprocessing: Preprocessing) -> None:
-        super().__init__()
-        p = preprocessing
-        self.scale = p.scale
-        self.register_buffer("mean", torch.tensor(p.mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(p.std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: pixels 0..255 (uint8 or float)."""
-        return (x.float() * self.scale - self.mean) / self.std
-
-    def from_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: float pixels in [0, 1], as the kornia augmentation returns them."""
-        return (x * (255.0 * self.scale) - self.mean) / self.std
-
-
 @dataclass
 class WeightFile:
     """What a self-describing weight file holds."""

@@ -14,9 +14,9 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 
+from effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec
-from effnet.weights.format import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 SOURCES = ("torchvision", "timm", "keras")
 
