@@ -1,0 +1,132 @@
+"""The package's imports run one way: a module imports only from its own layer or lower ones.
+
+Every ``import``/``from ... import`` of an ``effnet`` module is read from the source with
+``ast`` (function-local imports included: a lazy import is still a dependency), so a cycle hidden
+behind a local import is caught too.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import effnet
+
+PACKAGE = Path(effnet.__file__).resolve().parent
+
+#: Lowest first (issue 8: layers <- specs <- scaling <- model <- registry <- weights <- data
+#: <- train <- cli; profile, viz and preprocessing slot in where their imports put them).
+LAYERS = (
+    "files", "layers", "specs", "scaling", "model", "registry", "profile", "viz", "preprocessing",
+    "weights", "data", "train", "cli",
+)
+#: The package's front door and entry point sit above everything they re-export.
+TOP = {"effnet", "effnet.__main__"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer_of(module: str) -> int:
+    """``effnet.weights.hub`` -> the index of ``weights``; every ``*.cli`` module is a CLI."""
+    parts = module.split(".")
+    if parts[-1] == "cli":
+        return LAYERS.index("cli")
+    if len(parts) < 2 or parts[1] not in LAYERS:
+        raise AssertionError(f"{module}: not in any layer of {LAYERS}; add it to LAYERS in tests/test_layers.py")
+    return LAYERS.index(parts[1])
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """The effnet modules ``path`` imports (``from effnet.x import y`` counts ``effnet.x.y``
+    when that is a module, else ``effnet.x``)."""
+    found: set[str] = set()
+    is_package = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("effnet"))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative import
+                base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if not target.startswith("effnet"):
+                continue
+            for alias in node.names:
+                sub = f"{target}.{alias.name}"
+                found.add(sub if sub in ALL_MODULES else target)
+    found.discard(module)
+    return found
+
+
+ALL_MODULES = {module_name(p) for p in PACKAGE.rglob("*.py")}
+GRAPH = {module_name(p): imports_of(p, module_name(p)) for p in PACKAGE.rglob("*.py")}
+
+
+def test_every_import_points_down_or_sideways():
+    upward = [
+        f"{m} ({LAYERS[layer_of(m)]}) imports {t} ({LAYERS[layer_of(t)]})"
+        for m, targets in sorted(GRAPH.items()) if m not in TOP
+        for t in sorted(targets) if t not in TOP and layer_of(t) > layer_of(m)
+    ]
+    assert not upward, "upward imports:\n" + "\n".join(upward)
+    # Only the command line (the top layer) may read the front door (``effnet.__version__``).
+    into_top = [f"{m} imports {t}" for m, ts in GRAPH.items()
+                if m not in TOP and LAYERS[layer_of(m)] != "cli" for t in ts if t in TOP]
+    assert not into_top, "modules must not import the package front door:\n" + "\n".join(into_top)
+
+
+def test_no_import_cycles():
+    """Depth-first search over the module graph; a back edge is a cycle (package __init__ files
+    re-exporting their own submodules are edges like any other)."""
+    state: dict[str, int] = {}  # 1: on the stack, 2: done
+    stack: list[str] = []
+    cycles: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(GRAPH.get(m, ())):
+            if t in TOP:
+                continue
+            if state.get(t) == 1:
+                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+            elif t not in state:
+                visit(t)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(GRAPH):
+        if m not in state and m not in TOP:
+            visit(m)
+    assert not cycles, "import cycles:\n" + "\n".join(cycles)
+
+
+def test_the_checker_sees_a_planted_upward_import(tmp_path: Path):
+    """The walk above must notice a function-local import: plant one in a copy and read it."""
+    planted = tmp_path / "rounding.py"
+    planted.write_text("def f():\n    from effnet.weights import load_model\n    return load_model\n")
+    targets = imports_of(planted, "effnet.scaling.rounding")
+    assert targets == {"effnet.weights.load_model"} or targets == {"effnet.weights"}
+    assert layer_of("effnet.weights") > layer_of("effnet.scaling.rounding")
+
+
+@pytest.mark.parametrize("module, forbidden", [
+    ("effnet.data.transforms", "effnet.weights"),
+    ("effnet.model", "effnet.weights"),
+    ("effnet.registry", "effnet.weights"),
+    ("effnet.data", "effnet.train"),
+])
+def test_importing_a_lower_layer_loads_no_upper_one(module: str, forbidden: str):
+    """Run in a fresh interpreter: what ``import module`` actually loads, front door included
+    (the front door itself imports only specs, scaling, model and registry eagerly)."""
+    code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]", f"import {module} loaded {out.strip()}"
