@@ -51,7 +51,7 @@ def test_mixed_precision_step_tracks_the_fp32_step(dtype: torch.dtype):
     """One forward/backward under autocast: the loss within 2% and the gradients pointing the
     same way (cosine > 0.99) as the same step in fp32 on the same weights and batch."""
     torch.manual_seed(0)
-    model = effnet.create_model("efficientnet_b0", num_classes=10, width=0.5, depth=0.5).cuda().train()
+    model = effnet.build(effnet.scale(effnet.get_spec("efficientnet_b0"), width=0.5, depth=0.5).replace(num_classes=10)).cuda().train()
     x = torch.randn(8, 3, 64, 64, device="cuda")
     y = torch.randint(0, 10, (8,), device="cuda")
     state = {k: v.clone() for k, v in model.state_dict().items()}

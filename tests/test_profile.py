@@ -1,13 +1,46 @@
+import time
+
 import pytest
 import torch
 
 import effnet
-from effnet.profile import activation_memory, count_flops, latency, profile_model
+from effnet.cli import main
+from effnet.profile import activation_memory, count_flops, count_params, latency, profile_model
+from effnet.specs import ModelSpec, StageSpec
+
+#: A network small enough to count by hand (in the test below).
+TINY = ModelSpec(
+    name="tiny",
+    stages=(
+        StageSpec(op="mbconv", repeats=1, kernel=3, stride=1, expand=2, channels=8, se=0.25),
+        StageSpec(op="fused", repeats=1, kernel=3, stride=2, expand=4, channels=16),
+    ),
+    stem_channels=8, head_channels=32, resolution=32, num_classes=10,
+)
 
 
-def test_flops_of_a_module_equal_flops_of_its_spec():
-    model = effnet.create_model("efficientnet_b0")
-    assert count_flops(model, 64) == count_flops("efficientnet_b0", 64)
+def test_flops_and_params_of_a_tiny_spec_counted_by_hand():
+    # Multiply-adds at 32 px (a k x k conv: out_h * out_w * out_ch * in_ch/groups * k * k):
+    #   stem 3x3/2, 3 -> 8, 16x16 out:                     256 * 8 * 27   =  55,296
+    #   MBConv e2: expand 1x1, 8 -> 16, 16x16:             256 * 16 * 8   =  32,768
+    #     depthwise 3x3 on 16 channels:                    256 * 16 * 9   =  36,864
+    #     SE on the pooled 1x1: 16 -> 2 -> 16 (0.25 of the
+    #     block *input*, 8 channels; official code):       32 + 32        =      64
+    #     project 1x1, 16 -> 8:                            256 * 8 * 16   =  32,768
+    #   Fused e4, stride 2: 3x3 8 -> 32, 8x8 out:          64 * 32 * 72   = 147,456
+    #     project 1x1, 32 -> 16:                           64 * 16 * 32   =  32,768
+    #   head 1x1, 16 -> 32:                                64 * 32 * 16   =  32,768
+    #   classifier 32 -> 10:                                                =     320
+    assert count_flops(TINY) == (55_296 + 32_768 + 36_864 + 64 + 32_768 + 147_456 + 32_768
+                                 + 32_768 + 320)
+    # Parameters (convs have no bias before BatchNorm; BN has weight and bias):
+    #   stem 216 + 16
+    #   MBConv: expand 128 + 32, depthwise 144 + 32, SE (32 + 2) + (32 + 16), project 128 + 16
+    #   fused 2304 + 64, project 512 + 32;  head 512 + 64;  classifier 320 + 10
+    with torch.device("meta"):
+        model = effnet.build(TINY)
+    assert count_params(model) == 232 + 562 + 2_912 + 576 + 330
+    assert count_flops(model.to_empty(device="cpu")) == count_flops(TINY)  # a module is counted as its spec
 
 
 def test_flops_grow_with_resolution_squared():
@@ -25,9 +58,25 @@ def test_activation_memory_scales_with_batch_and_excludes_weights():
 
 def test_latency_and_profile():
     model = effnet.create_model("efficientnet_b0")
-    assert latency(model, 64, runs=2, warmup=1) > 0
-    p = profile_model("efficientnet_b0", 64, runs=2)
+    before = torch.get_num_threads()
+    assert latency(model, 64, runs=2, warmup=1, threads=1) > 0
+    assert torch.get_num_threads() == before  # the measurement's thread count does not leak out
+    p = profile_model("efficientnet_b0", 64, runs=2, threads=1)
     assert p.params == 5_288_548 and p.resolution == 64 and p.latency_ms > 0 and p.activation_bytes > 0
+    assert p.threads == 1
     with pytest.raises(ValueError, match="resolution"):
         profile_model("efficientnet_b0", -1)
-    assert torch.get_num_threads() >= 1
+
+
+def test_scale_refuses_a_size_that_makes_no_sense_at_once(capsys):
+    # Issue 8: `effnet scale --phi 60` built ~900,000 blocks to count them (> 5 minutes, no output).
+    start = time.perf_counter()
+    code = main(["scale", "--phi", "1", "60"])
+    elapsed = time.perf_counter() - start
+    err = capsys.readouterr().err
+    assert code == 1 and elapsed < 10
+    # B0 at phi 60: depth 1.2^60 = 56,348, width 1.1^60 = 304.5, 224 * 1.15^60 = 982,016 px,
+    # predicted FLOPs (1.2 * 1.1^2 * 1.15^2)^60 = 1.920^60 = 1.0e17.
+    for words in ("phi=60", "901,562 blocks", "389,736 channels", "982,016-px input",
+                  "predicted FLOPs ratio 1e+17x", "Choose phi between -14.03 and 22.68"):
+        assert words in err

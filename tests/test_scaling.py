@@ -1,13 +1,18 @@
+import logging
+
 import pytest
 
 from effnet.profile import count_flops
 from effnet.registry import get_spec
 from effnet.scaling import (
+    SizeLimits,
     compound_coefficients,
+    compound_phi_range,
     compound_scale,
     round_filters,
     round_repeats,
     scale,
+    size_problems,
     v2_scale,
 )
 from effnet.specs import EFFICIENTNET_B0, EFFICIENTNETV2_BASE
@@ -24,10 +29,17 @@ from effnet.specs import EFFICIENTNET_B0, EFFICIENTNETV2_BASE
         (19, 1.0, 0.0, 16),    # V2 code: no 10% rule
         (1280, 1.4, 0.9, 1792),
         (3, 1.0, 0.9, 8),      # never below the divisor
+        (16, 0.1, 0.9, 8),     # 1.6 rounds to 0: clamped to min_depth = divisor
     ],
 )
 def test_round_filters(c, w, limit, expected):
     assert round_filters(c, w, round_limit=limit) == expected
+
+
+def test_round_filters_min_depth_is_the_official_flag():
+    # official: max(min_depth or divisor, int(filters + divisor / 2) // divisor * divisor)
+    assert round_filters(16, 0.25, min_depth=16) == 16   # 4 -> 8 -> max(16, 8)
+    assert round_filters(64, 0.25, min_depth=16) == 16   # 16 stays 16
 
 
 def test_round_repeats_is_ceil_by_default_and_round_as_option():
@@ -74,8 +86,9 @@ def test_scale_is_pure():
 
 
 def test_scale_refuses_bad_input():
-    with pytest.raises(ValueError, match="too small"):
-        scale(EFFICIENTNET_B0, width=0.3)
+    for width in (0, -0.25, float("nan")):
+        with pytest.raises(ValueError, match="positive"):
+            scale(EFFICIENTNET_B0, width=width)
     with pytest.raises(ValueError, match="resolution"):
         scale(EFFICIENTNET_B0, resolution=0)
     with pytest.raises(ValueError, match="resolution"):
@@ -92,3 +105,70 @@ def test_v2_rule_caps_resolution_and_deepens_late_stages_only():
     base = EFFICIENTNETV2_BASE.stages
     assert [st.repeats for st in s.stages[:4]] == [st.repeats for st in base[:4]]
     assert all(a.repeats > b.repeats for a, b in zip(s.stages[4:], base[4:]))
+
+
+# --- small widths: clamped as the official round_filters does, and logged --------------------------
+
+def _clamp_records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "effnet.scaling.compound"]
+
+
+def test_width_quarter_clamps_narrow_layers_like_the_official_code(caplog):
+    # Issue 8: width 0.25 used to be refused. Official rule (tensorflow/tpu efficientnet_model.py
+    # round_filters, divisor 8, min_depth = divisor, then the 10% rule), by hand for B0:
+    #   stem 32 * 0.25 = 8 -> 8;  16 -> 4 -> int(8) // 8 * 8 = 8 (below 8: clamped)
+    #   24 -> 6 -> 8 (clamped);   40 -> 10 -> 8, but 8 < 0.9 * 10 so + 8 = 16
+    #   80 -> 20 -> 24;  112 -> 28 -> 32;  192 -> 48 -> 48;  320 -> 80 -> 80;  head 1280 -> 320
+    with caplog.at_level(logging.INFO, logger="effnet.scaling.compound"):
+        small = scale(EFFICIENTNET_B0, width=0.25)
+    assert small.stem_channels == 8 and small.head_channels == 320
+    assert [s.channels for s in small.stages] == [8, 8, 16, 24, 32, 48, 80]
+    (message,) = _clamp_records(caplog)
+    assert "stages[0] (16 x 0.25 = 4 -> 8)" in message and "stages[1] (24 x 0.25 = 6 -> 8)" in message
+    assert "stem" not in message and "stages[2]" not in message  # 8 and 10 channels are not below 8
+
+
+def test_negative_phi_compound_scaling_clamps_and_logs(caplog):
+    # phi = -8: width 1.1^-8 = 0.46651, depth 1.2^-8 = 0.23257, resolution round(224 * 1.15^-8 = 73.2).
+    # Channels by hand (x 0.46651, nearest multiple of 8, floor 8, 10% rule):
+    #   stem 32 -> 14.93 -> 16;  16 -> 7.46 -> 8 (below 8: clamped);  24 -> 11.20 -> 8 < 10.08, so 16
+    #   40 -> 18.66 -> 16 < 16.79, so 24;  80 -> 37.32 -> 40;  112 -> 52.25 -> 56;  192 -> 89.57 -> 88
+    #   320 -> 149.28 -> 152;  head 1280 -> 597.13 -> 600
+    # Repeats rounded to nearest, at least 1: 1, 2, 2, 3, 3, 4, 1 x 0.23257 are all below 1.5 -> 1.
+    with caplog.at_level(logging.INFO, logger="effnet.scaling.compound"):
+        small = compound_scale(EFFICIENTNET_B0, -8)
+    assert small.resolution == 73
+    assert (small.stem_channels, small.head_channels) == (16, 600)
+    assert [s.channels for s in small.stages] == [8, 16, 24, 40, 56, 88, 152]
+    assert [s.repeats for s in small.stages] == [1] * 7
+    (message,) = _clamp_records(caplog)
+    assert "stages[0] (16 x 0.466507 = 7.464 -> 8)" in message and "stages[1]" not in message
+
+
+def test_widths_at_or_above_the_minimum_log_nothing(caplog):
+    with caplog.at_level(logging.INFO, logger="effnet.scaling.compound"):
+        scale(EFFICIENTNET_B0, width=0.5)  # narrowest: 16 * 0.5 = 8, not below 8
+    assert _clamp_records(caplog) == []
+
+
+# --- sizes that make sense (issue 8: `effnet scale --phi 60` ran for more than 5 minutes) -----------
+
+def test_size_limits_read_the_spec_without_building():
+    huge = compound_scale(EFFICIENTNET_B0, 60)  # a spec is numbers: making it is instant
+    problems = size_problems(huge)
+    assert len(problems) == 3 and "blocks" in problems[0] and "channels" in problems[1] and "px" in problems[2]
+    assert size_problems(get_spec("efficientnet_l2")) == size_problems(get_spec("efficientnetv2_xl")) == []
+    assert "minimum 32" in size_problems(EFFICIENTNET_B0.replace(resolution=16))[0]
+    assert size_problems(EFFICIENTNET_B0, SizeLimits(max_blocks=15))  # B0 has 16 blocks
+
+
+def test_compound_phi_range_for_b0():
+    # By hand: the input stays >= 32 px while 224 * 1.15^phi >= 31.5 (rounding), i.e.
+    # phi >= ln(31.5 / 224) / ln(1.15) = -14.036; B0's 16 blocks stay <= 1000 while
+    # 16 * 1.2^phi <~ 1000, i.e. phi <~ ln(62.5) / ln(1.2) = 22.68 (the other limits allow more:
+    # 8192 px up to phi 25.7, 65536 channels up to phi 41).
+    low, high = compound_phi_range(EFFICIENTNET_B0)
+    assert low == pytest.approx(-14.03, abs=0.011) and high == pytest.approx(22.68, abs=0.03)
+    assert compound_coefficients(low, 224).resolution >= 32 > compound_coefficients(low - 0.01, 224).resolution
+    assert not size_problems(compound_scale(EFFICIENTNET_B0, high))
+    assert "blocks" in size_problems(compound_scale(EFFICIENTNET_B0, high + 0.02))[0]

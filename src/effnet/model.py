@@ -8,27 +8,26 @@ import torch
 from torch import nn
 
 from effnet.layers import BLOCKS, ConvBnAct
-from effnet.specs.base import ModelSpec
+from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
-#: Smallest input side accepted: five stride-2 reductions need 32 px to leave a 1x1 map.
-MIN_INPUT_SIZE = 32
+__all__ = ["MIN_INPUT_SIZE", "EfficientNet", "build"]
 
 
 class EfficientNet(nn.Module):
     """EfficientNet V1/V2 built from a :class:`~effnet.specs.ModelSpec`.
 
     Layout: ``stem`` -> ``stages[i][j]`` (MBConv / Fused-MBConv) -> ``head`` (1x1 conv) ->
-    global average pool -> ``dropout`` -> ``classifier``.
+    global average pool -> ``dropout`` -> ``classifier`` (an identity when
+    ``spec.num_classes == 0``: the output is then the pooled features).
+
+    The spec is taken as it is: changes (classes, dropout ...) are made to the spec first, in
+    one place, :func:`effnet.registry.create_model` or ``spec.replace(...)``.
     """
 
-    def __init__(
-        self, spec: ModelSpec, *, num_classes: int | None = None, dropout: float | None = None,
-        drop_path_rate: float | None = None,
-    ) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        changes = {k: v for k, v in dict(num_classes=num_classes, dropout=dropout,
-                                         drop_path_rate=drop_path_rate).items() if v is not None}
-        spec = spec.replace(**changes) if changes else spec
+        if not isinstance(spec, ModelSpec):
+            raise TypeError(f"EfficientNet: expected a ModelSpec, got {type(spec).__name__}")
         self.spec = spec
         norm = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
 
@@ -60,11 +59,15 @@ class EfficientNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(spec.dropout)
         self.num_features = spec.head_channels
-        self.classifier = nn.Linear(spec.head_channels, spec.num_classes)
+        self.classifier = self._new_classifier(spec.num_classes)
         self.feature_info = self._feature_info()
         self._init_weights()
 
     # --- construction helpers ------------------------------------------------------------
+    def _new_classifier(self, num_classes: int) -> nn.Module:
+        # 0 classes: no classifier, the pooled features are the output (timm's convention).
+        return nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+
     def _init_weights(self) -> None:
         # Official TF initialisers: conv He-normal on fan-out; dense uniform(+-1/sqrt(out)).
         # fan-out counts one group's outputs (k * k * out / groups): for a depthwise conv TF's
@@ -144,17 +147,19 @@ class EfficientNet(nn.Module):
     # --- heads ----------------------------------------------------------------------------
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the classifier with a freshly initialised one for ``num_classes`` outputs
-        (``num_classes=0`` leaves an identity, so ``forward`` returns pooled features)."""
+        (``num_classes=0`` leaves an identity, so ``forward`` returns pooled features).
+
+        The spec records the new count, 0 included, so that a model saved afterwards is
+        rebuilt with the same head (no classifier tensors expected for 0)."""
         if not isinstance(num_classes, int) or num_classes < 0:
             raise ValueError(f"num_classes: expected a non-negative integer, got {num_classes!r}")
-        if num_classes == 0:
-            self.classifier = nn.Identity()
-        else:
-            self.classifier = nn.Linear(self.num_features, num_classes)
+        self.classifier = self._new_classifier(num_classes)
+        if isinstance(self.classifier, nn.Linear):
+            # Official TF dense initialiser, as in _init_weights.
             bound = 1.0 / math.sqrt(num_classes)
             nn.init.uniform_(self.classifier.weight, -bound, bound)
             nn.init.zeros_(self.classifier.bias)
-        self.spec = self.spec.replace(num_classes=max(num_classes, 1))
+        self.spec = self.spec.replace(num_classes=num_classes)
 
     def set_dropout(self, p: float) -> None:
         """Change the classifier dropout (progressive learning grows it during training)."""
@@ -163,6 +168,7 @@ class EfficientNet(nn.Module):
         self.dropout.p = p
 
 
-def build(spec: ModelSpec, **overrides: object) -> EfficientNet:
-    """Build the network a spec describes (``overrides``: num_classes, dropout, drop_path_rate)."""
-    return EfficientNet(spec, **overrides)  # type: ignore[arg-type]
+def build(spec: ModelSpec) -> EfficientNet:
+    """Build the network a finished spec describes (make changes with ``spec.replace`` or
+    :func:`effnet.registry.create_model` first)."""
+    return EfficientNet(spec)

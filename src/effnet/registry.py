@@ -7,13 +7,23 @@ from typing import Any
 
 from effnet.model import EfficientNet, build
 from effnet.scaling.compound import from_family
-from effnet.specs.base import ModelSpec
+from effnet.specs.base import FamilyRow, ModelSpec
 from effnet.specs.v1 import V1_FAMILY
 from effnet.specs.v2 import V2_FAMILY
 
-#: name -> spec, built once from the published family rows.
+
+def _member(name: str, entry: ModelSpec | FamilyRow) -> ModelSpec:
+    """A family entry as a spec: a table (B0, V2-S ...) is its own spec; a row is its base scaled."""
+    if isinstance(entry, FamilyRow):
+        return from_family(name, entry)
+    if entry.name != name:
+        raise ValueError(f"family entry {name!r}: expected a spec named {name!r}, got {entry.name!r}")
+    return entry
+
+
+#: name -> spec, built once from the published tables and family rows.
 REGISTRY: dict[str, ModelSpec] = {
-    name: from_family(name, row) for name, row in {**V1_FAMILY, **V2_FAMILY}.items()
+    name: _member(name, entry) for name, entry in {**V1_FAMILY, **V2_FAMILY}.items()
 }
 
 
@@ -47,5 +57,15 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Effici
     the one place where they enter; :func:`effnet.build` takes a finished spec. For weights
     (a file or the published ones) use :func:`effnet.create_model`, which is
     :func:`effnet.weights.create_model`.
+
+    ``width`` and ``depth`` are refused: in a spec they *record* how it was scaled (its channels
+    and repeats are absolute), so overriding them would only mislabel the model.
     """
+    recorded = sorted(set(overrides) & {"width", "depth"})
+    if recorded:
+        raise ValueError(
+            f"create_model({name!r}): {', '.join(recorded)} cannot be overridden (a spec records its "
+            f"scaling, its channels and repeats are absolute); scale the spec instead: "
+            f"effnet.build(effnet.scale(effnet.get_spec({name!r}), width=..., depth=...))"
+        )
     return build(get_spec(name).replace(num_classes=num_classes, **overrides))

@@ -11,18 +11,24 @@ from effnet.scaling.compound import (
     scale,
     v2_scale,
 )
+from effnet.scaling.limits import DEFAULT_LIMITS, SizeLimits, compound_phi_range, describe_size, size_problems
 from effnet.scaling.rounding import round_filters, round_repeats
 
 __all__ = [
     "ALPHA",
     "BETA",
+    "DEFAULT_LIMITS",
     "GAMMA",
     "CompoundCoefficients",
+    "SizeLimits",
     "compound_coefficients",
+    "compound_phi_range",
     "compound_scale",
+    "describe_size",
     "from_family",
     "round_filters",
     "round_repeats",
     "scale",
+    "size_problems",
     "v2_scale",
 ]

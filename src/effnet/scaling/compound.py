@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 
 from effnet.scaling.rounding import round_filters, round_repeats
 from effnet.specs.base import FamilyRow, ModelSpec
+
+log = logging.getLogger(__name__)
 
 #: Grid-searched at phi = 1 on B0 (EfficientNet section 3.3, step 1).
 ALPHA, BETA, GAMMA = 1.2, 1.1, 1.15
@@ -21,6 +24,7 @@ def scale(
     name: str | None = None,
     dropout: float | None = None,
     divisor: int = 8,
+    min_depth: int | None = None,
     round_limit: float | None = None,
     depth_rounding: str = "ceil",
 ) -> ModelSpec:
@@ -30,21 +34,32 @@ def scale(
     (``round_limit`` defaults to the spec family's rule: 0.9 for V1, 0 for V2), repeats with
     :func:`round_repeats` (``depth_rounding`` "ceil" as the official code, or "round").
     ``resolution`` is the new absolute input size (default: unchanged).
+
+    Small widths are allowed: a layer whose scaled width falls below ``min_depth`` (default:
+    ``divisor``) keeps ``min_depth`` channels, as the official ``round_filters`` does (its
+    ``min_depth`` flag); width 0.25, TinyNets and negative-phi compound scaling rely on it.
+    Which layers were raised is logged (``logging``, INFO), since the result is then wider
+    than ``width`` asked for. Only a width or depth that is not positive is refused.
     """
-    if width <= 0 or depth <= 0:
+    if not (width > 0 and depth > 0):
         raise ValueError(f"scale: width and depth must be positive, got width={width}, depth={depth}")
     if resolution is not None and (not isinstance(resolution, int) or resolution <= 0):
         raise ValueError(f"scale: resolution must be a positive integer, got {resolution!r}")
     limit = spec.round_limit if round_limit is None else round_limit
-    narrow = [c for c in (spec.stem_channels, *(s.channels for s in spec.stages)) if c * width < divisor]
-    if narrow:
-        raise ValueError(
-            f"scale: width {width:g} is too small: a layer of {min(narrow)} channels would have "
-            f"{min(narrow) * width:.1f} < {divisor} channels; use a width >= {divisor / min(narrow):.3f}"
-        )
+    floor = divisor if min_depth is None else min_depth
 
     def rf(c: int) -> int:
-        return round_filters(c, width, divisor=divisor, round_limit=limit)
+        return round_filters(c, width, divisor=divisor, round_limit=limit, min_depth=floor)
+
+    # Names as in the built model (``model.stem``, ``model.stages[i]``, ``model.head``).
+    layers = {"stem": spec.stem_channels, **{f"stages[{i}]": s.channels for i, s in enumerate(spec.stages)},
+              "head": spec.head_channels}
+    clamped = [f"{layer} ({c} x {width:g} = {c * width:.4g} -> {rf(c)})"
+               for layer, c in layers.items() if c * width < floor]
+    if clamped:
+        log.info("scale %s by width %g: %d layer(s) below the minimum of %d channels kept at the "
+                 "minimum (official round_filters min_depth): %s",
+                 spec.name, width, len(clamped), floor, ", ".join(clamped))
 
     stages = tuple(
         dataclasses.replace(s, repeats=round_repeats(s.repeats, depth, depth_rounding), channels=rf(s.channels))
@@ -112,7 +127,8 @@ def compound_scale(
 
 
 def from_family(name: str, row: FamilyRow) -> ModelSpec:
-    """The published family member ``row`` as a spec named ``name``."""
+    """The published family member ``row`` (a base scaled by the row's width and depth, with
+    the row's own resolution, dropout and training size) as a spec named ``name``."""
     spec = scale(row.base, width=row.width, depth=row.depth, resolution=row.resolution,
                  name=name, dropout=row.dropout)
     return spec.replace(train_resolution=row.train_resolution)

@@ -6,24 +6,28 @@ import math
 
 
 def round_filters(
-    channels: int, width: float, divisor: int = 8, round_limit: float = 0.9, min_value: int | None = None
+    channels: int, width: float, divisor: int = 8, round_limit: float = 0.9, min_depth: int | None = None
 ) -> int:
     """Scale ``channels`` by ``width`` and round to a multiple of ``divisor``.
 
     Why a multiple of 8: hardware (TPU/GPU tensor cores, vectorised CPU kernels) runs fastest on
     channel counts divisible by 8, so the official code rounds every scaled width to the nearest
-    multiple (never below ``divisor``). Why the 10% rule: rounding to the nearest multiple can
-    shrink a narrow layer a lot (e.g. 20 -> 16 is -20%); if the rounded value lost more than
-    ``1 - round_limit`` of ``channels * width`` it is bumped up by one ``divisor``.
-    ``round_limit=0`` disables the rule, as the EfficientNetV2 code does.
+    multiple. Why a floor: a narrow layer scaled by a small width would round to 0 channels, so
+    the result is clamped to at least ``min_depth`` (default: ``divisor``), as the official
+    ``round_filters`` does (tensorflow/tpu ``efficientnet_model.py``:
+    ``new_filters = max(min_depth or divisor, int(filters + divisor / 2) // divisor * divisor)``).
+    Why the 10% rule: rounding to the nearest multiple can shrink a narrow layer a lot (e.g.
+    20 -> 16 is -20%); if the rounded value lost more than ``1 - round_limit`` of
+    ``channels * width`` it is bumped up by one ``divisor``. ``round_limit=0`` disables the
+    rule, as the EfficientNetV2 code (google/automl ``effnetv2_model.py``) does.
     """
     if channels <= 0:
         raise ValueError(f"round_filters: expected positive channels, got {channels}")
-    if width <= 0:
+    if not width > 0:
         raise ValueError(f"round_filters: expected a positive width multiplier, got {width}")
     value = channels * width
-    min_value = divisor if min_value is None else min_value
-    rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
+    floor = divisor if min_depth is None else min_depth
+    rounded = max(floor, int(value + divisor / 2) // divisor * divisor)
     if rounded < round_limit * value:
         rounded += divisor
     return int(rounded)

@@ -1,8 +1,9 @@
 """Model specifications as data (paper tables)."""
 
-from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
+from effnet.specs.base import MIN_INPUT_SIZE, FamilyRow, ModelSpec, StageSpec
 from effnet.specs.v1 import EFFICIENTNET_B0, V1_FAMILY
 from effnet.specs.v2 import (
+    EFFICIENTNETV2_B0,
     EFFICIENTNETV2_BASE,
     EFFICIENTNETV2_L,
     EFFICIENTNETV2_M,
@@ -12,12 +13,14 @@ from effnet.specs.v2 import (
 )
 
 __all__ = [
+    "EFFICIENTNETV2_B0",
     "EFFICIENTNETV2_BASE",
     "EFFICIENTNETV2_L",
     "EFFICIENTNETV2_M",
     "EFFICIENTNETV2_S",
     "EFFICIENTNETV2_XL",
     "EFFICIENTNET_B0",
+    "MIN_INPUT_SIZE",
     "V1_FAMILY",
     "V2_FAMILY",
     "FamilyRow",

@@ -16,6 +16,10 @@ from typing import Any, Literal
 Op = Literal["mbconv", "fused"]
 Padding = Literal["symmetric", "same"]
 
+#: Smallest input side a network accepts: the stem and four stages reduce by 2 each
+#: (output stride 32), so 32 px is the least that leaves a 1x1 map (EfficientNet Table 1).
+MIN_INPUT_SIZE = 32
+
 _OPS = ("mbconv", "fused")
 _PADDINGS = ("symmetric", "same")
 _ACTIVATIONS = ("silu", "relu", "relu6", "gelu", "hardswish")
@@ -72,6 +76,9 @@ class ModelSpec:
     applies to this family (0.9 for V1; 0.0 disables it, as the V2 code does).
     BatchNorm momentum follows the PyTorch convention: TF/Keras ``momentum=0.99`` is
     PyTorch ``momentum=0.01`` (PyTorch weights the *new* batch statistic).
+    ``num_classes=0`` means no classifier: the network ends in the pooled features
+    (``head_channels`` wide), as timm's ``num_classes=0`` does, and a weight file of such a
+    model holds no classifier tensors.
     """
 
     name: str
@@ -103,10 +110,15 @@ class ModelSpec:
             raise ValueError(
                 f"ModelSpec.resolution: expected a positive integer, got {self.resolution!r}"
             )
-        for name in ("stem_channels", "head_channels", "in_channels", "num_classes"):
+        for name in ("stem_channels", "head_channels", "in_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelSpec.{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise ValueError(
+                f"ModelSpec.num_classes: expected a non-negative integer (0: no classifier), "
+                f"got {self.num_classes!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ModelSpec.dropout: expected a rate in [0, 1), got {self.dropout}")
         if not 0.0 <= self.drop_path_rate < 1.0:
@@ -181,10 +193,13 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class FamilyRow:
-    """A published family member: (base spec, width, depth, resolution, dropout).
+    """A published family member *derived by scaling* a base spec: how to scale it (width,
+    depth) and the member's own evaluation resolution, dropout and V2 training size.
 
-    EfficientNet Table 2 / official ``efficientnet_params``; EfficientNetV2 official
-    ``efficientnetv2_params``. ``train_resolution`` is the V2 training size.
+    A member that is a paper table of its own (B0, V2-S/M/L/XL, V2-B0) is registered as its
+    :class:`ModelSpec` directly; a row carries only the facts of the derived member, never a
+    copy of the base's, so every number has one home. Sources: EfficientNet Table 2 / official
+    ``efficientnet_params``; EfficientNetV2 official ``efficientnetv2_params``.
     """
 
     base: ModelSpec

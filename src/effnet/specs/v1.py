@@ -24,6 +24,7 @@ EFFICIENTNET_B0 = ModelSpec(
     stages=B0_STAGES,
     stem_channels=32,
     head_channels=1280,
+    # (width 1.0, depth 1.0, 224 px, dropout 0.2): official ``efficientnet_params['efficientnet-b0']``.
     resolution=224,
     dropout=0.2,
     # Stochastic depth with survival probability 0.8 at the last block (paper section 5.2).
@@ -33,9 +34,12 @@ EFFICIENTNET_B0 = ModelSpec(
 )
 
 # EfficientNet Table 2 with the hand-rounded coefficients of the official code
-# (B1 is depth 1.1 at 240 px, not the pure-compound 1.2 at 258 px).
-V1_FAMILY: dict[str, FamilyRow] = {
-    "efficientnet_b0": FamilyRow(EFFICIENTNET_B0, width=1.0, depth=1.0, resolution=224, dropout=0.2),
+# (B1 is depth 1.1 at 240 px, not the pure-compound 1.2 at 258 px). B0 is its own table, so it is
+# registered as EFFICIENTNET_B0 itself; B1-B8 and L2 are (width, depth, resolution, dropout) rows
+# of tensorflow/tpu ``efficientnet_builder.efficientnet_params`` (the same numbers as
+# google/automl ``effnetv2_configs.efficientnetv1_params``).
+V1_FAMILY: dict[str, ModelSpec | FamilyRow] = {
+    "efficientnet_b0": EFFICIENTNET_B0,
     "efficientnet_b1": FamilyRow(EFFICIENTNET_B0, width=1.0, depth=1.1, resolution=240, dropout=0.2),
     "efficientnet_b2": FamilyRow(EFFICIENTNET_B0, width=1.1, depth=1.2, resolution=260, dropout=0.3),
     "efficientnet_b3": FamilyRow(EFFICIENTNET_B0, width=1.2, depth=1.4, resolution=300, dropout=0.3),

@@ -1,67 +1,131 @@
-"""EfficientNetV2 as data: the S/M/L/XL tables and the B-base scaled to B0-B3.
+"""EfficientNetV2 as data: the S/M/L/XL tables and the B-base (V2-B0) scaled to B1-B3.
 
-Source: Tan & Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021, Table 4
-(V2-S) and the official google/automl ``effnetv2_configs.py`` (M, L, XL, B-base).
-Fused-MBConv stages carry no squeeze-excitation; MBConv stages use SE 0.25 of the block input.
-The V2 code rounds channels without the 10% rule (``round_limit=0``).
+Sources: Tan & Le, "EfficientNetV2: Smaller Models and Faster Training", ICML 2021, Table 4
+(V2-S), and the official google/automl ``efficientnetv2/effnetv2_configs.py`` (block strings
+``v2_s_block``, ``v2_m_block``, ``v2_l_block``, ``v2_xl_block``, ``v2_base_block`` and the table
+``efficientnetv2_params``: (block, width, depth, train_size, eval_size, dropout, ...)).
+Every V2 stage uses 3x3 kernels. Fused-MBConv stages (``c1`` in the block strings) carry no
+squeeze-excitation; MBConv stages use SE 0.25 of the block input. The V2 code rounds channels
+without the 10% rule (``round_limit=0``).
 """
 
 from __future__ import annotations
 
 from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
 
+# What every V2 table shares: the 1280-channel head (Table 4, stage 7), stochastic depth with
+# survival 0.8 (official hparams ``survival_prob=0.8``) and rounding without the 10% rule.
+_V2_COMMON = dict(head_channels=1280, drop_path_rate=0.2, round_limit=0.0)
 
-def _f(repeats: int, stride: int, expand: int, channels: int) -> StageSpec:
-    return StageSpec(op="fused", repeats=repeats, kernel=3, stride=stride, expand=expand, channels=channels)
-
-
-def _m(repeats: int, stride: int, expand: int, channels: int) -> StageSpec:
-    return StageSpec(
-        op="mbconv", repeats=repeats, kernel=3, stride=stride, expand=expand, channels=channels, se=0.25
-    )
-
-
-_V2 = dict(head_channels=1280, dropout=0.2, drop_path_rate=0.2, round_limit=0.0)
-
+# EfficientNetV2 Table 4 (= official ``v2_s_block``); stem conv3x3 of 24 channels (stage 0).
 EFFICIENTNETV2_S = ModelSpec(
     name="efficientnetv2_s",
-    stages=(_f(2, 1, 1, 24), _f(4, 2, 4, 48), _f(4, 2, 4, 64), _m(6, 2, 4, 128), _m(9, 1, 6, 160),
-            _m(15, 2, 6, 256)),
-    stem_channels=24, resolution=384, train_resolution=300, source="EfficientNetV2 Table 4", **_V2,
-)
-EFFICIENTNETV2_M = ModelSpec(
-    name="efficientnetv2_m",
-    stages=(_f(3, 1, 1, 24), _f(5, 2, 4, 48), _f(5, 2, 4, 80), _m(7, 2, 4, 160), _m(14, 1, 6, 176),
-            _m(18, 2, 6, 304), _m(5, 1, 6, 512)),
-    stem_channels=24, resolution=480, train_resolution=384, source="EfficientNetV2 official code", **_V2,
-)
-EFFICIENTNETV2_L = ModelSpec(
-    name="efficientnetv2_l",
-    stages=(_f(4, 1, 1, 32), _f(7, 2, 4, 64), _f(7, 2, 4, 96), _m(10, 2, 4, 192), _m(19, 1, 6, 224),
-            _m(25, 2, 6, 384), _m(7, 1, 6, 640)),
-    stem_channels=32, resolution=480, train_resolution=384, source="EfficientNetV2 official code", **_V2,
-)
-EFFICIENTNETV2_XL = ModelSpec(
-    name="efficientnetv2_xl",
-    stages=(_f(4, 1, 1, 32), _f(8, 2, 4, 64), _f(8, 2, 4, 96), _m(16, 2, 4, 192), _m(24, 1, 6, 256),
-            _m(32, 2, 6, 512), _m(8, 1, 6, 640)),
-    stem_channels=32, resolution=512, train_resolution=384, source="EfficientNetV2 official code", **_V2,
-)
-EFFICIENTNETV2_BASE = ModelSpec(
-    name="efficientnetv2_base",
-    stages=(_f(1, 1, 1, 16), _f(2, 2, 4, 32), _f(2, 2, 4, 48), _m(3, 2, 4, 96), _m(5, 1, 6, 112),
-            _m(8, 2, 6, 192)),
-    stem_channels=32, resolution=224, train_resolution=192, source="EfficientNetV2 official code", **_V2,
+    stages=(
+        StageSpec(op="fused", repeats=2, kernel=3, stride=1, expand=1, channels=24),
+        StageSpec(op="fused", repeats=4, kernel=3, stride=2, expand=4, channels=48),
+        StageSpec(op="fused", repeats=4, kernel=3, stride=2, expand=4, channels=64),
+        StageSpec(op="mbconv", repeats=6, kernel=3, stride=2, expand=4, channels=128, se=0.25),
+        StageSpec(op="mbconv", repeats=9, kernel=3, stride=1, expand=6, channels=160, se=0.25),
+        StageSpec(op="mbconv", repeats=15, kernel=3, stride=2, expand=6, channels=256, se=0.25),
+    ),
+    stem_channels=24,
+    # efficientnetv2_params['efficientnetv2-s']: train 300, eval 384, dropout 0.2.
+    resolution=384, train_resolution=300, dropout=0.2,
+    source="EfficientNetV2 Table 4; google/automl effnetv2_configs.py v2_s_block",
+    **_V2_COMMON,
 )
 
-# Official ``efficientnetv2_params``: (width, depth, train size, eval size, dropout).
-V2_FAMILY: dict[str, FamilyRow] = {
-    "efficientnetv2_s": FamilyRow(EFFICIENTNETV2_S, 1.0, 1.0, 384, 0.2, train_resolution=300),
-    "efficientnetv2_m": FamilyRow(EFFICIENTNETV2_M, 1.0, 1.0, 480, 0.3, train_resolution=384),
-    "efficientnetv2_l": FamilyRow(EFFICIENTNETV2_L, 1.0, 1.0, 480, 0.4, train_resolution=384),
-    "efficientnetv2_xl": FamilyRow(EFFICIENTNETV2_XL, 1.0, 1.0, 512, 0.4, train_resolution=384),
-    "efficientnetv2_b0": FamilyRow(EFFICIENTNETV2_BASE, 1.0, 1.0, 224, 0.2, train_resolution=192),
-    "efficientnetv2_b1": FamilyRow(EFFICIENTNETV2_BASE, 1.0, 1.1, 240, 0.2, train_resolution=192),
-    "efficientnetv2_b2": FamilyRow(EFFICIENTNETV2_BASE, 1.1, 1.2, 260, 0.3, train_resolution=208),
-    "efficientnetv2_b3": FamilyRow(EFFICIENTNETV2_BASE, 1.2, 1.4, 300, 0.3, train_resolution=240),
+# Official ``v2_m_block`` ("about base * (width1.6, depth2.2)"); stem 24.
+EFFICIENTNETV2_M = ModelSpec(
+    name="efficientnetv2_m",
+    stages=(
+        StageSpec(op="fused", repeats=3, kernel=3, stride=1, expand=1, channels=24),
+        StageSpec(op="fused", repeats=5, kernel=3, stride=2, expand=4, channels=48),
+        StageSpec(op="fused", repeats=5, kernel=3, stride=2, expand=4, channels=80),
+        StageSpec(op="mbconv", repeats=7, kernel=3, stride=2, expand=4, channels=160, se=0.25),
+        StageSpec(op="mbconv", repeats=14, kernel=3, stride=1, expand=6, channels=176, se=0.25),
+        StageSpec(op="mbconv", repeats=18, kernel=3, stride=2, expand=6, channels=304, se=0.25),
+        StageSpec(op="mbconv", repeats=5, kernel=3, stride=1, expand=6, channels=512, se=0.25),
+    ),
+    stem_channels=24,
+    # efficientnetv2_params['efficientnetv2-m']: train 384, eval 480, dropout 0.3.
+    resolution=480, train_resolution=384, dropout=0.3,
+    source="google/automl effnetv2_configs.py v2_m_block",
+    **_V2_COMMON,
+)
+
+# Official ``v2_l_block`` ("about base * (width2.0, depth3.1)"); stem 32.
+EFFICIENTNETV2_L = ModelSpec(
+    name="efficientnetv2_l",
+    stages=(
+        StageSpec(op="fused", repeats=4, kernel=3, stride=1, expand=1, channels=32),
+        StageSpec(op="fused", repeats=7, kernel=3, stride=2, expand=4, channels=64),
+        StageSpec(op="fused", repeats=7, kernel=3, stride=2, expand=4, channels=96),
+        StageSpec(op="mbconv", repeats=10, kernel=3, stride=2, expand=4, channels=192, se=0.25),
+        StageSpec(op="mbconv", repeats=19, kernel=3, stride=1, expand=6, channels=224, se=0.25),
+        StageSpec(op="mbconv", repeats=25, kernel=3, stride=2, expand=6, channels=384, se=0.25),
+        StageSpec(op="mbconv", repeats=7, kernel=3, stride=1, expand=6, channels=640, se=0.25),
+    ),
+    stem_channels=32,
+    # efficientnetv2_params['efficientnetv2-l']: train 384, eval 480, dropout 0.4.
+    resolution=480, train_resolution=384, dropout=0.4,
+    source="google/automl effnetv2_configs.py v2_l_block",
+    **_V2_COMMON,
+)
+
+# Official ``v2_xl_block`` ("only for 21k pretraining"); stem 32.
+EFFICIENTNETV2_XL = ModelSpec(
+    name="efficientnetv2_xl",
+    stages=(
+        StageSpec(op="fused", repeats=4, kernel=3, stride=1, expand=1, channels=32),
+        StageSpec(op="fused", repeats=8, kernel=3, stride=2, expand=4, channels=64),
+        StageSpec(op="fused", repeats=8, kernel=3, stride=2, expand=4, channels=96),
+        StageSpec(op="mbconv", repeats=16, kernel=3, stride=2, expand=4, channels=192, se=0.25),
+        StageSpec(op="mbconv", repeats=24, kernel=3, stride=1, expand=6, channels=256, se=0.25),
+        StageSpec(op="mbconv", repeats=32, kernel=3, stride=2, expand=6, channels=512, se=0.25),
+        StageSpec(op="mbconv", repeats=8, kernel=3, stride=1, expand=6, channels=640, se=0.25),
+    ),
+    stem_channels=32,
+    # efficientnetv2_params['efficientnetv2-xl']: train 384, eval 512, dropout 0.4.
+    resolution=512, train_resolution=384, dropout=0.4,
+    source="google/automl effnetv2_configs.py v2_xl_block",
+    **_V2_COMMON,
+)
+
+# Official ``v2_base_block`` ("the baseline config for v2 models"), stem 32. Unscaled it *is*
+# V2-B0, so it is registered under that name; V2-B1..B3 are scaled from it.
+EFFICIENTNETV2_B0 = ModelSpec(
+    name="efficientnetv2_b0",
+    stages=(
+        StageSpec(op="fused", repeats=1, kernel=3, stride=1, expand=1, channels=16),
+        StageSpec(op="fused", repeats=2, kernel=3, stride=2, expand=4, channels=32),
+        StageSpec(op="fused", repeats=2, kernel=3, stride=2, expand=4, channels=48),
+        StageSpec(op="mbconv", repeats=3, kernel=3, stride=2, expand=4, channels=96, se=0.25),
+        StageSpec(op="mbconv", repeats=5, kernel=3, stride=1, expand=6, channels=112, se=0.25),
+        StageSpec(op="mbconv", repeats=8, kernel=3, stride=2, expand=6, channels=192, se=0.25),
+    ),
+    stem_channels=32,
+    # efficientnetv2_params['efficientnetv2-b0']: (width 1.0, depth 1.0) train 192, eval 224, dropout 0.2.
+    resolution=224, train_resolution=192, dropout=0.2,
+    source="google/automl effnetv2_configs.py v2_base_block",
+    **_V2_COMMON,
+)
+
+#: The V2 base table under the official code's name (the same object as EFFICIENTNETV2_B0).
+EFFICIENTNETV2_BASE = EFFICIENTNETV2_B0
+
+# S/M/L/XL and B0 are tables of their own; B1-B3 are official ``efficientnetv2_params`` rows
+# (block, width, depth, train_size, eval_size, dropout) on ``v2_base_block``.
+V2_FAMILY: dict[str, ModelSpec | FamilyRow] = {
+    "efficientnetv2_s": EFFICIENTNETV2_S,
+    "efficientnetv2_m": EFFICIENTNETV2_M,
+    "efficientnetv2_l": EFFICIENTNETV2_L,
+    "efficientnetv2_xl": EFFICIENTNETV2_XL,
+    "efficientnetv2_b0": EFFICIENTNETV2_B0,
+    "efficientnetv2_b1": FamilyRow(EFFICIENTNETV2_B0, width=1.0, depth=1.1, resolution=240, dropout=0.2,
+                                   train_resolution=192),
+    "efficientnetv2_b2": FamilyRow(EFFICIENTNETV2_B0, width=1.1, depth=1.2, resolution=260, dropout=0.3,
+                                   train_resolution=208),
+    "efficientnetv2_b3": FamilyRow(EFFICIENTNETV2_B0, width=1.2, depth=1.4, resolution=300, dropout=0.3,
+                                   train_resolution=240),
 }

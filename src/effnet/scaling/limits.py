@@ -1,0 +1,99 @@
+"""Sizes that make sense, checked on a spec before any module is built from it.
+
+Counting a network (``effnet.profile.count_flops``) builds its modules: on the meta device, so
+without memory, but still one Python object per layer. A compound coefficient such as phi = 60
+asks B0 for ~900,000 blocks and a ~980,000-px input and would run for hours before printing
+anything. These checks read the spec alone (block counts, channels, resolution are numbers in
+it), so an absurd request is refused at once, with the size it would have had.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from effnet.scaling.compound import ALPHA, BETA, GAMMA, compound_coefficients, compound_scale
+from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Bounds on a spec worth building and counting: about 10x the largest published
+    EfficientNet in each dimension, so every published model and its reasonable scalings pass.
+
+    Largest published: V2-XL has 100 blocks (official ``v2_xl_block``), L2 88; L2's head has
+    5,504 channels (1280 x 4.3) and it is evaluated at 800 px (official ``efficientnet_params``).
+    ``min_resolution``: the network's output stride is 32, so a smaller input leaves no pixel.
+    """
+
+    max_blocks: int = 1000
+    max_channels: int = 65536
+    max_resolution: int = 8192
+    min_resolution: int = MIN_INPUT_SIZE
+
+
+DEFAULT_LIMITS = SizeLimits()
+
+
+def size_problems(spec: ModelSpec, limits: SizeLimits = DEFAULT_LIMITS) -> list[str]:
+    """What about ``spec``'s size is out of ``limits`` (empty when it is fine); reads the spec
+    only, never builds a module."""
+    problems = []
+    if spec.num_blocks > limits.max_blocks:
+        problems.append(f"{spec.num_blocks:,} blocks (limit {limits.max_blocks:,})")
+    widest = max(spec.stem_channels, spec.head_channels, *(s.channels for s in spec.stages))
+    if widest > limits.max_channels:
+        problems.append(f"{widest:,} channels in its widest layer (limit {limits.max_channels:,})")
+    if spec.resolution > limits.max_resolution:
+        problems.append(f"a {spec.resolution:,}-px input (limit {limits.max_resolution:,})")
+    if spec.resolution < limits.min_resolution:
+        problems.append(f"a {spec.resolution}-px input (minimum {limits.min_resolution}: output stride 32)")
+    return problems
+
+
+def describe_size(spec: ModelSpec) -> str:
+    """Blocks, widest layer and resolution of ``spec``, in words (for error messages)."""
+    widest = max(spec.stem_channels, spec.head_channels, *(s.channels for s in spec.stages))
+    return (f"{spec.num_blocks:,} blocks, up to {widest:,} channels, {spec.resolution:,}-px input")
+
+
+def compound_phi_range(
+    base: ModelSpec, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+    limits: SizeLimits = DEFAULT_LIMITS, depth_rounding: str = "round",
+) -> tuple[float, float]:
+    """The phi interval whose :func:`~effnet.scaling.compound_scale` of ``base`` keeps within
+    ``limits`` (to 0.01, rounded inwards), for telling a user what to ask for instead.
+
+    With alpha, beta, gamma >= 1 (the paper's constraint) every size grows with phi, so each
+    bound is found by bisection. Below phi = 0 only the resolution can leave the limits (blocks
+    and channels shrink), so the lower bound looks at the resolution alone; this also keeps
+    :func:`~effnet.scaling.scale` from logging clamped layers for every trial.
+    """
+    if size_problems(base, limits):
+        raise ValueError(f"{base.name} itself is out of the size limits: {'; '.join(size_problems(base, limits))}")
+
+    def upper_ok(phi: float) -> bool:
+        try:
+            return not size_problems(compound_scale(base, phi, alpha, beta, gamma, depth_rounding), limits)
+        except OverflowError:  # a multiplier beyond float range
+            return False
+
+    def lower_ok(phi: float) -> bool:
+        try:
+            res = compound_coefficients(phi, base.resolution, alpha, beta, gamma).resolution
+        except (ValueError, OverflowError):  # the resolution rounds to 0
+            return False
+        return limits.min_resolution <= res
+
+    def bound(ok: Callable[[float], bool], direction: float) -> float:
+        good, bad = 0.0, direction
+        while ok(bad):
+            good, bad = bad, bad * 2
+            if abs(bad) > 1e4:  # no limit in this direction (e.g. gamma = 1 never shrinks the input)
+                return direction * float("inf")
+        for _ in range(40):
+            mid = (good + bad) / 2
+            good, bad = (mid, bad) if ok(mid) else (good, mid)
+        return int(good * 100) / 100  # to 0.01, truncated towards 0, i.e. inwards
+
+    return bound(lower_ok, -1.0), bound(upper_ok, 1.0)
