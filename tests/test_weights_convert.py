@@ -1,134 +1,173 @@
-"""Converters from torchvision / timm state dicts, checked against the peers' own logits and
-against the key/shape manifests of every published variant."""
+"""Converters from torchvision / timm state dicts, checked against independent references:
+the peers' own checkpoints and logits, and the key/shape manifests of every published variant
+(``shared/reference``, see its ``index.json``). Nothing here is built from effnet's own mapping.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import effnet
+from conftest import SHARED
 from effnet.weights import check_state_dict, convert, load_model, read_weights, save_weights
-from effnet.weights.convert import (
-    convert_state_dict,
-    read_torch_state_dict,
-    timm_mapping,
-    torchvision_mapping,
-)
-from effnet.weights.peers import PEERS, get_peer
+from effnet.weights.peers import PEERS
+from effnet.weights.torch_maps import convert_state_dict, read_torch_state_dict
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
-needs_reference = pytest.mark.skipif(
-    not (REFERENCE / "index.json").is_file(), reason=f"reference fixtures not found at {REFERENCE}"
-)
-FIXTURES = {
-    "torchvision_efficientnet_b0": ("torchvision", "efficientnet_b0"),
-    "timm_tf_efficientnet_b0": ("timm", "tf_efficientnet_b0"),
-    "torchvision_efficientnet_v2_s": ("torchvision", "efficientnet_v2_s"),
+#: Reference checkpoints in index.json: name -> (source, the peer's model name, effnet name).
+CHECKPOINTS = {
+    "torchvision_efficientnet_b0": ("torchvision", "efficientnet_b0", "efficientnet_b0"),
+    "timm_tf_efficientnet_b0": ("timm", "tf_efficientnet_b0", "efficientnet_b0"),
+    "torchvision_efficientnet_v2_s": ("torchvision", "efficientnet_v2_s", "efficientnetv2_s"),
 }
+#: The reference logits come from the peer run on CPU in float32; effnet reproduces them to
+#: ~2e-7. The random weights keep logits small (std 0.07-0.18), so the tolerance is absolute and
+#: tight: the wrong padding moves them by 3e-6 (torchvision B0) to 4e-3 (timm TF B0), the wrong
+#: BatchNorm eps by 2e-4 or more.
+ATOL = 2e-6
 
 
-@needs_reference
-@pytest.mark.parametrize("fixture", sorted(FIXTURES))
-def test_reference_logits(fixture: str, tmp_path: Path) -> None:
-    from safetensors.torch import load_file
+def _reference(shared: Path, name: str) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The checkpoint file of ``name`` and its io tensors (``input``, the peer's ``logits``)."""
+    ref = shared / "reference"
+    index = json.loads((ref / "index.json").read_text())
+    assert name in index, f"{name} missing from {ref / 'index.json'}"
+    return ref / index[name]["file"], load_file(str(ref / index[name]["io"]))
 
-    index = json.loads((REFERENCE / "index.json").read_text())
-    assert fixture in index, f"{fixture} missing from {REFERENCE / 'index.json'}"
-    source, peer = FIXTURES[fixture]
-    out = convert(REFERENCE / index[fixture]["file"], tmp_path / "w.safetensors", source, peer)
+
+def _assert_logits(model: torch.nn.Module, io: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        logits = model.eval()(io["input"])  # (B, 1000)
+    torch.testing.assert_close(logits, io["logits"], rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("name", sorted(CHECKPOINTS))
+def test_converted_checkpoint_reproduces_peer_logits(name: str, shared_dir: Path, tmp_path: Path) -> None:
+    """load_model and create_model(weights=...) both run the converted file as the peer did,
+    which holds only if every tensor went to the right place and the file recorded the
+    peer's padding and BatchNorm eps."""
+    source, peer, effnet_name = CHECKPOINTS[name]
+    src, io = _reference(shared_dir, name)
+    out = convert(src, tmp_path / "w.safetensors", source, peer)
     model = load_model(out)
-    io = load_file(str(REFERENCE / index[fixture]["io"]))
-    with torch.no_grad():
-        logits = model(io["input"])
-    assert (logits - io["logits"]).abs().max().item() < 1e-4
     assert model.source == f"{source}:{peer}"
+    _assert_logits(model, io)
+    _assert_logits(effnet.create_model(effnet_name, weights=str(out)), io)
 
 
-def _manifests() -> dict[str, dict[str, list[int]]]:
-    path = REFERENCE / "state_dict_manifests.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-@needs_reference
-@pytest.mark.parametrize("key", sorted(_manifests()) or ["none"])
-def test_every_manifest_converts(key: str) -> None:
-    """Every key of the peer's state dict is used once and every effnet tensor filled; the
-    tensors live on the meta device so even V2-XL costs no memory or time."""
-    source, peer = key.split("/")
-    manifest = _manifests()[key]
-    state = {k: torch.empty(shape, device="meta") for k, shape in manifest.items()}
-    c = convert_state_dict(state, source, peer)
-    with torch.device("meta"):
-        model = effnet.build(c.spec)
-    own = model.state_dict()
-    assert set(c.state_dict) == set(own)
-    for k, v in own.items():
-        assert c.state_dict[k].shape == v.shape, k
-
-
-def test_mappings_cover_every_peer_model() -> None:
-    """Each table row maps onto its effnet architecture one-to-one (no manifest needed)."""
-    for (source, name), peer in PEERS.items():
-        if source == "keras":
-            continue
-        spec = peer.spec()
-        mapping = (torchvision_mapping if source == "torchvision" else timm_mapping)(spec)
-        sources = [s for s, _ in mapping.values()]
-        assert len(sources) == len(set(sources)), name
-
-
-def _random_source(source: str, peer: str) -> dict[str, torch.Tensor]:
-    """A peer-layout state dict with random values, built by inverting the mapping."""
-    spec = get_peer(source, peer).spec()
-    model = effnet.build(spec)
-    for name, buf in model.named_buffers():
-        if "running_var" in name:
-            buf.uniform_(0.5, 1.5)
-        elif "running_mean" in name:
-            buf.normal_(0, 0.1)
-    mapping = torchvision_mapping(spec) if source == "torchvision" else timm_mapping(spec)
-    own = model.state_dict()
-    return {src: own[key].clone() for key, (src, _) in mapping.items()}
-
-
-def test_timm_roundtrip_and_create_model(tmp_path: Path) -> None:
-    state = _random_source("timm", "efficientnetv2_b0")
-    torch.save(state, tmp_path / "timm.pth")
-    out = convert(tmp_path / "timm.pth", tmp_path / "w.safetensors", "timm", "efficientnetv2_b0")
-    wf = read_weights(out)
-    assert wf.spec.bn_eps == 1e-5 and wf.spec.padding == "symmetric"
-    model = effnet.create_model("efficientnetv2_b0", weights=str(out))
-    assert torch.equal(model.state_dict()["head.conv.weight"], state["conv_head.weight"])
-    # A different number of classes keeps the backbone and replaces the head.
-    model10 = effnet.create_model("efficientnetv2_b0", num_classes=10, weights=str(out))
-    assert model10.classifier.out_features == 10
-    assert torch.equal(model10.state_dict()["stem.conv.weight"], state["conv_stem.weight"])
-    with pytest.raises(ValueError, match="differ from 'efficientnetv2_b1'"):
-        effnet.create_model("efficientnetv2_b1", weights=str(out))
-
-
-def test_tf_weights_keep_same_padding_in_create_model(tmp_path: Path) -> None:
-    state = _random_source("timm", "tf_efficientnetv2_b0")
-    torch.save(state, tmp_path / "tf.pth")
-    out = convert(tmp_path / "tf.pth", tmp_path / "w.safetensors", "timm", "tf_efficientnetv2_b0")
-    model = effnet.create_model("efficientnetv2_b0", weights=str(out)).eval()
+def test_tf_weights_keep_same_padding_in_create_model(shared_dir: Path, tmp_path: Path) -> None:
+    """timm's tf_ ports need TF "SAME" padding and eps 1e-3: create_model of the plain effnet
+    name must keep them from the file (with symmetric padding the logits move by 4e-3)."""
+    src, io = _reference(shared_dir, "timm_tf_efficientnet_b0")
+    out = convert(src, tmp_path / "w.safetensors", "timm", "tf_efficientnet_b0")
+    model = effnet.create_model("efficientnet_b0", weights=str(out))
     assert model.spec.padding == "same" and model.spec.bn_eps == 1e-3
-    x = torch.randn(1, 3, 64, 64)
+    _assert_logits(model, io)
+    # A different number of classes keeps the backbone (and its padding) and replaces the head.
+    model10 = effnet.create_model("efficientnet_b0", num_classes=10, weights=str(out)).eval()
+    assert model10.classifier.out_features == 10 and model10.spec.padding == "same"
     with torch.no_grad():
-        assert torch.allclose(model(x), load_model(out)(x), atol=1e-5)
+        torch.testing.assert_close(model10.forward_features(io["input"]),
+                                   model.eval().forward_features(io["input"]), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="differ from 'efficientnet_b1'"):
+        effnet.create_model("efficientnet_b1", weights=str(out))
 
 
-def test_wrong_model_name_names_keys_and_layout(tmp_path: Path) -> None:
-    state = _random_source("timm", "efficientnetv2_b0")
+def test_torch_weights_record_pytorch_runtime(shared_dir: Path, tmp_path: Path) -> None:
+    """torchvision B0 is a PyTorch-trained port: symmetric padding and PyTorch's eps 1e-5."""
+    src, _ = _reference(shared_dir, "torchvision_efficientnet_b0")
+    wf = read_weights(convert(src, tmp_path / "w.safetensors", "torchvision", "efficientnet_b0"))
+    assert wf.spec.padding == "symmetric" and wf.spec.bn_eps == 1e-5
+    assert wf.preprocessing.resolution == 224
+
+
+# --- manifests: exact key names and shapes of every published torchvision / timm variant -------
+def _manifests(shared: Path) -> dict[str, dict[str, list[int]]]:
+    return json.loads((shared / "reference" / "state_dict_manifests.json").read_text())
+
+
+def _manifest_names() -> list[str]:
+    """Read at collection time to parametrise; without the folder one id remains, and the
+    ``shared_dir`` fixture skips it."""
+    path = SHARED / "reference" / "state_dict_manifests.json"
+    return sorted(json.loads(path.read_text())) if path.is_file() else ["(no reference folder)"]
+
+
+def _effnet_name(peer: str) -> str:
+    """The effnet architecture a peer name denotes, by the peers' naming convention alone:
+    ``tf_`` marks TF-ported weights of the same layers; torchvision writes ``efficientnet_v2_s``
+    where effnet (and timm) write ``efficientnetv2_s``."""
+    return peer.removeprefix("tf_").replace("efficientnet_v2_", "efficientnetv2_")
+
+
+def _tagged(manifest: dict[str, list[int]]) -> dict[str, torch.Tensor]:
+    """The manifest's exact keys and shapes, each tensor filled with its own index (int16 and
+    expanded from one element: no memory until the converter copies it)."""
+    assert len(manifest) < 2**15, "too many keys for int16 tags"
+    return {k: torch.tensor(i, dtype=torch.int16).expand(shape) for i, (k, shape) in enumerate(manifest.items())}
+
+
+@pytest.mark.parametrize("key", _manifest_names())
+def test_manifest_converts_one_to_one(key: str, shared_dir: Path) -> None:
+    """Every key of the peer's state dict is used exactly once, every tensor of the effnet
+    model the peer name denotes is filled with the right shape, tensor kinds agree (a BN
+    bias never lands in a weight), and layers keep their order (no two same-shaped blocks
+    swapped): both libraries list their state dicts in execution order, as effnet does."""
+    source, peer = key.split("/")
+    manifest = _manifests(shared_dir)[key]
+    converted = convert_state_dict(_tagged(manifest), source, peer).state_dict
+    with torch.device("meta"):
+        own = effnet.registry.create_model(_effnet_name(peer), num_classes=1000).state_dict()
+    assert set(converted) == set(own), "effnet tensors not filled"
+    assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in own.items()}
+    names = list(manifest)
+    tags = [int(converted[k].reshape(-1)[0]) for k in own]  # own order = effnet execution order
+    assert sorted(tags) == list(range(len(manifest))), "a source key was not used exactly once"
+    assert tags == sorted(tags), f"layer order differs: {[(k, names[t]) for k, t in zip(own, tags)][:3]}"
+    wrong_kind = [(k, names[t]) for k, t in zip(own, tags) if k.rsplit(".", 1)[1] != names[t].rsplit(".", 1)[1]]
+    assert not wrong_kind, wrong_kind[:5]
+
+
+def test_timm_siblings_share_the_manifest_layout(shared_dir: Path) -> None:
+    """timm names the PyTorch-trained and the TF-ported (``tf_``) model of one architecture
+    alike; the peers that have no manifest of their own convert their sibling's keys."""
+    manifests = _manifests(shared_dir)
+    checked, uncovered = [], []
+    for source, peer in PEERS:
+        if source != "timm" or f"timm/{peer}" in manifests:
+            continue
+        sibling = peer.removeprefix("tf_") if peer.startswith("tf_") else f"tf_{peer}"
+        if f"timm/{sibling}" not in manifests:
+            uncovered.append(peer)
+            continue
+        state = {k: torch.empty(shape, device="meta") for k, shape in manifests[f"timm/{sibling}"].items()}
+        convert_state_dict(state, "timm", peer)  # raises on any unused, missing or misshapen key
+        checked.append(peer)
+    assert checked, "no timm sibling checked"
+    # Architectures no manifest describes; their maps rest on the same code as their neighbours'.
+    assert set(uncovered) <= {f"{tf}efficientnet{v}" for tf in ("", "tf_") for v in ("_b8", "_l2", "v2_b1", "v2_b2")}
+    # torchvision: every model has its own manifest.
+    assert {f"torchvision/{n}" for s, n in PEERS if s == "torchvision"} <= set(manifests)
+
+
+# --- refusing files that do not fit -------------------------------------------------------------
+def test_wrong_model_name_names_keys_and_layout(shared_dir: Path) -> None:
+    src, _ = _reference(shared_dir, "timm_tf_efficientnet_b0")
+    state = read_torch_state_dict(src)
     with pytest.raises(ValueError, match="look like a timm state dict"):
         convert_state_dict(state, "torchvision", "efficientnet_b0")
     with pytest.raises(ValueError, match=r"expected key\(s\) missing"):
-        convert_state_dict(state, "timm", "efficientnetv2_b1")
+        convert_state_dict(state, "timm", "tf_efficientnet_b1")  # B1 has more blocks
+    with pytest.raises(ValueError, match=r"shape mismatch\(es\)"):
+        convert_state_dict(state, "timm", "tf_efficientnetv2_b0")
     with pytest.raises(ValueError, match="did you mean"):
-        convert_state_dict(state, "timm", "tf_efficientnetv2_b9")
+        convert_state_dict(state, "timm", "tf_efficientnet_b9")
 
 
 def test_refuses_pickled_objects_and_truncated_files(tmp_path: Path) -> None:
@@ -150,9 +189,24 @@ def test_refuses_pickled_objects_and_truncated_files(tmp_path: Path) -> None:
         load_model(tmp_path / "cut.safetensors")
 
 
+def test_training_checkpoints_are_unwrapped(shared_dir: Path, tmp_path: Path) -> None:
+    """A timm training checkpoint nests the weights and DDP prefixes ``module.``."""
+    src, io = _reference(shared_dir, "timm_tf_efficientnet_b0")
+    state = read_torch_state_dict(src)
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "ckpt.pth")
+    out = convert(tmp_path / "ckpt.pth", tmp_path / "w.safetensors", "timm", "tf_efficientnet_b0")
+    _assert_logits(load_model(out), io)
+
+
 def test_check_state_dict_names_first_mismatch() -> None:
     model = effnet.create_model("efficientnetv2_b0")
     state = model.state_dict()
     state["stem.conv.weight"] = torch.zeros(8, 3, 3, 3)
     with pytest.raises(ValueError, match=r"stem\.conv\.weight: file \(8, 3, 3, 3\)"):
         check_state_dict(model, state)
+
+
+def test_h5py_is_loaded_only_to_read_keras_files() -> None:
+    """h5py is optional: importing the converters (Keras included) must not need it."""
+    code = "import sys, effnet.weights.convert, effnet.weights.keras; assert 'h5py' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

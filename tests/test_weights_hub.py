@@ -1,7 +1,12 @@
-"""Download-and-cache of published weights, against a loopback HTTP server (never the network)."""
+"""Download-and-cache of published weights, against a loopback HTTP server (never the network).
+
+The served file is the real timm ``tf_efficientnet_b0`` reference checkpoint (shared/reference),
+saved as the ``.pth`` timm publishes, so a fetched model is checked against timm's own logits.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
 import threading
@@ -10,13 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import effnet
 from effnet.weights import hub
 from effnet.weights.hub import Checksum, PretrainedSource, fetch_pretrained
-from test_weights_convert import _random_source
 
-NAME = "efficientnetv2_b0"
+NAME = "efficientnet_b0"
+#: As timm names its release files: ``<model>-<first 8 hex digits of the SHA-256>.pth``.
+FILE = "tf_efficientnet_b0-0123abcd.pth"
 
 
 class _Server:
@@ -55,16 +62,23 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
-    path = tmp_path_factory.mktemp("ckpt") / "timm.pth"
-    torch.save(_random_source("timm", "tf_efficientnetv2_b0"), path)
+def checkpoint(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """The reference timm checkpoint as the bytes of a torch.save'd state dict."""
+    path = tmp_path_factory.mktemp("ckpt") / FILE
+    torch.save(load_file(str(shared_dir / "reference" / "timm_tf_efficientnet_b0.safetensors")), path)
     return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def timm_io(shared_dir: Path) -> dict[str, torch.Tensor]:
+    """timm's input batch and logits for the served checkpoint."""
+    return load_file(str(shared_dir / "reference" / "timm_tf_efficientnet_b0.io.safetensors"))
 
 
 @pytest.fixture
 def server(checkpoint: bytes) -> Iterator[_Server]:
     s = _Server()
-    s.files["tf_efficientnetv2_b0-0123abcd.pth"] = checkpoint
+    s.files[FILE] = checkpoint
     yield s
     s.close()
 
@@ -76,7 +90,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _entry(server: _Server, checkpoint: bytes, digest: str | None = None) -> PretrainedSource:
-    return PretrainedSource(f"{server.url}/tf_efficientnetv2_b0-0123abcd.pth", "timm", "tf_efficientnetv2_b0",
+    return PretrainedSource(f"{server.url}/{FILE}", "timm", "tf_efficientnet_b0",
                             Checksum("sha256", digest or hashlib.sha256(checkpoint).hexdigest()))
 
 
@@ -88,10 +102,13 @@ def _files(cache: Path) -> list[str]:
 
 
 def test_download_verify_convert_then_offline(server: _Server, checkpoint: bytes, cache: Path,
+                                              timm_io: dict[str, torch.Tensor],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(hub.PRETRAINED, NAME, _entry(server, checkpoint))
-    model = effnet.create_model(NAME, pretrained=True)
+    model = effnet.create_model(NAME, pretrained=True).eval()
     assert model.spec.padding == "same" and server.hits == 1
+    with torch.no_grad():  # the fetched model is timm's (tolerance: see test_weights_convert)
+        torch.testing.assert_close(model(timm_io["input"]), timm_io["logits"], rtol=0, atol=2e-6)
     assert _files(cache) == [f"{NAME}.timm.safetensors"]  # only the converted file is kept
     server.close()  # offline from here on: the cache answers
     again = effnet.create_model(NAME, pretrained=True, num_classes=10)
@@ -101,8 +118,8 @@ def test_download_verify_convert_then_offline(server: _Server, checkpoint: bytes
 
 def test_prefix_checksum(server: _Server, checkpoint: bytes, cache: Path) -> None:
     prefix = hashlib.sha256(checkpoint).hexdigest()[:8]
-    entry = PretrainedSource(f"{server.url}/tf_efficientnetv2_b0-0123abcd.pth", "timm",
-                             "tf_efficientnetv2_b0", Checksum("sha256", prefix, prefix=True))
+    entry = PretrainedSource(f"{server.url}/{FILE}", "timm", "tf_efficientnet_b0",
+                             Checksum("sha256", prefix, prefix=True))
     assert fetch_pretrained(NAME, table={NAME: entry}).is_file()
 
 
@@ -132,9 +149,9 @@ def test_offline_error_names_url_and_convert_command(cache: Path) -> None:
 
 
 def test_file_url_and_unknown_name(checkpoint: bytes, cache: Path, tmp_path: Path) -> None:
-    src = tmp_path / "tf_efficientnetv2_b0-0123abcd.pth"
+    src = tmp_path / FILE
     src.write_bytes(checkpoint)
-    entry = PretrainedSource(src.as_uri(), "timm", "tf_efficientnetv2_b0",
+    entry = PretrainedSource(src.as_uri(), "timm", "tf_efficientnet_b0",
                              Checksum("sha256", hashlib.sha256(checkpoint).hexdigest()))
     assert fetch_pretrained(NAME, table={NAME: entry}).is_file()
     with pytest.raises(ValueError, match="no published weights known"):
@@ -153,10 +170,10 @@ def test_train_cli_pretrained_fine_tunes_from_the_cache(checkpoint: bytes, cache
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     from effnet.cli import main
 
-    src = tmp_path / "tf_efficientnetv2_b0-0123abcd.pth"
+    src = tmp_path / FILE
     src.write_bytes(checkpoint)
     monkeypatch.setitem(hub.PRETRAINED, NAME, PretrainedSource(
-        src.as_uri(), "timm", "tf_efficientnetv2_b0", Checksum("sha256", hashlib.sha256(checkpoint).hexdigest())))
+        src.as_uri(), "timm", "tf_efficientnet_b0", Checksum("sha256", hashlib.sha256(checkpoint).hexdigest())))
     assert main(["train", "--pretrained"]) == 1  # needs --model
     out = tmp_path / "run"
     code = main(["train", "--model", NAME, "--pretrained", "--epochs", "1", "--subset", "64", "--threads", "1",
@@ -175,3 +192,46 @@ def test_concurrent_fetches_download_once(server: _Server, checkpoint: bytes, ca
         paths = list(pool.map(lambda _: fetch_pretrained(NAME, table=table), range(4)))
     assert len(set(paths)) == 1 and server.hits == 1
     assert _files(cache) == [f"{NAME}.timm.safetensors"]
+
+
+# --- an unusable cache directory ------------------------------------------------------------------
+#: Never contacted: the cache is checked before anything is downloaded.
+_UNREACHABLE = PretrainedSource("http://127.0.0.1:9/tf_efficientnet_b0-0123abcd.pth", "timm",
+                                "tf_efficientnet_b0", Checksum("sha256", "0123abcd", prefix=True))
+
+
+@pytest.mark.parametrize("where", ["under a file", "a file"])
+def test_unusable_cache_names_the_variable_and_path(where: str, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """EFFNET_CACHE under (or at) a regular file used to end in a bare "[Errno 20] Not a
+    directory" (or a FileExistsError traceback) that did not say where the path came from."""
+    from effnet.cli import main
+
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file, not a folder")
+    bad = blocker / "cache" if where == "under a file" else blocker
+    monkeypatch.setenv(hub.CACHE_ENV, str(bad))
+    with pytest.raises(ValueError) as err:
+        fetch_pretrained(NAME, table={NAME: _UNREACHABLE})
+    msg = str(err.value)
+    assert f"{hub.CACHE_ENV}={bad}" in msg and str(blocker) in msg and "writable directory" in msg
+    # The command line shows the same message as a one-line error, not a traceback.
+    monkeypatch.setitem(hub.PRETRAINED, NAME, _UNREACHABLE)
+    assert main(["pretrained", NAME]) == 1
+    stderr = capsys.readouterr().err
+    assert stderr.startswith("effnet pretrained: error: weights cache") and f"{hub.CACHE_ENV}={bad}" in stderr
+    assert blocker.read_text() == "a file, not a folder"
+
+
+def test_read_only_cache_names_the_variable_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cache folder that exists but refuses files. Permission bits do not stop root (these
+    tests may run as root), so the refusal is injected where the cache is probed."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(kwargs.get("dir")))
+
+    monkeypatch.setenv(hub.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(hub.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=f"{tmp_path} cannot be written.*{hub.CACHE_ENV}={tmp_path}"):
+        fetch_pretrained(NAME, table={NAME: _UNREACHABLE})

@@ -2,7 +2,9 @@
 
 ``fetch_pretrained(name)`` downloads the canonical file for an effnet model name, verifies its
 checksum, converts it and keeps only the converted, self-describing file under the cache
-directory (``$EFFNET_CACHE`` or ``~/.cache/effnet``). Later calls are offline.
+directory (``$EFFNET_CACHE`` or ``~/.cache/effnet``). Later calls are offline. A cache
+directory that cannot be created or written is refused with a :class:`CacheDirError` that names
+the variable and the path.
 
 Checksums are recorded as published, which is not always a full SHA-256:
 
@@ -13,7 +15,7 @@ Checksums are recorded as published, which is not always a full SHA-256:
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
 import logging
 import os
@@ -23,6 +25,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from effnet.files import atomic_write
 
@@ -109,10 +113,47 @@ PRETRAINED: dict[str, PretrainedSource] = {
 }
 
 
+class CacheDirError(ValueError):
+    """The weights cache directory cannot be created or written (a configuration error: the
+    message names ``$EFFNET_CACHE`` and the path, and the CLI prints it as it is)."""
+
+
 def cache_dir() -> Path:
     """``$EFFNET_CACHE`` if set, else ``~/.cache/effnet``."""
     env = os.environ.get(CACHE_ENV)
     return Path(env).expanduser() if env else Path.home() / ".cache" / "effnet"
+
+
+def usable_cache_dir() -> Path:
+    """:func:`cache_dir`, created if needed and checked to be a writable directory."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        # A directory can exist and still refuse files (read-only mount, another user's folder):
+        # find out now rather than halfway through a download.
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise CacheDirError(_cache_problem(directory, e)) from e
+    return directory
+
+
+def _cache_problem(directory: Path, e: OSError) -> str:
+    """Say which path is wrong and why, and how to choose another one."""
+    # The OS error names only the path it failed on; find the component that is in the way.
+    blocker = next((p for p in (directory, *directory.parents) if p.exists() and not p.is_dir()), None)
+    if blocker == directory:
+        why = "is a file, not a directory"
+    elif blocker is not None:
+        why = f"lies under {blocker}, which is a file, not a directory"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "cannot be written (no permission, or a read-only file system)"
+    else:
+        why = f"cannot be used ({e.strerror or e})"
+    env = os.environ.get(CACHE_ENV)
+    chosen = f"{CACHE_ENV}={env}" if env else f"the default cache ({CACHE_ENV} is not set)"
+    return (f"weights cache {directory} {why}; it was chosen by {chosen}. Set {CACHE_ENV} to a "
+            f"writable directory (it is created if missing)")
 
 
 def cached_path(name: str, entry: PretrainedSource) -> Path:
@@ -162,19 +203,28 @@ def fetch_pretrained(name: str, table: dict[str, PretrainedSource] | None = None
     if path.is_file():
         return path
     # One download per machine: under torchrun every process asks at once. The first takes the
-    # lock and fetches; the others wait on it and then find the file in the cache.
-    with open(_ensure(path.parent) / f".{path.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    # lock and fetches; the others wait on it and then find the file in the cache. filelock
+    # rather than fcntl.flock: it also works on Windows and falls back to a lock file where the
+    # file system has no flock (some NFS mounts).
+    lock = FileLock(usable_cache_dir() / f".{path.name}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("waiting for another process downloading %s (lock %s)", name, lock.lock_file)
+        lock.acquire()
+    try:
         if path.is_file():
             return path
         return _download_and_convert(name, entry, path)
+    finally:
+        lock.release()
 
 
 def _download_and_convert(name: str, entry: PretrainedSource, path: Path) -> Path:
     from effnet.weights.convert import convert
 
     log.info("downloading %s (%s)", entry.url, entry.checksum.describe())
-    work = Path(tempfile.mkdtemp(prefix=".download-", dir=_ensure(path.parent)))
+    work = Path(tempfile.mkdtemp(prefix=".download-", dir=path.parent))
     try:
         try:
             raw = download(entry.url, work / entry.filename, entry.checksum)
@@ -188,8 +238,3 @@ def _download_and_convert(name: str, entry: PretrainedSource, path: Path) -> Pat
     finally:
         shutil.rmtree(work, ignore_errors=True)  # only the converted file is kept
     return path
-
-
-def _ensure(directory: Path) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
