@@ -14,6 +14,7 @@ from effnet.data import (
     DecodedDataset,
     EpochSampler,
     LoadTransform,
+    Targets,
     TrainAugment,
     load_digits_split,
     load_eval_split,
@@ -109,24 +110,52 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
     assert list(s) != full
 
 
-@pytest.mark.parametrize("settings", [
-    AugmentSettings(32, autoaugment=True),
-    AugmentSettings(40, randaugment_magnitude=10),
-    AugmentSettings(32, mixup_alpha=0.2),
-    AugmentSettings(32, cutmix_alpha=1.0),
-])
-def test_train_augment_shapes_and_targets(settings):
+def _plain(size: int, **augment) -> TrainAugment:
+    """Augmentation with the crop and flip off (a plain resize), so that only ``augment`` acts."""
+    return TrainAugment(AugmentSettings(size, crop_scale=(1.0, 1.0), hflip=False, **augment))
+
+
+@pytest.mark.parametrize("augment", [dict(autoaugment=True), dict(randaugment_magnitude=10)])
+def test_policy_augmentation_changes_the_images(augment):
+    """AutoAugment / RandAugment must alter the pixels: compared with the un-augmented view of the
+    same batch (a plain resize to the same size, checked to be the identity), most images differ."""
     torch.manual_seed(0)
-    x = torch.randint(0, 256, (4, 3, 48, 48), dtype=torch.uint8)
-    y = torch.tensor([0, 1, 2, 3])
-    out, targets = TrainAugment(settings)(x, y)
-    assert out.shape == (4, 3, settings.image_size, settings.image_size)
-    assert out.min() >= 0.0 and out.max() <= 1.0
-    loss = targets.loss(torch.zeros(4, 5), 0.1)
-    assert torch.isfinite(loss)
-    if settings.mixup_alpha or settings.cutmix_alpha:
-        assert targets.partner is not None and targets.lam is not None
-        assert ((targets.lam >= 0) & (targets.lam <= 1)).all()
+    x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    y = torch.arange(8)
+    plain, _ = _plain(32)(x, y)
+    assert torch.equal(plain, x.float() / 255)  # the reference view is the input itself
+    torch.manual_seed(0)
+    out, targets = _plain(32, **augment)(x, y)
+    assert out.shape == (8, 3, 32, 32) and out.min() >= 0.0 and out.max() <= 1.0
+    changed = (out - plain).abs().flatten(1).amax(1) > 1.5 / 255  # more than rounding
+    # AutoAugment applies each sub-policy op with a probability, so an image may pass unchanged;
+    # RandAugment applies n=2 ops to every image. Either way most of the batch must change.
+    assert changed.sum() >= 6, changed
+    assert targets.partner is None and torch.equal(targets.labels, y)
+
+
+def test_mixup_lambda_is_beta_and_images_mix_pixelwise():
+    """mixup (Zhang et al. 2018): lambda ~ Beta(alpha, alpha) and x' = (1 - lam) x + lam x[partner].
+    Beta(0.2, 0.2) has mean 1/2 and variance ab / ((a + b)^2 (a + b + 1)) = 0.04 / (0.16 * 1.4)
+    = 0.1786 (hand computation; kornia's default uniform lambda would give 1/12 = 0.083)."""
+    torch.manual_seed(0)
+    n = 20000  # sample mean/variance standard errors ~0.003 and ~0.001
+    x = torch.randint(0, 256, (n, 3, 4, 4), dtype=torch.uint8)
+    labels = torch.arange(n)  # the partner's label is its index
+    out, targets = _plain(4, mixup_alpha=0.2)(x, labels)
+    lam = targets.lam
+    assert lam.mean().item() == pytest.approx(0.5, abs=0.015)
+    assert lam.var().item() == pytest.approx(0.1786, abs=0.006)
+    assert torch.equal(targets.labels, labels) and not torch.equal(targets.partner, labels)
+    xf, w = x.float() / 255, lam.view(-1, 1, 1, 1)
+    torch.testing.assert_close(out, (1 - w) * xf + w * xf[targets.partner])
+    # The loss weighs the partner's label by lam: logits certain of the partner class (margin m)
+    # cost CE(own) = m on the own label and 0 on the partner's, so the loss is mean((1 - lam) m).
+    m = 50.0
+    logits = torch.zeros(2, 3)
+    logits[0, 1] = logits[1, 2] = m
+    mixed = Targets(torch.tensor([0, 1]), torch.tensor([1, 2]), torch.tensor([0.25, 0.75]))
+    assert mixed.loss(logits, 0.0).item() == pytest.approx((0.75 * m + 0.25 * m) / 2, rel=1e-5)
 
 
 def test_cutmix_weights_the_partner_by_its_pasted_area():

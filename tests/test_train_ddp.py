@@ -97,12 +97,34 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
 
 
+#: Runs `effnet train ARGS` with rank 1's first optimiser step followed by an exception: the
+#: fault is injected here, in the test, by wrapping the loop's step function.
+CRASHING_LAUNCHER = """
+import os, sys
+import effnet.train.loop as loop
+from effnet.cli import main
+
+if os.environ["RANK"] == "1":
+    step = loop.optimizer_step
+
+    def step_then_crash(run):
+        step(run)
+        raise RuntimeError("rank 1 crashed on purpose")
+
+    loop.optimizer_step = step_then_crash
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_crashing_rank_ends_the_job_with_its_error(tmp_path):
+    launcher = tmp_path / "crash_rank_1.py"
+    launcher.write_text(CRASHING_LAUNCHER)
     start = time.time()
     proc = subprocess.run(
-        torchrun("--recipe", "debug", "--epochs", "1", "--subset", "64", "--batch-size", "8", "--threads", "1",
-                 "--dist-timeout", "1", "--out", str(tmp_path / "crash")),
-        capture_output=True, text=True, timeout=120, env=env(EFFNET_TEST_CRASH_RANK="1"),
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+         str(launcher), "train", "--recipe", "debug", "--epochs", "1", "--subset", "64", "--batch-size", "8",
+         "--threads", "1", "--dist-timeout", "1", "--out", str(tmp_path / "crash")],
+        capture_output=True, text=True, timeout=120, env=env(),
     )
     seconds = time.time() - start
     assert proc.returncode != 0

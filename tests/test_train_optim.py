@@ -54,14 +54,43 @@ def test_rmsprop_tf_matches_hand_computed_steps():
         assert p.detach().tolist() == pytest.approx(w, rel=1e-6)
 
 
-def test_rmsprop_tf_differs_from_torch_form():
-    """With eps outside the root (torch.optim.RMSprop) the first step is not the same."""
-    a, b = nn.Parameter(torch.tensor([0.01])), nn.Parameter(torch.tensor([0.01]))
-    for p in (a, b):
-        p.grad = torch.tensor([1e-3])
-    RMSpropTF([a], lr=1.0, momentum=0.0, eps=1e-3).step()
-    expected = 0.01 - 1e-3 / math.sqrt(0.9 + 0.1 * 1e-6 + 1e-3)
-    assert a.item() == pytest.approx(expected, rel=1e-6)
+def _steps(opt: torch.optim.Optimizer, p: nn.Parameter, grads) -> list[list[float]]:
+    """Apply ``grads`` one step each; the parameter after every step."""
+    after = []
+    for g in grads:
+        p.grad = torch.tensor(g)
+        opt.step()
+        after.append(p.detach().tolist())
+    return after
+
+
+def test_rmsprop_tf_against_torch_rmsprop():
+    """torch.optim.RMSprop is the reference for the algorithm; RMSpropTF differs from it only in
+    TF1's two details (mean square started at 1, eps inside the square root)."""
+    grads = ([0.5, -1.0], [0.2, 0.4])
+    kw = dict(lr=0.1, momentum=0.9)
+    # 1. With torch's mean square started at 1 and a negligible eps, the two agree step for step.
+    a, b = nn.Parameter(torch.tensor([1.0, -2.0])), nn.Parameter(torch.tensor([1.0, -2.0]))
+    ref = torch.optim.RMSprop([b], alpha=0.9, eps=1e-12, **kw)
+    ref.state[b] = {"step": torch.tensor(0.0), "square_avg": torch.ones_like(b),
+                    "momentum_buffer": torch.zeros_like(b)}
+    assert _steps(RMSpropTF([a], rho=0.9, eps=1e-12, **kw), a, grads) == [
+        pytest.approx(w, rel=1e-6) for w in _steps(ref, b, grads)]
+    # 2. With the recipe's eps 1e-3 and each optimiser's own start, against the two forms by hand.
+    a, b = nn.Parameter(torch.tensor([1.0, -2.0])), nn.Parameter(torch.tensor([1.0, -2.0]))
+    tf_steps = _steps(RMSpropTF([a], rho=0.9, eps=1e-3, **kw), a, grads)
+    torch_steps = _steps(torch.optim.RMSprop([b], alpha=0.9, eps=1e-3, **kw), b, grads)
+    for form, got in (("tf", tf_steps), ("torch", torch_steps)):
+        ms, mom, w = [1.0 if form == "tf" else 0.0] * 2, [0.0, 0.0], [1.0, -2.0]
+        for step, g in enumerate(grads):
+            for i in range(2):
+                ms[i] = 0.9 * ms[i] + 0.1 * g[i] ** 2
+                denom = math.sqrt(ms[i] + 1e-3) if form == "tf" else math.sqrt(ms[i]) + 1e-3
+                mom[i] = 0.9 * mom[i] + g[i] / denom
+                w[i] -= 0.1 * mom[i]  # constant lr: lr inside (TF) or outside (torch) the buffer agree
+            assert got[step] == pytest.approx(w, rel=1e-6), (form, step)
+    # torch's first step is ~lr * sqrt(10) per coordinate (ms from 0), TF's ~lr * g (ms from 1).
+    assert abs(torch_steps[0][0] - 1.0) > 2 * abs(tf_steps[0][0] - 1.0)
 
 
 def test_rmsprop_tf_weight_decay_is_coupled():
@@ -94,18 +123,57 @@ def test_ema_hand_computed():
     assert ema.module.weight.item() == pytest.approx(0.75)
 
 
-def test_ema_warmup_caps_decay_and_copies_buffers():
+def _bn_after_two_updates(**ema_kw) -> tuple[ModelEMA, nn.BatchNorm1d]:
+    """A BatchNorm EMA (decay 0.5, no warm-up) updated twice with known live statistics.
+    The EMA starts as the fresh layer: weight 1, running mean 0, var 1, 0 batches tracked."""
+    live = nn.BatchNorm1d(2)
+    ema = ModelEMA(live, decay=0.5, warmup=False, **ema_kw)
+    for weight, mean, var, batches in (([3.0, 3.0], [2.0, 4.0], [3.0, 5.0], 7),
+                                       ([1.0, 5.0], [4.0, 0.0], [1.0, 1.0], 9)):
+        with torch.no_grad():
+            live.weight.copy_(torch.tensor(weight))
+            live.running_mean.copy_(torch.tensor(mean))
+            live.running_var.copy_(torch.tensor(var))
+            live.num_batches_tracked.fill_(batches)
+        ema.update(live)
+    return ema, live
+
+
+def test_ema_averages_batchnorm_statistics_by_default():
+    """The official code's EMA covers BN moving_mean/moving_variance (tensorflow/tpu efficientnet
+    utils.get_ema_vars), so by default the statistics are averaged like the weights."""
+    ema, _ = _bn_after_two_updates()
+    m = ema.module
+    # weight: 1 -> 0.5 * 1 + 0.5 * 3 = 2 -> 0.5 * 2 + 0.5 * [1, 5] = [1.5, 3.5]
+    assert m.weight.tolist() == pytest.approx([1.5, 3.5])
+    # mean: 0 -> [1, 2] -> 0.5 * [1, 2] + 0.5 * [4, 0] = [2.5, 1]
+    assert m.running_mean.tolist() == pytest.approx([2.5, 1.0])
+    # var: 1 -> 0.5 + 0.5 * [3, 5] = [2, 3] -> 0.5 * [2, 3] + 0.5 * [1, 1] = [1.5, 2]
+    assert m.running_var.tolist() == pytest.approx([1.5, 2.0])
+    assert m.num_batches_tracked.item() == 9 and m.num_batches_tracked.dtype == torch.long  # a counter: copied
+
+
+def test_ema_can_copy_batchnorm_statistics():
+    ema, live = _bn_after_two_updates(buffers="copy")
+    assert ema.module.weight.tolist() == pytest.approx([1.5, 3.5])  # weights still averaged
+    assert ema.module.running_mean.tolist() == [4.0, 0.0]
+    assert ema.module.running_var.tolist() == [1.0, 1.0]
+    assert ema.module.num_batches_tracked.item() == 9
+    with pytest.raises(ValueError, match="buffers"):
+        ModelEMA(live, buffers="mean")
+
+
+def test_ema_warmup_caps_decay_and_state_round_trips():
     model = nn.BatchNorm1d(2)
     ema = ModelEMA(model, decay=0.9999)
     assert ema.current_decay() == pytest.approx(1 / 10)  # (1 + 0) / (10 + 0)
     model.running_mean.fill_(3.0)
     ema.update(model)
     assert ema.current_decay() == pytest.approx(2 / 11)
-    assert ema.module.running_mean.tolist() == [3.0, 3.0]
-    state = ema.state_dict()
+    assert ema.module.running_mean.tolist() == pytest.approx([0.9 * 3.0] * 2)  # 0.1 * 0 + 0.9 * 3
     other = ModelEMA(model)
-    other.load_state_dict(state)
-    assert other.updates == 1
+    other.load_state_dict(ema.state_dict())
+    assert other.updates == 1 and torch.equal(other.module.running_mean, ema.module.running_mean)
 
 
 def test_progressive_ramps_linear():

@@ -3,16 +3,19 @@
 Every sample is a PIL image plus an integer label; decoding happens in ``__getitem__`` so that a
 DataLoader decodes in worker processes. A file that cannot be decoded does not crash the run:
 :class:`DecodedDataset` returns it with label ``-1`` and its index, the loop drops it from the
-batch and :class:`SkipLog` reports it at the end.
+batch and :class:`SkipLog` reports it at the end, with the decoder's reason for the first few
+(read again in the main process: only the label crosses back from a worker).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 from PIL import Image
@@ -56,6 +59,21 @@ class Split:
         return str(item) if isinstance(item, Path) else f"sample #{item_index}"
 
 
+def decode(item: Path | Image.Image) -> Image.Image:
+    """An RGB image from a file (decoded fully, so a truncated file fails here) or an in-memory image."""
+    if isinstance(item, Path):
+        with Image.open(item) as f:
+            img = to_rgb(f)
+            img.load()
+        return img
+    return to_rgb(item)
+
+
+# Truncated JPEGs raise OSError, garbage raises UnidentifiedImageError (an OSError), bad
+# headers ValueError or SyntaxError; a decompression bomb its own error.
+DECODE_ERRORS = (OSError, ValueError, Image.DecompressionBombError, SyntaxError)
+
+
 class DecodedDataset(torch.utils.data.Dataset):
     """``(image uint8 (3, H, W), label, index)``; an unreadable file gives label ``UNREADABLE``."""
 
@@ -68,34 +86,79 @@ class DecodedDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int]:
         item = self.split.items[index]
         try:
-            if isinstance(item, Path):
-                with Image.open(item) as f:
-                    img = to_rgb(f)
-                    img.load()
-            else:
-                img = to_rgb(item)
-            return self.transform(img), self.split.labels[index], index
-        except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as e:
-            # Truncated JPEGs raise OSError, garbage raises UnidentifiedImageError (an OSError).
+            return self.transform(decode(item)), self.split.labels[index], index
+        except DECODE_ERRORS as e:
+            # Only the label crosses back from a loader worker; SkipLog asks decode_error() why.
             log.debug("cannot decode %s: %s", item, e)
             return torch.zeros(3, self.size, self.size, dtype=torch.uint8), UNREADABLE, index
 
 
+def decode_error(item: Path | Image.Image) -> str:
+    """Why ``item`` cannot be decoded (the decoder's own message), read again in this process."""
+    try:
+        decode(item)
+    except DECODE_ERRORS as e:
+        return f"{type(e).__name__}: {e}"
+    return "decoded on a second try (a transient read error?)"
+
+
 @dataclass
 class SkipLog:
-    """Unreadable samples met during a run (counted in the main process from the batch labels)."""
+    """Unreadable samples met during a run (counted in the main process from the batch labels),
+    with the decoder's reason for the first :attr:`MAX_REASONS` of them."""
+
+    MAX_REASONS: ClassVar[int] = 3
 
     skipped: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    folders: set[str] = field(default_factory=set)
 
     def add(self, split: Split, indices: Sequence[int]) -> None:
         for i in indices:
-            self.skipped[split.describe(int(i))] = 1
+            name = split.describe(int(i))
+            item = split.items[int(i)]
+            if name not in self.skipped and len(self.reasons) < self.MAX_REASONS:
+                self.reasons[name] = decode_error(item)
+            if isinstance(item, Path):
+                self.folders.add(str(item.parent))
+            self.skipped[name] = 1
+
+    def update(self, other: SkipLog) -> None:
+        for name, reason in other.reasons.items():
+            if name not in self.skipped and len(self.reasons) < self.MAX_REASONS:
+                self.reasons[name] = reason
+        self.skipped.update(other.skipped)
+        self.folders |= other.folders
+
+    def summary(self) -> str:
+        """How many, where and why: ``3 unreadable file(s) under /data/x, e.g. a/1.jpg:
+        UnidentifiedImageError: cannot identify image file ...``."""
+        n = len(self.skipped)
+        where = ""
+        if self.folders:
+            root = Path(os.path.commonpath(sorted(self.folders)))
+            where = f" under {root}"
+            named = {_relative(k, root): v for k, v in self.reasons.items()}
+        else:
+            named = dict(self.reasons)
+        why = "; ".join(f"{k}: {v}" for k, v in named.items())
+        more = f" (and {n - len(named)} more)" if n > len(named) else ""
+        return f"{n} unreadable image(s){where}" + (f", e.g. {why}{more}" if why else "")
 
     def report(self) -> None:
         if self.skipped:
             names = sorted(self.skipped)
             log.warning("skipped %d unreadable image(s): %s%s", len(names), ", ".join(names[:10]),
                         " ..." if len(names) > 10 else "")
+            for name, reason in self.reasons.items():
+                log.warning("  %s: %s", name, reason)
+
+
+def _relative(name: str, root: Path) -> str:
+    try:
+        return str(Path(name).relative_to(root))
+    except ValueError:
+        return name
 
 
 def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:

@@ -1,21 +1,156 @@
-"""`effnet train`, `effnet eval`, `effnet predict`: argument parsing over effnet.train."""
+"""`effnet train`, `effnet eval`, `effnet predict`: argument parsing over effnet.train.
+
+`effnet train`'s options are derived from :class:`~effnet.train.config.TrainConfig` by a small
+generator (:func:`add_config_options`): one ``--field-name`` per field, the type from the field's
+annotation (bools as ``--x/--no-x``, tuples as several values, a ``str`` union as a word the
+config resolves), help text and allowed values from the field's metadata. An option that is not
+given is absent from the parsed arguments (``argparse.SUPPRESS``), so only what the user typed
+overrides the recipe. A short alias table keeps the established spellings (``--lr``,
+``--subset`` ...). Besides the fields, only what is not configuration: ``--resume``,
+``--pretrained``, and ``--stages``/``--sizes`` that adjust the progressive ranges.
+
+Why a generator rather than jsonargparse or tyro: neither is installed, and a runtime dependency
+for one sub-command buys little here -- both would still need the alias table and the "not given
+means the recipe's value" rule (the recipe, not the dataclass default, supplies the rest), and
+the generator is plain argparse like every other sub-command, forty lines to read.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-from typing import TYPE_CHECKING
+import sys
+import types
+import typing
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from effnet.data.progressive import ProgressiveSpec
     from effnet.train import RunResult
+    from effnet.train.config import TrainConfig
+
+#: Established spellings kept beside the derived ``--field-name`` (both work).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "lr_per_256": ("--lr",),
+    "train_subset": ("--subset",),
+    "save_every_steps": ("--save-every",),
+    "dist_timeout_minutes": ("--dist-timeout",),
+}
+
+#: Placeholders in ``--help`` where the field name says less than a word would.
+METAVARS: dict[str, str | tuple[str, ...]] = {
+    "data": "DIR", "model": "NAME", "spec": "FILE", "weights": "FILE", "out": "DIR", "recipe": "NAME|FILE",
+    "progressive": "PRESET", "train_subset": "N", "save_every_steps": "N", "dist_timeout_minutes": "MINUTES",
+    "crop_scale": ("MIN", "MAX"), "extra": "KEY=VALUE",
+}
+
+
+def _option_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` with VALUE read as YAML (``3`` an int, ``true`` a bool, else a string)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, yaml.safe_load(value)
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One option per field of the dataclass ``config_cls``, parsed into its annotated type."""
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        # `X | None` (None: "the recipe's / spec's value") parses as X; `ProgressiveSpec | str`
+        # takes the word (a preset name, "model", "on" or "off") that the config resolves.
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = str if str in members else members[0]
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        if f.name in METAVARS:
+            kw["metavar"] = METAVARS[f.name]
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+            kw.pop("metavar", None)  # argparse shows the choices
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif typing.get_origin(tp) is tuple:
+            args = typing.get_args(tp)
+            kw["type"], kw["nargs"] = args[0], ("+" if args[-1] is Ellipsis else len(args))
+        elif typing.get_origin(tp) is dict:
+            kw["type"], kw["action"] = _key_value, "append"
+        elif tp in (int, float, str):
+            kw["type"] = tp
+        else:
+            raise TypeError(f"{config_cls.__name__}.{f.name}: no command-line form for type {tp!r}")
+        parser.add_argument(_option_name(f.name), *ALIASES.get(f.name, ()), **kw)
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields the user gave on the command line (and only those)."""
+    from effnet.train.config import TrainConfig
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if "extra" in given:
+        given["extra"] = dict(given["extra"])  # [(key, value), ...] from repeated --extra
+    return given
+
+
+def build_config(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` of a new run: ``--recipe`` with the given options on top,
+    ``--pretrained`` turned into a weights file, ``--stages``/``--sizes`` applied to the
+    progressive ranges."""
+    from effnet.train import resolve_config
+
+    overrides = config_overrides(args)
+    if getattr(args, "pretrained", False):
+        if "weights" in overrides or "model" not in overrides:
+            raise ValueError("--pretrained needs --model NAME (the published weights of that model) and no --weights")
+        from effnet.weights.hub import fetch_pretrained
+
+        overrides["weights"] = str(fetch_pretrained(overrides["model"]))
+    cfg = resolve_config(overrides.pop("recipe", None), **overrides)
+    cfg.progressive = _adjust_progressive(cfg.progressive, getattr(args, "stages", None),
+                                          getattr(args, "sizes", None))
+    return cfg
+
+
+def _adjust_progressive(spec: ProgressiveSpec | None, stages: int | None,
+                        sizes: list[int] | None) -> ProgressiveSpec | None:
+    """``--stages``/``--sizes`` change the number of stages and the image-size range of the
+    resolved progressive ranges (the recipe's, or ``--progressive``'s)."""
+    from effnet.data.progressive import Range
+
+    if stages is None and sizes is None:
+        return spec
+    if spec is None:
+        raise ValueError("--stages/--sizes need progressive learning: add --progressive on (or a preset)")
+    changes: dict[str, Any] = {}
+    if stages is not None:
+        changes["stages"] = stages
+    if sizes is not None:
+        changes["image_size"] = Range(*sizes)
+    return dataclasses.replace(spec, **changes)
 
 
 def _train(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
-        result = _run_training(args)
+    from effnet.train import Interrupted
+
+    try:
+        with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
+            result = _run_training(args)
+    except Interrupted as e:
+        # Stopped by SIGINT/SIGTERM at a safe point: the message carries the resume command;
+        # the exit status says which signal (130, 143), as a shell expects.
+        if e.is_main:
+            print(f"effnet train: {e}", file=sys.stderr)
+        return e.exit_code
     if not result.is_main:
         return 0  # in a torchrun job, rank 0 reports
     print(f"{result.epochs} epochs: final top-1 {result.final_top1:.2f}%, best {result.best_top1:.2f}%")
@@ -28,52 +163,16 @@ def _train(args: argparse.Namespace) -> int:
 def _run_training(args: argparse.Namespace) -> RunResult:
     from effnet.train import resolve_config, train
 
-    if args.resume:
+    if getattr(args, "resume", None):
+        # A resumed run continues with its recorded config.yaml: anything else given would be
+        # silently ignored, so say so instead.
+        ignored = [_option_name(k) for k in config_overrides(args)]
+        ignored += [f"--{k}" for k in ("pretrained", "stages", "sizes") if getattr(args, k, None)]
+        if ignored:
+            raise ValueError(f"--resume {args.resume} continues with the run's recorded config (config.yaml), "
+                             f"so {', '.join(ignored)} would be ignored: drop them, or start a new run")
         return train(resolve_config(), resume=args.resume)
-    weights = args.weights
-    if args.pretrained:
-        if weights or not args.model:
-            raise ValueError("--pretrained needs --model NAME (the published weights of that model) and no --weights")
-        from effnet.weights.hub import fetch_pretrained
-
-        weights = str(fetch_pretrained(args.model))
-    cfg = resolve_config(
-        args.recipe, data=args.data, model=args.model, spec=args.spec, weights=weights,
-        epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr_per_256=args.lr,
-        image_size=args.image_size, freeze_backbone=args.freeze_backbone or None, seed=args.seed,
-        workers=args.workers, device=args.device, amp=args.amp, compile=args.compile or None,
-        accum_steps=args.accum_steps, save_every_steps=args.save_every, schedule=args.schedule,
-        width=args.width, depth=args.depth, threads=args.threads, train_subset=args.subset,
-        channels_last=False if args.no_channels_last else None, ema=False if args.no_ema else None,
-        sync_bn=args.sync_bn or None, deterministic=args.deterministic or None,
-        dist_timeout_minutes=args.dist_timeout, log_steps=args.log_steps or None,
-    )
-    progressive = _progressive(args, cfg.progressive)
-    if progressive is not cfg.progressive:
-        cfg.progressive, cfg.autoaugment = progressive, False  # V2 pairs progressive with RandAugment
-    return train(cfg)
-
-
-def _progressive(args: argparse.Namespace, current: ProgressiveSpec | None) -> ProgressiveSpec | None:
-    """``--progressive PRESET`` picks the ranges (else the recipe's); ``--stages``/``--sizes`` adjust them."""
-    from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
-
-    spec = current
-    if args.progressive:
-        if args.progressive in V2_PRESETS:
-            spec = V2_PRESETS[args.progressive]
-        elif args.progressive == "on":
-            spec = current or ProgressiveSpec()
-        else:
-            raise ValueError(f"--progressive: expected 'on' or one of {sorted(V2_PRESETS)}, got {args.progressive!r}")
-    if (args.stages or args.sizes) and spec is None:
-        raise ValueError("--stages/--sizes need progressive learning: add --progressive on (or a preset)")
-    changes: dict = {}
-    if args.stages:
-        changes["stages"] = args.stages
-    if args.sizes:
-        changes["image_size"] = Range(*args.sizes)
-    return ProgressiveSpec(**{**spec.__dict__, **changes}) if changes and spec else spec
+    return train(build_config(args))
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -110,52 +209,22 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from effnet.train.config import RECIPES, TrainConfig
+
     t = sub.add_parser("train", help="train or fine-tune (default: the digits job)",
                        description="Train or fine-tune an EfficientNet; with no options, trains on the "
                                    "built-in digits set. Writes a run folder (config, metrics.csv, "
-                                   "best/last weights, curves.png, resume state).")
-    t.add_argument("--data", help="'digits' (default), DIR/train+DIR/val, or DIR/<class>/* split by seed")
-    t.add_argument("--model", help="registered model name (effnet list)")
-    t.add_argument("--spec", help="spec file (YAML/JSON) instead of --model")
-    t.add_argument("--weights", help="initial weights (fine-tuning; a new head if the class count differs)")
-    t.add_argument("--pretrained", action="store_true",
+                                   "best/last weights, curves.png, resume state). Options not given keep "
+                                   f"the recipe's value (--recipe: {', '.join(RECIPES)} or a YAML file).")
+    add_config_options(t, TrainConfig)
+    t.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
+                   help="continue a run where its last checkpoint left off (with its recorded config)")
+    t.add_argument("--pretrained", action="store_true", default=argparse.SUPPRESS,
                    help="start from --model's published ImageNet weights (downloaded once, cached; see "
                         "`effnet pretrained`)")
-    t.add_argument("--recipe", help="digits, digits_progressive, paper_v1, paper_v2, transfer_v2, debug, "
-                                    "or a YAML file (default: digits for digits data, else paper_v1)")
-    t.add_argument("--epochs", type=int)
-    t.add_argument("--batch-size", type=int,
-                   help="images per process and step (under torchrun the global batch is this x world size)")
-    t.add_argument("--accum-steps", type=int, help="gradient accumulation micro-batches per step")
-    t.add_argument("--lr", type=float, help="learning rate per 256 images (scaled linearly with batch size)")
-    t.add_argument("--schedule", choices=["exponential", "cosine", "constant"])
-    t.add_argument("--image-size", type=int)
-    t.add_argument("--width", type=float, help="extra width multiplier on the model")
-    t.add_argument("--depth", type=float, help="extra depth multiplier on the model")
-    t.add_argument("--progressive", metavar="PRESET",
-                   help="V2 progressive learning: 'on' or efficientnetv2_s/m/l (paper Table 6)")
-    t.add_argument("--stages", type=int, help="progressive stages")
-    t.add_argument("--sizes", type=int, nargs=2, metavar=("MIN", "MAX"), help="progressive image sizes")
-    t.add_argument("--freeze-backbone", action="store_true", help="train only the classifier")
-    t.add_argument("--out", help="run folder (default: runs/<timestamp>)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run where its last checkpoint left off")
-    t.add_argument("--save-every", type=int, help="also checkpoint every N optimiser steps")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--subset", type=int, metavar="N", help="train on the first N training images only (smoke tests)")
-    t.add_argument("--workers", type=int, help="data loader processes")
-    t.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
-    t.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: auto)")
-    t.add_argument("--amp", choices=["auto", "bf16", "fp16", "off"], help="mixed precision")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--no-channels-last", action="store_true")
-    t.add_argument("--no-ema", action="store_true", help="evaluate/save the raw weights, not their EMA")
-    t.add_argument("--log-steps", action="store_true", help="write steps.csv: the loss of every optimiser step")
-    t.add_argument("--deterministic", action="store_true",
-                   help="torch.use_deterministic_algorithms (reproducible, slower)")
-    t.add_argument("--sync-bn", action="store_true",
-                   help="under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm)")
-    t.add_argument("--dist-timeout", type=float, metavar="MINUTES",
-                   help="under torchrun: fail a collective that waits longer than this (default 30)")
+    t.add_argument("--stages", type=int, default=argparse.SUPPRESS, help="progressive stages")
+    t.add_argument("--sizes", type=int, nargs=2, metavar=("MIN", "MAX"), default=argparse.SUPPRESS,
+                   help="progressive image sizes")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights on data")

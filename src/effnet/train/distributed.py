@@ -5,10 +5,6 @@
 sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` (and the rendezvous address) in each one's
 environment; :func:`start` joins the group they describe. Without those variables every helper
 here is a no-op and a run is the plain single-process one.
-
-Test hook: ``EFFNET_TEST_CRASH_RANK=R`` makes rank ``R`` raise after its first optimiser step,
-so that the tests can check that one rank's failure ends the whole job with its message instead
-of leaving the others waiting in a collective.
 """
 
 from __future__ import annotations
@@ -24,8 +20,6 @@ import torch.distributed as dist
 from torch import nn
 
 log = logging.getLogger(__name__)
-
-CRASH_ENV = "EFFNET_TEST_CRASH_RANK"
 
 
 @dataclass(frozen=True)
@@ -112,18 +106,17 @@ def all_agree(d: Dist, flag: bool, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def any_rank(d: Dist, flag: bool, device: torch.device) -> bool:
+    """True when ``flag`` holds on some rank (e.g. a stop signal that reached one process)."""
+    return not all_agree(d, not flag, device)
+
+
 def broadcast_buffers(d: Dist, module: nn.Module) -> None:
     """Rank 0's buffers (BatchNorm statistics) everywhere: without SyncBatchNorm each rank's
     statistics follow its own shard, and evaluation must score one model, the one rank 0 saves."""
     if d.enabled:
         for b in module.buffers():
             dist.broadcast(b, src=0)
-
-
-def crash_for_test(d: Dist) -> None:
-    """The documented test hook (module docstring)."""
-    if os.environ.get(CRASH_ENV) == str(d.rank):
-        raise RuntimeError(f"rank {d.rank} crashed on purpose ({CRASH_ENV}={d.rank})")
 
 
 class _SumOverRanks(torch.autograd.Function):

@@ -9,15 +9,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from effnet.data import (
-    UNREADABLE,
-    DecodedDataset,
-    SkipLog,
-    Split,
-    load_eval_split,
-    make_loader,
-    to_rgb,
-)
+from effnet.data import UNREADABLE, DecodedDataset, SkipLog, Split, load_eval_split, make_loader
+from effnet.data.datasets import DECODE_ERRORS, decode
 from effnet.preprocessing import EvalTransform, Normalize
 from effnet.viz.plots import plot_confusion
 
@@ -61,11 +54,12 @@ def score(
     model.eval()
     loss_sum, top1, top5, n = 0.0, 0, 0, 0
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    unreadable = SkipLog()  # this split's, for the error below; merged into ``skips``
     for images, labels, index in loader:
         bad = labels == UNREADABLE
         if bad.any():
-            if skips is not None and split is not None:
-                skips.add(split, index[bad].tolist())
+            if split is not None:
+                unreadable.add(split, index[bad].tolist())
             images, labels = images[~bad], labels[~bad]
             if len(labels) == 0:
                 continue
@@ -84,6 +78,8 @@ def score(
         n += len(y)
         confusion.index_put_((y.cpu(), topk[:, 0].cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
     model.train(was_training)
+    if skips is not None:
+        skips.update(unreadable)
     if sharded:
         totals = torch.tensor([loss_sum, top1, top5, n], dtype=torch.float64, device=device)
         torch.distributed.all_reduce(totals)
@@ -92,7 +88,9 @@ def score(
         torch.distributed.all_reduce(confusion)
         confusion = confusion.cpu()
     if n == 0:
-        raise ValueError("evaluation: no readable images in the split")
+        if unreadable.skipped:
+            raise ValueError(f"evaluation: no readable image in the split: {unreadable.summary()}")
+        raise ValueError("evaluation: the split holds no images")
     return loss_sum / n, 100.0 * top1 / n, 100.0 * top5 / n, confusion
 
 
@@ -151,8 +149,6 @@ class Prediction:
 def predict(images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto") -> list[Prediction]:
     """Top-``k`` class names and probabilities for each image file (an unreadable one gets
     ``error`` set instead of crashing the batch)."""
-    from PIL import Image
-
     dev = default_device(device)
     model, names = _load(weights, dev)
     prep = model.preprocessing  # type: ignore[union-attr]
@@ -160,10 +156,8 @@ def predict(images: list[str | Path], weights: str | Path, *, topk: int = 5, dev
     out: list[Prediction] = []
     for path in images:
         try:
-            with Image.open(path) as f:
-                img = to_rgb(f)
-                img.load()
-        except (OSError, ValueError, SyntaxError) as e:
+            img = decode(Path(path))
+        except DECODE_ERRORS as e:
             out.append(Prediction(str(path), [], f"cannot read image: {e}"))
             continue
         x = normalize(transform(img)[None].to(dev))

@@ -123,16 +123,33 @@ class ModelEMA:
 
     Early on the decay is capped at ``(1 + n) / (10 + n)`` after ``n`` updates (as TF's
     ``ExponentialMovingAverage(num_updates=...)`` does), so short runs are not dominated by the
-    random initialisation. Buffers (BatchNorm statistics) are copied, not averaged.
+    random initialisation.
+
+    ``buffers`` says what happens to the BatchNorm running statistics:
+
+    - ``"average"`` (default, the official behaviour): floating-point buffers (``running_mean``,
+      ``running_var``) are averaged with the same decay as the weights. The official code's
+      ``ExponentialMovingAverage`` covers ``utils.get_ema_vars()`` = the trainable variables plus
+      every ``moving_mean``/``moving_variance`` (tensorflow/tpu, models/official/efficientnet/
+      utils.py), so the EMA model's statistics describe the averaged weights' activations
+      rather than the last step's.
+    - ``"copy"``: buffers are copied from the live model (timm's ``ModelEmaV2`` behaviour).
+
+    Integer buffers (``num_batches_tracked``) are a counter, not an estimate: always copied.
     """
 
-    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True) -> None:
+    BUFFER_MODES = ("average", "copy")
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, warmup: bool = True,
+                 buffers: str = "average") -> None:
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"EMA decay: expected a value in [0, 1), got {decay}")
+        if buffers not in self.BUFFER_MODES:
+            raise ValueError(f"EMA buffers: expected 'average' or 'copy', got {buffers!r}")
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
-        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.decay, self.warmup, self.buffers, self.updates = decay, warmup, buffers, 0
 
     def current_decay(self) -> float:
         if not self.warmup:
@@ -146,9 +163,15 @@ class ModelEMA:
         # Walk the two modules side by side (same structure: the EMA is a deep copy) instead of
         # building two state dicts every step; lerp_ is ema + (1 - d) * (w - ema).
         ema_params, params = list(self.module.parameters()), [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(ema_params, [p.to(e.dtype) for e, p in zip(ema_params, params)], 1.0 - d)
+        averaged, sources = ema_params, [p.to(e.dtype) for e, p in zip(ema_params, params)]
         for e, b in zip(self.module.buffers(), model.buffers()):
-            e.copy_(b)
+            if self.buffers == "average" and e.is_floating_point():
+                averaged.append(e)
+                sources.append(b.to(e.dtype))
+            else:
+                e.copy_(b)
+        if averaged:
+            torch._foreach_lerp_(averaged, sources, 1.0 - d)
 
     def state_dict(self) -> dict:
         return {"module": self.module.state_dict(), "updates": self.updates}

@@ -1,0 +1,117 @@
+"""`effnet train`'s options, derived from TrainConfig: every field reachable, typed parsing, the
+established spellings, only given options overriding the recipe, clear errors."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+import effnet.train
+from effnet.cli import build_parser, main
+from effnet.data.progressive import V2_PRESETS, Range
+from effnet.train.cli import build_config, config_overrides
+from effnet.train.config import RECIPES, TrainConfig, resolve_config
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["train"]
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    return build_parser().parse_args(["train", *argv])
+
+
+def test_every_config_field_has_an_option_with_help():
+    options = {a.dest: a for a in _train_parser()._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in options, f"TrainConfig.{f.name} has no effnet train option"
+        assert f"--{f.name.replace('_', '-')}" in options[f.name].option_strings
+        assert f.metadata.get("help"), f"TrainConfig.{f.name} has no help text"
+
+
+def test_options_parse_into_typed_config_values():
+    cfg = build_config(parse(
+        "--recipe", "paper_v2", "--model", "efficientnetv2_m", "--data", "imgs", "--epochs", "3",
+        "--lr", "0.1", "--subset", "64", "--save-every", "7", "--dist-timeout", "5",  # established spellings
+        "--weight-decay", "0", "--no-ema", "--no-channels-last", "--compile", "--overwrite",
+        "--mean", "0.5", "0.5", "0.5", "--crop-scale", "0.5", "1", "--amp", "bf16", "--ema-buffers", "copy",
+        "--eval-size", "480", "--extra", "note=first try", "--extra", "trial=3",
+    ))
+    expected = dict(
+        recipe="paper_v2", model="efficientnetv2_m", data="imgs", epochs=3, lr_per_256=0.1, train_subset=64,
+        save_every_steps=7, dist_timeout_minutes=5.0, weight_decay=0.0, ema=False, channels_last=False,
+        compile=True, overwrite=True, mean=(0.5, 0.5, 0.5), crop_scale=(0.5, 1.0), amp="bf16",
+        ema_buffers="copy", eval_size=480, extra={"note": "first try", "trial": 3},
+        progressive=V2_PRESETS["efficientnetv2_m"],  # the recipe's preset follows --model
+        randaugment_magnitude=15.0,  # not given: the recipe's value
+    )
+    assert {k: getattr(cfg, k) for k in expected} == expected
+    assert type(cfg.epochs) is int and type(cfg.lr_per_256) is float
+    # The derived spellings work as well as the aliases, and --x / --no-x both exist for bools.
+    assert config_overrides(parse("--lr-per-256", "0.2", "--train-subset", "8", "--ema")) == dict(
+        lr_per_256=0.2, train_subset=8, ema=True)
+
+
+def test_only_given_options_override_the_recipe():
+    assert config_overrides(parse()) == {}
+    assert build_config(parse()) == resolve_config()  # digits by default
+    cfg = build_config(parse("--recipe", "digits", "--hflip"))
+    assert cfg.hflip and cfg.epochs == RECIPES["digits"]["epochs"] and cfg.width == 0.5
+
+
+def test_progressive_options():
+    assert build_config(parse("--recipe", "digits")).progressive is None
+    recipe = RECIPES["digits_progressive"]["progressive"]
+    cfg = build_config(parse("--recipe", "digits_progressive", "--sizes", "32", "48"))
+    assert cfg.progressive == dataclasses.replace(recipe, image_size=Range(32, 48))
+    cfg = build_config(parse("--progressive", "efficientnetv2_m", "--stages", "2"))
+    assert cfg.progressive == dataclasses.replace(V2_PRESETS["efficientnetv2_m"], stages=2) and not cfg.autoaugment
+    assert build_config(parse("--recipe", "paper_v2", "--progressive", "off")).progressive is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--amp", "fp8"], "argument --amp: invalid choice: 'fp8'"),
+    (["--epochs", "two"], "argument --epochs: invalid int value: 'two'"),
+    (["--crop-scale", "0.5"], "argument --crop-scale: expected 2 arguments"),
+    (["--extra", "novalue"], "argument --extra: expected KEY=VALUE"),
+    (["--learning-rate", "0.1"], "unrecognized arguments: --learning-rate"),
+])
+def test_malformed_options_are_refused_by_the_parser(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(["train", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--epochs", "0"], "epochs: expected >= 1, got 0"),
+    (["--recipe", "paper_v2", "--model", "efficientnet_b0"], "there is none for 'efficientnet_b0'"),
+    (["--progressive", "huge"], "progressive: expected 'model', 'on', 'off'"),
+    (["--stages", "3"], "--stages/--sizes need progressive learning: add --progressive on"),
+    (["--recipe", "paper_v3"], "unknown recipe 'paper_v3'"),
+    (["--resume", "runs/x", "--epochs", "3"], "--epochs would be ignored"),
+])
+def test_invalid_values_are_clear_errors(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr(effnet.train, "train", lambda *a, **k: pytest.fail("train must not start"))
+    assert main(["train", *argv]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("effnet train: error: ") and message in err
+
+
+def test_cli_calls_train_with_the_config_or_the_run_to_resume(capsys, monkeypatch, tmp_path):
+    calls = []
+
+    def fake_train(cfg, resume=None):
+        calls.append((cfg, resume))
+        return SimpleNamespace(is_main=True, epochs=cfg.epochs, final_top1=90.0, best_top1=91.0,
+                               run_dir=tmp_path, skipped=[])
+
+    monkeypatch.setattr(effnet.train, "train", fake_train)
+    assert main(["train", "--recipe", "debug", "--epochs", "1", "--out", str(tmp_path)]) == 0
+    assert calls[-1] == (resolve_config("debug", epochs=1, out=str(tmp_path)), None)
+    assert "final top-1 90.00%" in capsys.readouterr().out
+    assert main(["train", "--resume", str(tmp_path)]) == 0
+    assert calls[-1][1] == str(tmp_path)
