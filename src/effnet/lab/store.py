@@ -1,0 +1,449 @@
+"""Optuna studies as the one record of a lab's trials, shared by every worker on every machine.
+
+The scaling search (and the architecture search after it) trains a fixed list of candidates:
+grid points, strategies at matched FLOPs. The study owns all state (STYLE 16): each candidate
+is put on the study's own queue as a WAITING trial (``Study.enqueue_trial``); a worker takes
+one with ``Study.ask()``, which moves a WAITING trial to RUNNING in one storage transaction,
+trains it and reports. Re-running the same command resumes: finished candidates are never
+queued again, so nothing is retrained. Several workers (processes, or machines pointed at one
+PostgreSQL/MySQL URL) split the queue between them.
+
+Two workers starting together may both queue a missing candidate, and on SQLite two ``ask``
+calls can race; so a worker that has taken a candidate checks the study for another trial of
+the same candidate that finished or started before its own (``datetime_start``, then trial
+number), and if there is one it gives its trial up (FAIL, ``effnet.duplicate_of``) without
+training. The earliest claim always wins, so every candidate is trained once.
+
+A worker that dies (SIGKILL, a lost machine) leaves its trial RUNNING. On the same machine a
+later worker sees that the recorded process is gone and fails the trial at once; on other
+machines the heartbeat (``RDBStorage(heartbeat_interval=...)``) goes stale and
+``optuna.storages.fail_stale_trials`` fails it after the grace period. Either way the candidate
+has no live trial any more and goes back on the queue: it is trained again, and no finished
+trial is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger(__name__)
+
+#: Trial user attributes the lab writes.
+KEY = "effnet.candidate"
+HOST, PID = "effnet.host", "effnet.pid"
+DUPLICATE_OF = "effnet.duplicate_of"
+ERROR = "effnet.error"
+#: Study user attribute: the settings a study was created with (a resumed run must match).
+SETTINGS = "effnet.settings"
+
+HEARTBEAT_S = 20
+GRACE_S = 120
+
+
+class StudyError(ValueError):
+    """A study cannot be opened or resumed as asked (bad URL, other settings)."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One thing to train: ``key`` names it in the study; ``params`` are recorded as the
+    trial's Optuna parameters (e.g. alpha, beta, gamma) and ``attrs`` as user attributes."""
+
+    key: str
+    params: dict[str, float] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+def default_storage(folder: str | Path) -> str:
+    """A SQLite file in ``folder`` (created): one machine, any number of worker processes."""
+    path = Path(folder).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path / 'study.db'}"
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Optuna warns that heartbeats are "experimental" and "supposed to be used with
+    Study.optimize"; here they are used with ask/tell on purpose (a worker takes queued
+    candidates, which optimize() cannot do without sampling new ones), so those warnings
+    would only alarm the user."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
+
+
+def _storage(url: str, heartbeat: int) -> Any:
+    import optuna
+
+    if "://" not in url:
+        raise StudyError(f"storage {url!r}: expected a database URL such as sqlite:///study.db or "
+                         "postgresql://user:pass@host/db")
+    kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        # Several processes write one SQLite file: wait for a writer's lock instead of failing
+        # at once with "database is locked".
+        kwargs = {"connect_args": {"timeout": 60}}
+    try:
+        for attempt in range(20):
+            try:
+                with _quiet():
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=heartbeat,
+                                                      grace_period=max(GRACE_S, 3 * heartbeat))
+            except Exception as e:
+                # Two workers started together on a new database both create its tables; the
+                # loser sees a unique-constraint or "already exists" error. The tables are
+                # there a moment later: open again.
+                transient = ("UNIQUE constraint", "already exists", "locked", "duplicate key")
+                if attempt == 19 or not any(w in str(e) for w in transient):
+                    raise
+                time.sleep(0.1 * (attempt + 1))
+        raise AssertionError("unreachable")
+    except (ImportError, ModuleNotFoundError) as e:
+        raise StudyError(f"cannot open the study storage {url}: its database driver is not installed ({e}); "
+                         "install it (psycopg2-binary for PostgreSQL, pymysql for MySQL)") from e
+    except Exception as e:  # sqlalchemy's OperationalError/ArgumentError: unreachable, bad URL
+        reason = str(e).splitlines()[0]
+        raise StudyError(f"cannot open the study storage {url}: {reason}; check the URL, that the "
+                         "server is running and reachable, and the credentials") from e
+
+
+def open_study(
+    storage: str, name: str, settings: Mapping[str, Any], *, direction: str = "maximize",
+    prune: bool = False, heartbeat: int = HEARTBEAT_S,
+) -> optuna.Study:
+    """Create study ``name`` in ``storage`` with ``settings``, or load it when it exists and was
+    created with the same settings; a study created with other settings is refused, naming
+    each difference (resuming it would mix trials that are not comparable).
+
+    ``prune``: successive halving (Li et al. 2018; Optuna's ``SuccessiveHalvingPruner``,
+    minimum resource one epoch, reduction factor 2): after each epoch a trial goes on only if
+    its accuracy is in the better half of the trials that reached that epoch (multi-fidelity:
+    weak candidates stop after one or two epochs)."""
+    import optuna
+
+    pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
+              if prune else optuna.pruners.NopPruner())
+    store = _storage(storage, heartbeat)
+    settings = dict(settings)
+    try:
+        study = optuna.create_study(storage=store, study_name=name, direction=direction, pruner=pruner)
+        study.set_user_attr(SETTINGS, settings)
+        log.info("created study %r in %s", name, storage)
+        return study
+    except optuna.exceptions.DuplicatedStudyError:
+        pass
+    study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
+    recorded = study.user_attrs.get(SETTINGS)
+    for _ in range(50):  # its creator writes the settings just after creating it
+        if recorded is not None:
+            break
+        time.sleep(0.2)
+        recorded = optuna.load_study(study_name=name, storage=store).user_attrs.get(SETTINGS)
+    if recorded is None:
+        raise StudyError(f"study {name!r} in {storage} was not made by effnet (it has no {SETTINGS}); "
+                         "pick another --study name")
+    different = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+    different.update({k: (v, None) for k, v in recorded.items() if k not in settings})
+    if different:
+        lines = ", ".join(f"{k}: study has {old!r}, this run asks {new!r}" for k, (old, new) in sorted(different.items()))
+        raise StudyError(f"study {name!r} in {storage} was created with other settings ({lines}); rerun with "
+                         "the study's settings to resume it, or give a new --study name (its trials are kept)")
+    log.info("resuming study %r in %s (%d trials recorded)", name, storage, len(study.trials))
+    return study
+
+
+# --- the work queue ---------------------------------------------------------------------------
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def recover_dead(study: optuna.Study) -> list[int]:
+    """Fail the RUNNING trials whose worker is gone (this machine: the recorded process no
+    longer exists; other machines: a stale heartbeat). Returns the trial numbers failed."""
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    host = socket.gethostname()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        pid = t.user_attrs.get(PID)
+        if t.user_attrs.get(HOST) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+            with contextlib.suppress(Exception):  # another worker may have failed it already
+                study.tell(t.number, state=TrialState.FAIL)
+                failed.append(t.number)
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+    if failed:
+        log.warning("trial(s) %s of study %r belonged to a worker that is gone: marked failed, their "
+                    "candidates go back on the queue", failed, study.study_name)
+    return failed
+
+
+def _live_keys(study: optuna.Study) -> set[str]:
+    from optuna.trial import TrialState
+
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
+    return {t.user_attrs[KEY] for t in study.get_trials(deepcopy=False, states=live) if KEY in t.user_attrs}
+
+
+def fill_queue(study: optuna.Study, candidates: list[Candidate]) -> int:
+    """Queue every candidate that has no finished, waiting or running trial. Returns how many
+    were queued (0 when the study is complete or the others are being trained)."""
+    recover_dead(study)
+    live = _live_keys(study)
+    queued = 0
+    for c in candidates:
+        if c.key not in live:
+            study.enqueue_trial(c.params, user_attrs={KEY: c.key, **c.attrs})
+            queued += 1
+    return queued
+
+
+def _retrying(fn: Callable[[], Any], what: str) -> Any:
+    """SQLite answers a write that collides with another process's with "database is
+    locked" even after its timeout; retry a few times before giving up."""
+    for attempt in range(10):
+        try:
+            with _quiet():
+                return fn()
+        except Exception as e:  # sqlalchemy.exc.OperationalError, without importing sqlalchemy
+            if "locked" not in str(e) or attempt == 9:
+                raise
+            log.debug("%s: storage busy, retrying", what)
+            time.sleep(0.2 * (attempt + 1))
+    return None
+
+
+def take(study: optuna.Study, candidates: list[Candidate]) -> tuple[optuna.Trial, Candidate] | None:
+    """Take the next queued candidate for this worker, or ``None`` when none is left."""
+    from optuna.trial import TrialState
+
+    by_key = {c.key: c for c in candidates}
+    while True:
+        recover_dead(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return None
+        with _quiet():
+            trial = _retrying(study.ask, "take a trial")
+        key = trial.user_attrs.get(KEY)
+        if key is None:
+            # The queue ran empty between the check and ask(): ask() made a fresh trial. Give
+            # it a candidate nobody has, or give it up.
+            free = [c.key for c in candidates if c.key not in _live_keys(study) - {None}]
+            if not free:
+                trial.set_user_attr(ERROR, "no candidate left to train")
+                _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a trial")
+                return None
+            key = free[0]
+            trial.set_user_attr(KEY, key)
+        trial.set_user_attr(HOST, socket.gethostname())
+        trial.set_user_attr(PID, os.getpid())
+        if key not in by_key:
+            trial.set_user_attr(ERROR, f"candidate {key!r} is not in this run's list")
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a trial")
+            continue
+        earlier = _earlier_claim(study, trial, key)
+        if earlier is not None:
+            trial.set_user_attr(DUPLICATE_OF, earlier)
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a duplicate")
+            continue
+        for name, value in by_key[key].params.items():
+            trial.suggest_float(name, value, value)  # records the parameter (fixed by the queue)
+        return trial, by_key[key]
+
+
+def _earlier_claim(study: optuna.Study, trial: optuna.Trial, key: str) -> int | None:
+    from optuna.trial import TrialState
+
+    mine = study.get_trials(deepcopy=False)  # one read: my own start time and everyone else's
+    me = next(t for t in mine if t.number == trial.number)
+    for t in mine:
+        if t.number == trial.number or t.user_attrs.get(KEY) != key:
+            continue
+        if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+            return t.number
+        if t.state == TrialState.RUNNING and t.datetime_start is not None and me.datetime_start is not None \
+                and (t.datetime_start, t.number) < (me.datetime_start, me.number):
+            return t.number
+    return None
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
+    """Record the trial's heartbeat in the storage while the block runs, so that workers on
+    other machines can tell a live trial from one whose worker died."""
+    storage = study._storage  # the RDBStorage open_study made (Optuna keeps no public handle)
+    interval = getattr(storage, "heartbeat_interval", None) or HEARTBEAT_S
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # a missed beat is not worth killing the trial
+                storage.record_heartbeat(trial._trial_id)
+            stop.wait(interval)
+
+    thread = threading.Thread(target=beat, name=f"effnet-heartbeat-{trial.number}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+#: A candidate's training: (trial, candidate) -> (objective value, user attributes to record).
+Evaluate = Callable[["optuna.Trial", Candidate], "tuple[float, dict[str, Any]]"]
+
+
+def work(study: optuna.Study, candidates: list[Candidate], evaluate: Evaluate,
+         on_done: Callable[[], None] | None = None) -> int:
+    """Train queued candidates until the queue is empty. Returns how many this worker trained.
+
+    ``optuna.TrialPruned`` from ``evaluate`` records the trial as PRUNED (its last reported
+    value kept); another exception records it as FAIL with the error and moves on (it is
+    queued again by the next run). Ctrl-C/SIGTERM (``KeyboardInterrupt``, including
+    effnet's ``Interrupted``) fails the running trial, so the next run trains it again, and
+    stops the worker.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    fill_queue(study, candidates)
+    done = 0
+    while (taken := take(study, candidates)) is not None:
+        trial, cand = taken
+        try:
+            with heartbeat(study, trial):
+                value, attrs = evaluate(trial, cand)
+        except optuna.TrialPruned as e:
+            for k, v in getattr(e, "attrs", {}).items():
+                trial.set_user_attr(k, v)
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.PRUNED), "record a pruned trial")
+        except KeyboardInterrupt:
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(ERROR, "stopped by a signal")
+                study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as e:
+            log.error("candidate %s failed: %s: %s", cand.key, type(e).__name__, e)
+            trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}")
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "record a failed trial")
+        else:
+            for k, v in attrs.items():
+                trial.set_user_attr(k, v)
+            _retrying(lambda t=trial, v=value: study.tell(t, v), "record a trial")
+        done += 1
+        if on_done is not None:
+            on_done()
+    return done
+
+
+class Job(Protocol):
+    """What a lab run hands to its workers (picklable: extra workers are spawned processes)."""
+
+    candidates: list[Candidate]
+
+    def open(self) -> optuna.Study: ...
+
+    def evaluate(self, trial: optuna.Trial, cand: Candidate) -> tuple[float, dict[str, Any]]: ...
+
+
+def _worker(job: Job, threads: int) -> int:
+    """One spawned worker process: take candidates from the study until none is left."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s [worker %(process)d] %(name)s: %(message)s")
+    torch.set_num_threads(threads)
+    return work(job.open(), job.candidates, job.evaluate)
+
+
+def run_workers(job: Job, workers: int = 1, progress: bool = True) -> None:
+    """Work through ``job``'s study with ``workers`` processes: this one and ``workers - 1``
+    spawned ones, each with its share of the CPU threads. A progress bar counts the finished
+    candidates of the whole study (other machines' included)."""
+    import multiprocessing
+
+    import torch
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else torch.get_num_threads()
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked copy of torch's thread pools
+    procs = [ctx.Process(target=_worker, args=(job, threads)) for _ in range(workers - 1)]
+    for p in procs:
+        p.start()
+    study = job.open()
+    bar = tqdm(total=len(job.candidates), unit="candidate", disable=not progress, dynamic_ncols=True)
+
+    def refresh() -> None:
+        bar.n = len(results(study))
+        bar.refresh()
+
+    threads_before = torch.get_num_threads()
+    try:
+        refresh()
+        torch.set_num_threads(threads)
+        work(study, job.candidates, job.evaluate, on_done=refresh)
+        for p in procs:
+            while p.is_alive():
+                p.join(timeout=1.0)
+                refresh()
+    except BaseException:
+        for p in procs:  # Ctrl-C reaches the whole process group; make sure none is left behind
+            p.terminate()
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+        refresh()
+        bar.close()
+    failed = [p.exitcode for p in procs if p.exitcode]
+    if failed:
+        log.warning("%d worker process(es) ended with an error (exit codes %s); their unfinished candidates "
+                    "are trained by the next run", len(failed), failed)
+
+
+def results(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
+    """The finished trial (COMPLETE, else PRUNED) of each candidate, by candidate key."""
+    from optuna.trial import TrialState
+
+    out: dict[str, Any] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        key = t.user_attrs.get(KEY)
+        if key is not None and (key not in out or t.state == TrialState.COMPLETE):
+            out[key] = t
+    return out
+
+
+def prune_check(trial: optuna.Trial, epoch: int, value: float, attrs: dict[str, Any]) -> None:
+    """Report ``value`` at ``epoch`` and stop the trial if the study's pruner says so."""
+    import optuna
+
+    trial.report(value, epoch)
+    if trial.should_prune():
+        e = optuna.TrialPruned(f"pruned after epoch {epoch} at {value:.2f}")
+        e.attrs = attrs  # type: ignore[attr-defined]
+        raise e
