@@ -39,6 +39,64 @@ def test_scale_json_and_table(capsys):
     assert code == 0 and "alpha=1.3" in out and out.count("\n") >= 5
 
 
+def test_scale_by_another_strategy(capsys):
+    # fast (Dollar et al. 2021), alpha 0.8, s = 2: d = 2^0.1 = 1.072, w = 2^0.4 = 1.320,
+    # 224 * 2^0.05 = 231.9 -> 232 px; FLOPs about 2x (measured 2.03x on B0).
+    code, out, _ = run(capsys, "scale", "--strategy", "fast", "--phi", "1")
+    assert code == 0 and "fast scaling of efficientnet_b0" in out and "alpha=0.8" in out
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("1 ")]
+    assert row[:4] == ["1", "1.072", "1.320", "232"] and row[-1] == "2.00x"
+    code, out, _ = run(capsys, "scale", "--strategy", "fast", "--phi", "1", "--json")
+    (r,) = json.loads(out)
+    assert code == 0 and r["strategy"] == "fast" and r["resolution"] == 232
+    assert r["width"] == pytest.approx(2**0.4) and r["depth"] == pytest.approx(2**0.1)
+    assert r["flops_ratio"] == pytest.approx(2.0, rel=0.1) and r["flops_ratio_predicted"] == pytest.approx(2.0)
+    code, out, _ = run(capsys, "scale", "--strategy", "fast", "--fast-alpha", "1", "--phi", "1", "--json")
+    assert json.loads(out)[0]["width"] == pytest.approx(2**0.5)  # alpha = 1 is width scaling
+    code, out, _ = run(capsys, "scale", "--strategy", "tiny", "--phi", "-1", "--json")
+    assert json.loads(out)[0]["resolution"] == 224 and json.loads(out)[0]["width"] == pytest.approx(2**-0.5)
+
+
+def test_scale_strategy_errors_name_what_is_valid(capsys):
+    code, _, err = run(capsys, "scale", "--strategy", "nope", "--phi", "1")
+    assert code == 1 and "unknown scaling strategy 'nope'" in err
+    for name in ("width", "depth", "resolution", "compound", "v2", "fast", "tiny"):
+        assert name in err
+    code, _, err = run(capsys, "scale", "--strategy", "fast", "--alpha", "1.3", "--phi", "1")
+    assert code == 1 and "--alpha" in err and "--fast-alpha" in err
+    code, _, err = run(capsys, "scale", "--strategy", "tiny", "--phi", "1")
+    assert code == 1 and "only shrinks" in err and "Choose phi between" in err
+
+
+def test_scale_grid(capsys):
+    # step 0.1, tolerance 0.1: a small grid, quick to measure (the B0 default is in test_scaling_grid)
+    code, out, _ = run(capsys, "scale", "grid", "--step", "0.1", "--tolerance", "0.1", "--json")
+    d = json.loads(out)
+    assert code == 0 and d["base"] == "efficientnet_b0" and d["phi"] == 1 and d["grid_points"] > 0
+    assert sum(1 + len(c["collapsed"]) for c in d["candidates"]) == d["grid_points"]
+    (paper,) = [c for c in d["candidates"] if (c["alpha"], c["beta"], c["gamma"]) == (1.2, 1.1, 1.2)]
+    assert paper["flops_ratio_predicted"] == pytest.approx(1.2 * 1.1**2 * 1.2**2)  # 2.0909
+    assert paper["flops_ratio"] > 0 and paper["resolution"] == 269  # 224 * 1.2 = 268.8
+    code, out, _ = run(capsys, "scale", "--base", "efficientnet_b0", "grid", "--step", "0.1", "--tolerance", "0.1")
+    assert code == 0 and "distinct network(s)" in out and "measured" in out and "1.2 " in out
+
+
+def test_scale_grid_errors(capsys):
+    code, _, err = run(capsys, "scale", "grid", "--tolerance", "-1")
+    assert code == 1 and err.startswith("effnet scale grid: error:") and "tolerance" in err
+    code, _, err = run(capsys, "scale", "grid", "--step", "0")
+    assert code == 1 and "step must be a positive number" in err
+    code, _, err = run(capsys, "scale", "grid", "--phi", "0")
+    assert code == 1 and "phi must be > 0" in err
+    code, _, err = run(capsys, "scale", "grid", "--step", "0.7", "--tolerance", "0.05")
+    assert code == 1 and "loosen" in err
+    code, _, err = run(capsys, "scale", "--strategy", "fast", "grid")
+    assert code == 1 and "--strategy" in err and "after 'grid'" in err
+    with pytest.raises(SystemExit) as e:
+        main(["scale", "grid", "--step", "abc"])
+    assert e.value.code == 2 and "effnet scale grid: error: argument --step" in capsys.readouterr().err
+
+
 def test_scale_plot(capsys, tmp_path):
     code, _, _ = run(capsys, "scale", "--phi", "0", "1", "--plot", str(tmp_path / "s.png"))
     data = (tmp_path / "s.png").read_bytes()

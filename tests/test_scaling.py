@@ -172,3 +172,20 @@ def test_compound_phi_range_for_b0():
     assert compound_coefficients(low, 224).resolution >= 32 > compound_coefficients(low - 0.01, 224).resolution
     assert not size_problems(compound_scale(EFFICIENTNET_B0, high))
     assert "blocks" in size_problems(compound_scale(EFFICIENTNET_B0, high + 0.02))[0]
+
+
+# --- a spec without a head conv (head_channels 0: the ResNet / MobileNetV1 baselines) -------------
+
+def test_width_scaling_keeps_a_missing_head_missing(caplog):
+    try:
+        headless = EFFICIENTNET_B0.replace(name="headless", head_channels=0)
+    except ValueError:
+        pytest.skip("ModelSpec does not accept head_channels=0 yet (the baselines change adds it)")
+    # 0 channels is no layer: neither scaled (0 x 2 = 0) nor raised to the 8-channel floor, and
+    # not reported as clamped; the other layers scale as usual (stem 32 x 0.25 = 8).
+    with caplog.at_level(logging.INFO, logger="effnet.scaling.compound"):
+        for width in (0.25, 1.0, 2.0):
+            assert scale(headless, width=width).head_channels == 0
+    assert scale(headless, width=0.25).stem_channels == 8
+    assert all("head" not in m for m in _clamp_records(caplog))
+    assert compound_scale(headless, 2).head_channels == 0

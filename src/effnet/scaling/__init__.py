@@ -1,4 +1,5 @@
-"""Compound scaling: rounding rules and scaling as pure functions of a spec."""
+"""Model scaling: rounding rules, compound scaling, the other strategies and the coefficient
+grid, all as pure functions of a spec (nothing here builds a network)."""
 
 from effnet.scaling.compound import (
     ALPHA,
@@ -11,21 +12,33 @@ from effnet.scaling.compound import (
     scale,
     v2_scale,
 )
+from effnet.scaling.grid import GridCandidate, GridPoint, architecture_key, grid_candidates, grid_points
 from effnet.scaling.limits import DEFAULT_LIMITS, SizeLimits, compound_phi_range, describe_size, size_problems
 from effnet.scaling.rounding import round_filters, round_repeats
+from effnet.scaling.strategies import STRATEGIES, Multipliers, Strategy, get_strategy, phi_range
 
 __all__ = [
     "ALPHA",
     "BETA",
     "DEFAULT_LIMITS",
     "GAMMA",
+    "STRATEGIES",
     "CompoundCoefficients",
+    "GridCandidate",
+    "GridPoint",
+    "Multipliers",
     "SizeLimits",
+    "Strategy",
+    "architecture_key",
     "compound_coefficients",
     "compound_phi_range",
     "compound_scale",
     "describe_size",
     "from_family",
+    "get_strategy",
+    "grid_candidates",
+    "grid_points",
+    "phi_range",
     "round_filters",
     "round_repeats",
     "scale",

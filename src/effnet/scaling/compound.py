@@ -40,6 +40,9 @@ def scale(
     ``min_depth`` flag); width 0.25, TinyNets and negative-phi compound scaling rely on it.
     Which layers were raised is logged (``logging``, INFO), since the result is then wider
     than ``width`` asked for. Only a width or depth that is not positive is refused.
+
+    ``head_channels == 0`` (a spec without a head conv, as the ResNet and MobileNetV1 baselines
+    are written) stays 0: there is no layer to widen, so it is neither scaled nor clamped.
     """
     if not (width > 0 and depth > 0):
         raise ValueError(f"scale: width and depth must be positive, got width={width}, depth={depth}")
@@ -51,9 +54,11 @@ def scale(
     def rf(c: int) -> int:
         return round_filters(c, width, divisor=divisor, round_limit=limit, min_depth=floor)
 
-    # Names as in the built model (``model.stem``, ``model.stages[i]``, ``model.head``).
-    layers = {"stem": spec.stem_channels, **{f"stages[{i}]": s.channels for i, s in enumerate(spec.stages)},
-              "head": spec.head_channels}
+    # Names as in the built model (``model.stem``, ``model.stages[i]``, ``model.head``); a head of
+    # 0 channels is no layer at all, so it is left out rather than reported as raised to the floor.
+    layers = {"stem": spec.stem_channels, **{f"stages[{i}]": s.channels for i, s in enumerate(spec.stages)}}
+    if spec.head_channels:
+        layers["head"] = spec.head_channels
     clamped = [f"{layer} ({c} x {width:g} = {c * width:.4g} -> {rf(c)})"
                for layer, c in layers.items() if c * width < floor]
     if clamped:
@@ -69,7 +74,7 @@ def scale(
         name=name or f"{spec.name}_w{width:g}_d{depth:g}_r{resolution or spec.resolution}",
         stages=stages,
         stem_channels=rf(spec.stem_channels),
-        head_channels=rf(spec.head_channels),
+        head_channels=rf(spec.head_channels) if spec.head_channels else 0,
         resolution=resolution or spec.resolution,
         dropout=spec.dropout if dropout is None else dropout,
         width=spec.width * width,
@@ -156,4 +161,4 @@ def v2_scale(
         s if i < extra_layers_from_stage else dataclasses.replace(s, repeats=round_repeats(s.repeats, c.depth, "round"))
         for i, s in enumerate(scaled.stages)
     )
-    return scaled.replace(stages=stages, depth=c.depth)
+    return scaled.replace(stages=stages, depth=spec.depth * c.depth)

@@ -85,15 +85,22 @@ def compound_phi_range(
             return False
         return limits.min_resolution <= res
 
-    def bound(ok: Callable[[float], bool], direction: float) -> float:
-        good, bad = 0.0, direction
-        while ok(bad):
-            good, bad = bad, bad * 2
-            if abs(bad) > 1e4:  # no limit in this direction (e.g. gamma = 1 never shrinks the input)
-                return direction * float("inf")
-        for _ in range(40):
-            mid = (good + bad) / 2
-            good, bad = (mid, bad) if ok(mid) else (good, mid)
-        return int(good * 100) / 100  # to 0.01, truncated towards 0, i.e. inwards
+    return phi_bound(lower_ok, -1.0), phi_bound(upper_ok, 1.0)
 
-    return bound(lower_ok, -1.0), bound(upper_ok, 1.0)
+
+def phi_bound(ok: Callable[[float], bool], direction: float) -> float:
+    """The last phi from 0 towards ``direction`` (-1 or +1) for which ``ok`` holds, to 0.01 and
+    truncated towards 0 (inwards), assuming ``ok(0)`` and that ``ok`` fails only beyond a point.
+
+    The bracket doubles until ``ok`` fails, then 40 bisection steps close it; a direction where
+    it never fails up to |phi| = 10^4 has no bound (e.g. gamma = 1 never shrinks the input).
+    """
+    good, bad = 0.0, direction
+    while ok(bad):
+        good, bad = bad, bad * 2
+        if abs(bad) > 1e4:
+            return direction * float("inf")
+    for _ in range(40):
+        mid = (good + bad) / 2
+        good, bad = (mid, bad) if ok(mid) else (good, mid)
+    return int(good * 100) / 100
