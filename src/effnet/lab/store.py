@@ -438,6 +438,19 @@ def results(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
     return out
 
 
+def save_report(folder: Path, table: str, report: Any) -> None:
+    """``table.txt`` and ``results.json`` (``report.to_dict()``) in ``folder``, each written
+    atomically; their paths join ``report.files``."""
+    import json
+
+    from effnet.files import atomic_write
+
+    folder.mkdir(parents=True, exist_ok=True)
+    report.files.update(json=str(folder / "results.json"), table=str(folder / "table.txt"))
+    atomic_write(folder / "table.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
+    atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=2)))
+
+
 def prune_check(trial: optuna.Trial, epoch: int, value: float, attrs: dict[str, Any]) -> None:
     """Report ``value`` at ``epoch`` and stop the trial if the study's pruner says so."""
     import optuna

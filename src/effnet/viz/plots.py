@@ -77,7 +77,10 @@ def plot_compound_study(rows: list[ScaleRow], path: str | Path, title: str = "")
     phis = [r.phi for r in rows]
     fig, (a, b) = _pyplot().subplots(1, 2, figsize=(10, 4))
     a.plot(phis, [r.flops_ratio for r in rows], "o-", label="measured")
-    a.plot(phis, [r.flops_ratio_predicted for r in rows], "--", label="predicted (alpha*beta^2*gamma^2)^phi")
+    strategy = getattr(rows[0], "strategy", "compound")
+    # compound and v2 predict (alpha*beta^2*gamma^2)^phi; the other strategies aim at 2^phi.
+    rule = "(alpha*beta^2*gamma^2)^phi" if strategy in ("compound", "v2") else "2^phi"
+    a.plot(phis, [r.flops_ratio_predicted for r in rows], "--", label=f"predicted {rule} ({strategy})")
     a.set_yscale("log")
     a.set_xlabel("phi")
     a.set_ylabel("FLOPs / base FLOPs")
@@ -92,3 +95,55 @@ def plot_compound_study(rows: list[ScaleRow], path: str | Path, title: str = "")
         fig.suptitle(title)
     fig.tight_layout()
     return _save(fig, path, dpi=90)
+
+
+def plot_accuracy_flops(path: str | Path, points: list[dict[str, Any]], best: dict[str, Any] | None = None,
+                        title: str = "") -> Path:
+    """Validation top-1 against FLOPs for trained candidates (``points``: label,
+    flops, top1, pruned), the best one marked: the scaling search's result."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    done = [p for p in points if not p.get("pruned")]
+    cut = [p for p in points if p.get("pruned")]
+    ax.scatter([p["flops"] / 1e6 for p in done], [p["top1"] for p in done], s=28, label="trained to the end")
+    if cut:
+        ax.scatter([p["flops"] / 1e6 for p in cut], [p["top1"] for p in cut], s=28, marker="x", color="grey",
+                   label="pruned (last reported epoch)")
+    if best is not None:
+        ax.scatter([best["flops"] / 1e6], [best["top1"]], s=160, marker="*", color="crimson", zorder=3,
+                   label=best["label"])
+    if len(points) <= 20:
+        for p in points:
+            ax.annotate(p["label"], (p["flops"] / 1e6, p["top1"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points", color="dimgrey")
+    return _finish_accuracy(fig, ax, [p["flops"] for p in points], title, path)
+
+
+def plot_strategies(path: str | Path, lines: dict[str, list[tuple[float, float]]],
+                    baseline: tuple[float, float] | None = None, title: str = "") -> Path:
+    """Accuracy against FLOPs, one line per scaling strategy from the shared baseline
+    (EfficientNet Figure 3 / Figure 8 layout)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, pts in lines.items():
+        ax.plot([f / 1e6 for f, _ in pts], [a for _, a in pts], "o-", label=name)
+    if baseline is not None:
+        ax.scatter([baseline[0] / 1e6], [baseline[1]], s=90, color="black", zorder=3, label="baseline")
+    return _finish_accuracy(fig, ax, [f for pts in lines.values() for f, _ in pts], title, path)
+
+
+def _finish_accuracy(fig: Any, ax: Any, flops: list[float], title: str, path: str | Path) -> Path:
+    """Axes of an accuracy-against-FLOPs figure, then save it. FLOPs in millions; a log scale
+    only when they span more than 4x (a grid at one phi spans little, and log ticks there read
+    as 1.3 x 10^2)."""
+    if flops and max(flops) > 4 * min(flops):
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs (M multiply-adds, log scale)")
+    else:
+        ax.set_xlabel("FLOPs (M multiply-adds)")
+    ax.set_ylabel("validation top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

@@ -1,0 +1,183 @@
+"""`effnet scale search | study | fit`: thin layers over :mod:`effnet.lab`.
+
+``register(scale_subparsers)`` adds the three actions under `effnet scale` (whose parser lives
+in ``effnet.profile.cli`` with the pure ``scale`` and ``scale grid`` actions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 2,4, got {text!r}") from None
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _training_options(p: argparse.ArgumentParser, out: str) -> None:
+    """The options search and study share: data, budget, storage, workers."""
+    # --base and --json may also come before the action (`effnet scale --base X search`): SUPPRESS
+    # keeps the parent parser's value unless repeated here.
+    p.add_argument("--base", default=argparse.SUPPRESS, help="registered model or spec file (default efficientnet_b0)")
+    p.add_argument("--base-width", type=float, default=1.0,
+                   help="shrink (or grow) the base's width first, e.g. 0.5 for a quick run on a CPU")
+    p.add_argument("--base-depth", type=float, default=1.0, help="the same for the base's depth")
+    p.add_argument("--data", default="digits", help="'digits' (default) or an image folder")
+    p.add_argument("--epochs", type=int, default=2, help="training epochs per candidate (default 2)")
+    p.add_argument("--image-size", type=int, help="the base's training size (default: 32 for digits, else "
+                                                  "the base's resolution); candidates scale it with their resolution")
+    p.add_argument("--recipe", help="training recipe name or YAML (default: digits for digits, else paper_v1)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
+    p.add_argument("--train-subset", type=int, help="train on the first N training images only")
+    p.add_argument("--seed", type=int, help="training seed (default: the recipe's), the same for every candidate")
+    p.add_argument("--storage", help="Optuna storage URL shared by all workers (default sqlite:///OUT/study.db); "
+                                     "e.g. postgresql://user:pw@host/db for workers on several machines")
+    p.add_argument("--study", help="study name (default from the base); the same name resumes")
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--out", default=out, help=f"folder for the table, JSON and plot (default {out})")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the results as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in (("batch_size", args.batch_size), ("train_subset", args.train_subset),
+                              ("seed", args.seed)) if v is not None}
+
+
+def _base(args: argparse.Namespace) -> Any:
+    """The base as named, or a spec scaled by --base-width/--base-depth first."""
+    if args.base_width == 1.0 and args.base_depth == 1.0:
+        return args.base
+    from effnet.lab.budget import base_spec
+    from effnet.scaling import scale
+
+    return scale(base_spec(args.base), width=args.base_width, depth=args.base_depth)
+
+
+def _quiet_optuna() -> None:
+    import optuna
+
+    # One line per trial from Optuna itself would interleave with effnet's own log and table.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _show(args: argparse.Namespace, rep: Any, table: str) -> int:
+    """A lab report as JSON (``--json``) or as its table and the files written."""
+    if args.json:
+        print(json.dumps(rep.to_dict(), indent=2))
+    else:
+        print(table)
+        print("files: " + ", ".join(rep.files.values()))
+    return 0
+
+
+def _interruptible(fn: Any) -> Any:
+    """Ctrl-C / SIGTERM: the running candidate is recorded as unfinished; say how to go on."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt as e:
+            code = getattr(e, "exit_code", 130)
+            print(f"effnet {args.command}: stopped. Finished candidates are kept in the study; run the same "
+                  "command again to go on (the interrupted candidate is trained again).", file=sys.stderr)
+            return code
+    return run
+
+
+@_interruptible
+def cmd_search(args: argparse.Namespace) -> int:
+    from effnet.lab import search
+    from effnet.lab.search import format_table
+
+    _quiet_optuna()
+    rep = search(_base(args), data=args.data, epochs=args.epochs, phi=args.search_phi, step=args.step,
+                 tolerance=args.tolerance, image_size=args.image_size, storage=args.storage, study=args.study,
+                 workers=args.workers, prune=args.prune, out=args.out, recipe=args.recipe,
+                 progress=not args.no_progress, **_overrides(args))
+    return _show(args, rep, format_table(rep))
+
+
+@_interruptible
+def cmd_study(args: argparse.Namespace) -> int:
+    from effnet.lab import study
+    from effnet.lab.compare import format_study
+
+    _quiet_optuna()
+    rep = study(_base(args), data=args.data, flops=args.flops, strategies=args.strategies, epochs=args.epochs,
+                image_size=args.image_size, storage=args.storage, study_name=args.study, workers=args.workers,
+                out=args.out, recipe=args.recipe, progress=not args.no_progress, **_overrides(args))
+    return _show(args, rep, format_study(rep))
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from effnet.lab import fit
+
+    r = fit(args.base, max_flops=args.max_flops, max_params=args.max_params, max_latency=args.max_latency,
+            strategy=args.fit_strategy, step=args.step, device=args.device, batch=args.batch)
+    if args.save and r.spec is not None:
+        r.spec.save(args.save)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=2))
+        return 0
+    head = f"{'phi':>6}  {'depth':>5} {'width':>5} {'res':>4}  {'params':>8}  {'FLOPs':>8}  {'latency':>9}  fits"
+    print(f"{r.base}, strategy {r.strategy}, budget {r.budget}: candidates measured")
+    print(head)
+    print("-" * len(head))
+    for c in r.tried:
+        lat = f"{c.latency_ms:7.2f}ms" if c.latency_ms is not None else "        -"
+        mark = "  <- largest that fits" if r.best is not None and c.phi == r.best.phi else ""
+        print(f"{c.phi:6.2f}  {c.depth:5.2f} {c.width:5.2f} {c.resolution:4d}  {c.params / 1e6:7.2f}M  "
+              f"{c.flops / 1e9:7.3f}G  {lat}  {'yes' if c.fits else 'no'}{mark}")
+    if r.best is not None:
+        print(f"largest that fits: phi={r.best.phi:g} ({r.best.name}, {r.best.resolution} px)")
+    if r.next_larger is not None:
+        print(f"next larger: phi={r.next_larger.phi:g} is over the budget")
+    if args.save:
+        print(f"spec written to {args.save} (train it: effnet train --spec {args.save})")
+    return 0
+
+
+def register(scale_sub: Any) -> None:
+    """Add `search`, `study` and `fit` under `effnet scale`."""
+    p = scale_sub.add_parser("search", help="find alpha, beta, gamma by training the grid (EfficientNet step 1)",
+                             description="Train every grid point (effnet scale grid) under one budget in a "
+                                         "resumable Optuna study and report accuracy against FLOPs.")
+    _training_options(p, "scale_search")
+    p.add_argument("--phi", dest="search_phi", metavar="PHI", type=float, default=1.0,
+                   help="scale the candidates by this phi (default 1)")
+    p.add_argument("--step", type=float, default=0.05, help="grid step (default 0.05)")
+    p.add_argument("--tolerance", type=float, default=0.1, help="|alpha*beta^2*gamma^2 - 2| limit (default 0.1)")
+    p.add_argument("--prune", action="store_true", help="stop weak candidates early (successive halving)")
+    p.set_defaults(func=cmd_search, command="scale search")
+
+    p = scale_sub.add_parser("study", help="compare scaling strategies at matched FLOPs, trained on your data",
+                             description="Scale the base by each strategy to each FLOPs multiple (within 5%%), "
+                                         "train them and the baseline, plot accuracy against FLOPs.")
+    _training_options(p, "scale_study")
+    p.add_argument("--flops", type=_floats, default=(2.0,), help="FLOPs multiples, comma-separated (default 2)")
+    p.add_argument("--strategies", type=_names, default=("width", "depth", "resolution", "compound"),
+                   help="comma-separated (default width,depth,resolution,compound)")
+    p.set_defaults(func=cmd_study, command="scale study")
+
+    p = scale_sub.add_parser("fit", help="the largest scaled model within a FLOPs, params or latency budget")
+    p.add_argument("--base", default=argparse.SUPPRESS, help="registered model or spec file (default efficientnet_b0)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--max-flops", help="multiply-adds, e.g. 2G")
+    g.add_argument("--max-params", help="parameters, e.g. 10M")
+    g.add_argument("--max-latency", help="inference latency of a batch, e.g. 15ms")
+    p.add_argument("--strategy", dest="fit_strategy", default="compound", help="scaling strategy (default compound)")
+    p.add_argument("--step", type=float, default=0.05, help="phi resolution of the candidates (default 0.05)")
+    p.add_argument("--device", default="cpu", help="device for --max-latency (cpu, cuda)")
+    p.add_argument("--batch", type=int, default=1, help="batch for --max-latency (default 1)")
+    p.add_argument("--save", help="write the chosen spec to this YAML/JSON file")
+    p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the result as JSON")
+    p.set_defaults(func=cmd_fit, command="scale fit")

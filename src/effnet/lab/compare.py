@@ -1,0 +1,232 @@
+"""Scaling strategies compared at matched FLOPs, trained on your data (EfficientNet Figure 3,
+Figure 8 and Table 3: width, depth, resolution and compound scaling of one baseline, each
+scaled to the same FLOPs and trained alike).
+
+For each strategy and FLOPs multiple, the strategy's coefficient phi is solved for so that
+the *measured* FLOPs of the scaled model are within ``tolerance`` (5%) of the multiple; each
+scaled model and the baseline are then trained under one budget in a shared Optuna study
+(resumable, several workers) and plotted as accuracy against FLOPs, one line per strategy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effnet.lab import store
+from effnet.lab.budget import base_spec, trial_budget
+from effnet.specs.base import ModelSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATEGIES = ("width", "depth", "resolution", "compound")
+
+
+@dataclass(frozen=True)
+class Matched:
+    """A strategy's model at one FLOPs multiple."""
+
+    strategy: str
+    multiple: float
+    phi: float
+    spec: ModelSpec
+    flops: int
+    flops_ratio: float
+
+
+def solve_phi(base: ModelSpec, strategy: str, multiple: float, *, tolerance: float = 0.05,
+              iterations: int = 30) -> Matched:
+    """The phi at which ``strategy`` scales ``base`` to ``multiple`` times its measured FLOPs.
+
+    FLOPs grow with phi for every strategy, but in steps (channels round to 8, repeats to
+    integers), so the ratio is bracketed and bisected; of the bracket's two ends the closer
+    wins. A multiple no phi reaches within ``tolerance`` is refused, naming the closest.
+    """
+    from effnet.profile import count_flops
+    from effnet.scaling.strategies import get_strategy
+
+    if multiple <= 0:
+        raise ValueError(f"FLOPs multiple: expected > 0, got {multiple}")
+    if tolerance <= 0:
+        raise ValueError(f"tolerance: expected > 0, got {tolerance}")
+    rule = get_strategy(strategy)
+    base_flops = count_flops(base)
+    cache: dict[float, tuple[ModelSpec, float]] = {}
+
+    def ratio(phi: float) -> float:
+        if phi not in cache:
+            spec = rule.apply(base, phi)
+            cache[phi] = (spec, count_flops(spec) / base_flops)
+        return cache[phi][1]
+
+    lo, hi = 0.0, 1.0 if multiple >= 1 else -1.0
+    if multiple < 1:
+        lo, hi = hi, lo
+    for _ in range(12):  # widen the bracket until it holds the multiple
+        if ratio(lo) <= multiple <= ratio(hi):
+            break
+        lo, hi = (hi, hi * 2) if multiple >= 1 else (lo * 2, lo)
+    else:
+        raise ValueError(f"strategy {strategy!r} does not reach {multiple:g}x the FLOPs of {base.name} "
+                         f"for phi in [{lo:g}, {hi:g}]")
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        if ratio(mid) < multiple:
+            lo = mid
+        else:
+            hi = mid
+        if abs(ratio(hi) / multiple - 1) < 1e-3:
+            break
+    phi = min((lo, hi), key=lambda p: abs(ratio(p) / multiple - 1))
+    spec, r = cache[phi]
+    if abs(r / multiple - 1) > tolerance:
+        raise ValueError(f"strategy {strategy!r} cannot scale {base.name} to {multiple:g}x FLOPs within "
+                         f"{tolerance:.0%}: the closest is {r:.3f}x at phi={phi:.4g} (rounding of channels or "
+                         f"repeats makes the FLOPs jump there); pick another multiple")
+    flops = count_flops(spec)
+    return Matched(strategy, multiple, phi, spec.replace(name=f"{base.name}_{strategy}_x{multiple:g}"), flops, r)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    strategy: str  # "baseline" for the unscaled base
+    multiple: float
+    phi: float
+    depth: float
+    width: float
+    resolution: int
+    flops: int
+    flops_ratio: float
+    params: int
+    image_size: int
+    top1: float
+    seconds: float
+
+
+@dataclass
+class StudyReport:
+    study: str
+    storage: str
+    base: str
+    rows: list[StudyRow]
+    candidates: int
+    files: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "storage": self.storage, "base": self.base, "candidates": self.candidates,
+                "rows": [asdict(r) for r in self.rows], "files": self.files}
+
+
+@dataclass
+class _StudyJob:
+    storage: str
+    study_name: str
+    settings: dict[str, Any]
+    candidates: list[store.Candidate]
+    budget: dict[str, Any]
+    specs: dict[str, dict[str, Any]]  # candidate key -> scaled spec (as a dict: picklable, exact)
+    base_resolution: int
+
+    def open(self) -> Any:
+        return store.open_study(self.storage, self.study_name, self.settings)
+
+    def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
+        from effnet.lab.budget import TrialBudget
+
+        budget = TrialBudget.from_dict(self.budget)
+        spec = ModelSpec.from_dict(self.specs[cand.key])
+        return budget.train(spec, budget.scaled_size(spec.resolution / self.base_resolution))
+
+
+def study(
+    base: str | ModelSpec = "efficientnet_b0", *, data: str = "digits", flops: tuple[float, ...] = (2.0,),
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES, epochs: int = 2, image_size: int | None = None,
+    storage: str | None = None, study_name: str | None = None, workers: int = 1, tolerance: float = 0.05,
+    out: str | Path = "scale_study", recipe: str | None = None, progress: bool = True, **overrides: Any,
+) -> StudyReport:
+    """Scale ``base`` by each of ``strategies`` to each FLOPs multiple in ``flops`` (matched
+    within ``tolerance``), train those models and the baseline under one budget, and write
+    ``results.json``, ``table.txt`` and ``study.png`` (accuracy against FLOPs, a line per
+    strategy) into ``out``. Storage, resume and workers as :func:`effnet.lab.search`."""
+    if not flops:
+        raise ValueError("flops: give at least one FLOPs multiple, e.g. 2")
+    if not strategies:
+        raise ValueError("strategies: give at least one strategy")
+    spec = base_spec(base)
+    budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
+    matched = [solve_phi(spec, s, m, tolerance=tolerance) for s in strategies for m in flops]
+    from effnet.profile import count_flops
+
+    base_flops = count_flops(spec)
+    candidates = [store.Candidate("baseline", {"phi": 0.0}, {"strategy": "baseline", "multiple": 1.0,
+                                                             "flops": base_flops, "flops_ratio": 1.0})]
+    specs = {"baseline": spec.to_dict()}
+    for m in matched:
+        key = f"{m.strategy}@{m.multiple:g}"
+        candidates.append(store.Candidate(key, {"phi": m.phi}, {"strategy": m.strategy, "multiple": m.multiple,
+                                                               "flops": m.flops, "flops_ratio": m.flops_ratio}))
+        specs[key] = m.spec.to_dict()
+    out = Path(out)
+    storage = storage or store.default_storage(out)
+    study_name = study_name or f"study-{spec.name}"
+    settings = {"kind": "scale-study", "base": budget.base_id, "flops": sorted(flops),
+                "strategies": sorted(strategies), "tolerance": tolerance, **budget.settings}
+    job = _StudyJob(storage, study_name, settings, candidates, budget.to_dict(), specs, spec.resolution)
+    job.open()
+    log.info("scaling study of %s: %d model(s) (%s at %s x FLOPs, and the baseline), %d epoch(s) each",
+             spec.name, len(candidates), ", ".join(strategies), ", ".join(f"{m:g}" for m in flops), epochs)
+    store.run_workers(job, workers, progress)
+    return _report(job, spec, out)
+
+
+def _report(job: _StudyJob, base: ModelSpec, out: Path) -> StudyReport:
+    from effnet.viz.plots import plot_strategies
+
+    done = store.results(job.open())
+    rows = []
+    for c in job.candidates:
+        t = done.get(c.key)
+        if t is None:
+            continue
+        s = ModelSpec.from_dict(job.specs[c.key])
+        u = t.user_attrs
+        rows.append(StudyRow(
+            strategy=c.attrs["strategy"], multiple=c.attrs["multiple"], phi=c.params["phi"],
+            depth=s.depth / base.depth, width=s.width / base.width, resolution=s.resolution,
+            flops=c.attrs["flops"], flops_ratio=c.attrs["flops_ratio"], params=int(u.get("params", 0)),
+            image_size=int(u.get("image_size", 0)), top1=float(t.value if t.value is not None else math.nan),
+            seconds=float(u.get("seconds", math.nan)),
+        ))
+    rep = StudyReport(job.study_name, job.storage, base.name, rows, len(job.candidates))
+    out.mkdir(parents=True, exist_ok=True)
+    if rows:
+        baseline = next((r for r in rows if r.strategy == "baseline"), None)
+        lines: dict[str, list[tuple[float, float]]] = {}
+        for r in rows:
+            if r.strategy != "baseline":
+                lines.setdefault(r.strategy, []).append((r.flops, r.top1))
+        if baseline is not None:
+            for pts in lines.values():
+                pts.append((baseline.flops, baseline.top1))
+        plot_strategies(out / "study.png", {k: sorted(v) for k, v in lines.items()},
+                        baseline=(baseline.flops, baseline.top1) if baseline else None,
+                        title=f"{base.name} scaled at matched FLOPs")
+        rep.files["png"] = str(out / "study.png")
+    store.save_report(out, format_study(rep), rep)
+    return rep
+
+
+def format_study(rep: StudyReport) -> str:
+    head = (f"{'strategy':<10} {'FLOPs x':>7} {'phi':>7}  {'depth':>5} {'width':>5} {'res':>4}  {'FLOPs':>8} "
+            f"{'x meas':>6}  {'params':>7}  {'px':>4}  {'top-1':>6}  {'train s':>7}")
+    lines = [head, "-" * len(head)]
+    for r in rep.rows:
+        lines.append(f"{r.strategy:<10} {r.multiple:7g} {r.phi:7.3f}  {r.depth:5.2f} {r.width:5.2f} "
+                     f"{r.resolution:4d}  {r.flops / 1e6:7.1f}M {r.flops_ratio:6.3f}  {r.params / 1e6:6.2f}M  "
+                     f"{r.image_size:4d}  {r.top1:6.2f}  {r.seconds:7.1f}")
+    if len(rep.rows) < rep.candidates:
+        lines.append(f"{len(rep.rows)}/{rep.candidates} model(s) done so far: run the same command to go on")
+    return "\n".join(lines)

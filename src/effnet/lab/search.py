@@ -1,0 +1,251 @@
+"""Step 1 of compound scaling, as a tool: find alpha, beta, gamma by training the grid.
+
+EfficientNet section 3.3: "fixing phi = 1 ... we do a small grid search of alpha, beta, gamma
+based on Equation 2 and 3" under alpha * beta^2 * gamma^2 ~= 2, alpha, beta, gamma >= 1; for B0
+it found alpha = 1.2, beta = 1.1, gamma = 1.15. Here every grid point (``effnet scale grid``)
+scales the baseline by (alpha^phi, beta^phi, gamma^phi) and is trained with effnet's own
+training code (:func:`effnet.train.run_trial`, in-process) under one budget: the same recipe,
+epochs and data; the input size grows with gamma^phi from the base's training size. The trials
+live in an Optuna study (:mod:`effnet.lab.store`): resumable, shared by workers, prunable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effnet.lab import store
+from effnet.lab.budget import base_spec, trial_budget
+from effnet.scaling import compound_scale
+from effnet.specs.base import ModelSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SearchRow:
+    """One grid point's outcome (``state`` "complete" or "pruned"; a pruned point's top-1 is
+    its last reported epoch's)."""
+
+    key: str
+    alpha: float
+    beta: float
+    gamma: float
+    state: str
+    top1: float
+    flops: int
+    flops_ratio: float
+    flops_ratio_predicted: float
+    params: int
+    image_size: int
+    epochs: int
+    seconds: float
+    step_ms: float
+
+
+@dataclass
+class SearchReport:
+    """A grid search's outcome: the rows, the best point and the files written."""
+
+    study: str
+    storage: str
+    base: str
+    phi: float
+    rows: list[SearchRow]
+    best: SearchRow | None
+    candidates: int
+    epochs_per_candidate: int
+    epochs_trained: int
+    pruned: int
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def epochs_saved(self) -> int:
+        """Training epochs the pruner spared, against training every point to the end."""
+        return self.candidates * self.epochs_per_candidate - self.epochs_trained
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) == self.candidates
+
+    def command(self, phis: str = "1 2 3 4 5 6 7") -> str:
+        """The ``effnet scale`` command that scales the base with the best coefficients."""
+        if self.best is None:
+            return ""
+        b = self.best
+        return f"effnet scale --base {self.base} --alpha {b.alpha:g} --beta {b.beta:g} --gamma {b.gamma:g} --phi {phis}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "storage": self.storage, "base": self.base, "phi": self.phi,
+                "candidates": self.candidates, "epochs_per_candidate": self.epochs_per_candidate,
+                "epochs_trained": self.epochs_trained, "epochs_saved": self.epochs_saved, "pruned": self.pruned,
+                "best": asdict(self.best) if self.best else None, "command": self.command(),
+                "rows": [asdict(r) for r in self.rows], "files": self.files}
+
+
+def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
+    """The distinct grid points (``effnet scale grid``) as study candidates, with their
+    measured FLOPs ratio."""
+    from effnet.profile.study import measure_grid
+
+    rows = measure_grid(base, phi=phi, step=step, tolerance=tolerance)
+    return [
+        store.Candidate(
+            key=f"a{r.alpha:.4g}_b{r.beta:.4g}_g{r.gamma:.4g}",
+            params={"alpha": r.alpha, "beta": r.beta, "gamma": r.gamma},
+            attrs={"flops": r.flops, "flops_ratio": r.flops_ratio,
+                   "flops_ratio_predicted": r.flops_ratio_predicted},
+        )
+        for r in rows
+    ]
+
+
+def search(
+    base: str | ModelSpec = "efficientnet_b0", *, data: str = "digits", epochs: int = 2, phi: float = 1.0,
+    step: float = 0.05, tolerance: float = 0.1, image_size: int | None = None, storage: str | None = None,
+    study: str | None = None, workers: int = 1, prune: bool = False, out: str | Path = "scale_search",
+    recipe: str | None = None, progress: bool = True, **overrides: Any,
+) -> SearchReport:
+    """Grid-search alpha, beta, gamma for ``base`` (a registered name or a spec file) on
+    ``data`` (``digits`` or an image folder): train every grid point for ``epochs`` and
+    report validation top-1 against FLOPs. Writes ``results.json``, ``table.txt`` and
+    ``search.png`` into ``out`` and returns the report.
+
+    - ``image_size``: the base's training size (default: 32 for digits, else the base's
+      resolution); a point trains at ``image_size * gamma^phi``.
+    - ``storage``/``study``: an Optuna storage URL (default ``sqlite:///OUT/study.db``) and
+      study name (default from the base and phi). The same command again resumes; another
+      worker (``workers`` here, or the same command on another machine with the same URL)
+      shares the grid.
+    - ``prune``: successive halving (Optuna's ``SuccessiveHalvingPruner``) stops points
+      whose accuracy after an epoch is in the lower part of those seen at that epoch.
+    - ``recipe`` and ``overrides``: the training recipe and any TrainConfig field
+      (``batch_size``, ``train_subset``, ``seed``...), the same for every point.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs: expected >= 1, got {epochs}")
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    spec = base_spec(base)
+    budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
+    candidates = grid_candidates(spec, phi, step, tolerance)
+    out = Path(out)
+    storage = storage or store.default_storage(out)
+    study = study or f"scale-{spec.name}-phi{phi:g}"
+    settings = {"kind": "scale-search", "base": budget.base_id, "phi": phi, "step": step,
+                "tolerance": tolerance, "prune": prune, **budget.settings}
+    job = _Job(storage, study, settings, candidates, budget.to_dict(), _base_arg(base, spec, out), phi, prune,
+               str(out), spec.name)
+    job.open()  # the settings check happens once, before any worker starts
+    log.info("scale search %s: %d grid point(s), %d epoch(s) each at %d px x gamma^%g, study %r in %s",
+             spec.name, len(candidates), epochs, budget.image_size, phi, study, storage)
+    store.run_workers(job, workers, progress)
+    return report(job)
+
+
+def _base_arg(base: str | ModelSpec, spec: ModelSpec, out: Path) -> str:
+    """How the report's `effnet scale` command names the base: as given, or (a spec made in
+    Python) the spec file written beside the results."""
+    if isinstance(base, str):
+        return base
+    path = out / "base.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    spec.save(path)
+    return str(path)
+
+
+@dataclass
+class _Job:
+    """Everything a worker process needs (picklable: workers are spawned)."""
+
+    storage: str
+    study_name: str
+    settings: dict[str, Any]
+    candidates: list[store.Candidate]
+    budget: dict[str, Any]
+    base: str
+    phi: float
+    prune: bool
+    out: str
+    base_name: str
+
+    def open(self) -> Any:
+        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune)
+
+    def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
+        from effnet.lab.budget import TrialBudget
+
+        budget = TrialBudget.from_dict(self.budget)
+        a, b, g = cand.params["alpha"], cand.params["beta"], cand.params["gamma"]
+        spec = compound_scale(budget.spec, self.phi, a, b, g).replace(name=f"{budget.spec.name}_{cand.key}")
+        size = budget.scaled_size(g**self.phi)
+        return budget.train(spec, size, trial if self.prune else None)
+
+
+def report(job: _Job) -> SearchReport:
+    """Read the study back into rows; write the JSON, table and plot."""
+    from effnet.viz.plots import plot_accuracy_flops
+
+    study = job.open()
+    done = store.results(study)
+    by_key = {c.key: c for c in job.candidates}
+    rows = []
+    for key, t in done.items():
+        if key not in by_key:
+            continue
+        c, u = by_key[key], t.user_attrs
+        rows.append(SearchRow(
+            key=key, alpha=c.params["alpha"], beta=c.params["beta"], gamma=c.params["gamma"],
+            state="complete" if t.state.name == "COMPLETE" else "pruned",
+            top1=float(t.value if t.value is not None else u.get("top1", math.nan)),
+            flops=int(c.attrs["flops"]), flops_ratio=float(c.attrs["flops_ratio"]),
+            flops_ratio_predicted=float(c.attrs["flops_ratio_predicted"]), params=int(u.get("params", 0)),
+            image_size=int(u.get("image_size", 0)), epochs=int(u.get("epochs_trained", 0)),
+            seconds=float(u.get("seconds", math.nan)), step_ms=float(u.get("step_ms", math.nan)),
+        ))
+    rows.sort(key=lambda r: (r.alpha, r.beta, r.gamma))
+    complete = [r for r in rows if r.state == "complete"]
+    best = max(complete, key=lambda r: (r.top1, -r.flops)) if complete else None
+    rep = SearchReport(
+        study=job.study_name, storage=job.storage, base=job.base, phi=job.phi, rows=rows, best=best,
+        candidates=len(job.candidates), epochs_per_candidate=int(job.budget["epochs"]),
+        epochs_trained=sum(r.epochs for r in rows), pruned=sum(r.state == "pruned" for r in rows),
+    )
+    folder = Path(job.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    if rows:
+        points = [{"label": f"({r.alpha:g}, {r.beta:g}, {r.gamma:g})", "flops": r.flops, "top1": r.top1,
+                   "pruned": r.state == "pruned"} for r in rows]
+        marked = {"label": f"best ({best.alpha:g}, {best.beta:g}, {best.gamma:g})", "flops": best.flops,
+                  "top1": best.top1} if best else None
+        plot_accuracy_flops(folder / "search.png", points, best=marked,
+                            title=f"{job.base_name}: grid of (alpha, beta, gamma) at phi={job.phi:g}, "
+                                  f"{job.budget['epochs']} epoch(s) each on {job.budget['data']}")
+        rep.files["png"] = str(folder / "search.png")
+    store.save_report(folder, format_table(rep), rep)
+    return rep
+
+
+def format_table(rep: SearchReport) -> str:
+    head = (f"{'alpha':>5} {'beta':>5} {'gamma':>5}  {'FLOPs x pred':>12} {'x meas':>7}  {'FLOPs':>8}  "
+            f"{'params':>8}  {'px':>4}  {'top-1':>6}  {'epochs':>6}  {'train s':>7}  {'step ms':>7}  state")
+    lines = [head, "-" * len(head)]
+    for r in rep.rows:
+        mark = "  <- best" if rep.best is not None and r.key == rep.best.key else ""
+        lines.append(f"{r.alpha:5.2f} {r.beta:5.2f} {r.gamma:5.2f}  {r.flops_ratio_predicted:12.3f} "
+                     f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.params / 1e6:7.2f}M  {r.image_size:4d}  "
+                     f"{r.top1:6.2f}  {r.epochs:6d}  {r.seconds:7.1f}  {r.step_ms:7.1f}  {r.state}{mark}")
+    lines.append("")
+    lines.append(f"{len(rep.rows)}/{rep.candidates} grid point(s) done, {rep.pruned} pruned; "
+                 f"{rep.epochs_trained} training epoch(s) of {rep.candidates * rep.epochs_per_candidate} "
+                 f"for the full grid ({rep.epochs_saved} saved by pruning)" if rep.complete else
+                 f"{len(rep.rows)}/{rep.candidates} grid point(s) done so far: run the same command to go on")
+    if rep.best is not None:
+        lines.append(f"best: alpha={rep.best.alpha:g} beta={rep.best.beta:g} gamma={rep.best.gamma:g} "
+                     f"(top-1 {rep.best.top1:.2f}%)")
+        lines.append(f"scale with it: {rep.command()}")
+    return "\n".join(lines)
+
