@@ -137,7 +137,12 @@ def _finish_accuracy(fig: Any, ax: Any, flops: list[float], title: str, path: st
     only when they span more than 4x (a grid at one phi spans little, and log ticks there read
     as 1.3 x 10^2)."""
     if flops and max(flops) > 4 * min(flops):
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 300, not 3 x 10^2
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
         ax.set_xlabel("FLOPs (M multiply-adds, log scale)")
     else:
         ax.set_xlabel("FLOPs (M multiply-adds)")
