@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -79,6 +81,18 @@ def test_feature_maps_have_strides_2_to_32():
     assert [m.shape[1] for m in maps] == [f["channels"] for f in model.feature_info] == [16, 24, 40, 112, 320]
     v2 = effnet.create_model("efficientnetv2_s").eval()
     assert [m.shape[1] for m in v2.feature_maps(x)] == [24, 48, 64, 160, 256]
+    # A stem with a max pool (ResNet): stride 2 is the stem conv, stride 4 the first stage.
+    resnet = effnet.create_model("resnet18").eval()
+    assert [f["module"] for f in resnet.feature_info] == ["stem", "stages.0", "stages.1", "stages.2", "stages.3"]
+    assert [tuple(m.shape[-2:]) for m in resnet.feature_maps(x)] == [(32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
+    # Were the first stage strided, the stride-4 map would be the pooled stem itself.
+    spec = get_spec("resnet18")
+    first = dataclasses.replace(spec.stages[0], stride=2)
+    strided = effnet.build(spec.replace(stages=(first, *spec.stages[1:3])))
+    assert [(f["stride"], f["module"]) for f in strided.feature_info] == [
+        (2, "stem"), (4, "stem_pool"), (8, "stages.0"), (16, "stages.1"), (32, "stages.2")]
+    assert [tuple(m.shape[-2:]) for m in strided.eval().feature_maps(x)] == [
+        (32, 48), (16, 24), (8, 12), (4, 6), (2, 3)]
 
 
 def test_reset_classifier():

@@ -52,6 +52,7 @@ def test_specs_are_frozen():
     [
         (dict(op="conv"), "op"), (dict(kernel=4), "odd"), (dict(stride=3), "stride"),
         (dict(repeats=0), "repeats"), (dict(se=1.5), "se"), (dict(expand=0.5), "expand"),
+        (dict(op="basic", expand=6, se=0.0), "expand"), (dict(op="dsconv", se=0.25), "se"),
     ],
 )
 def test_stage_validation(bad, match):
@@ -67,6 +68,11 @@ def test_model_spec_validation_and_unknown_fields():
         EFFICIENTNET_B0.replace(padding="valid")
     with pytest.raises(ValueError, match="unknown spec field"):
         EFFICIENTNET_B0.replace(colour="blue")
+    with pytest.raises(ValueError, match="stem_kernel"):
+        EFFICIENTNET_B0.replace(stem_kernel=0)
+    with pytest.raises(ValueError, match="head_channels"):
+        EFFICIENTNET_B0.replace(head_channels=-8)
+    assert EFFICIENTNET_B0.replace(head_channels=0).num_features == 320  # no head conv: last stage
     d = json.loads(EFFICIENTNET_B0.to_json())
     d["bogus"] = 1
     with pytest.raises(ValueError, match="bogus"):
@@ -120,8 +126,12 @@ def test_v2_resolutions_and_dropout_are_official(name):
     assert (spec.train_resolution, spec.resolution, spec.dropout) == OFFICIAL_V2[name]
 
 
+#: The baselines (ResNet / MobileNet, effnet.specs.baselines), named as torchvision names them.
+BASELINE_NAMES = {"resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2"}
+
+
 def test_registry_has_exactly_the_official_names():
-    assert set(list_models()) == set(OFFICIAL_V1) | set(OFFICIAL_V2)
+    assert set(list_models()) == set(OFFICIAL_V1) | set(OFFICIAL_V2) | BASELINE_NAMES
 
 
 def test_family_rows_only_derive_members():

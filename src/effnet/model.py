@@ -1,4 +1,5 @@
-"""spec -> nn.Module: the EfficientNet assembler, feature maps and classifier reset."""
+"""spec -> nn.Module: the one assembler (EfficientNet V1/V2 and the ResNet / MobileNet
+baselines), feature maps and classifier reset."""
 
 from __future__ import annotations
 
@@ -14,11 +15,15 @@ __all__ = ["MIN_INPUT_SIZE", "EfficientNet", "build"]
 
 
 class EfficientNet(nn.Module):
-    """EfficientNet V1/V2 built from a :class:`~effnet.specs.ModelSpec`.
+    """The network a :class:`~effnet.specs.ModelSpec` describes: EfficientNet V1/V2, and the
+    ResNet / MobileNet baselines written in the same spec language (``effnet.specs.baselines``).
 
-    Layout: ``stem`` -> ``stages[i][j]`` (MBConv / Fused-MBConv) -> ``head`` (1x1 conv) ->
-    global average pool -> ``dropout`` -> ``classifier`` (an identity when
-    ``spec.num_classes == 0``: the output is then the pooled features).
+    Layout: ``stem`` (kxk stride-2 conv-BN-act) -> ``stem_pool`` (3x3 stride-2 max pool when
+    ``spec.stem_pool``, else an identity) -> ``stages[i][j]`` (the blocks of
+    ``effnet.layers.BLOCKS``: MBConv, Fused-MBConv, ResNet basic / bottleneck, depthwise-separable)
+    -> ``head`` (1x1 conv-BN-act; an identity when ``spec.head_channels == 0``) -> global average
+    pool -> ``dropout`` -> ``classifier`` (an identity when ``spec.num_classes == 0``: the output
+    is then the pooled features, ``num_features`` wide).
 
     The spec is taken as it is: changes (classes, dropout ...) are made to the spec first, in
     one place, :func:`effnet.registry.create_model` or ``spec.replace(...)``.
@@ -31,8 +36,12 @@ class EfficientNet(nn.Module):
         self.spec = spec
         norm = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
 
-        self.stem = ConvBnAct(spec.in_channels, spec.stem_channels, 3, 2, act=spec.activation,
-                              padding=spec.padding, **norm)
+        self.stem = ConvBnAct(spec.in_channels, spec.stem_channels, spec.stem_kernel, 2,
+                              act=spec.activation, padding=spec.padding, **norm)
+        # ResNet's "conv2_x" starts with a 3x3 stride-2 max pool, padding 1 (ResNet Table 1;
+        # torchvision resnet.py and Keras applications resnet.py pad it by 1 on every side). Its
+        # input follows a ReLU (>= 0), so PyTorch's -inf padding acts as Keras's zero padding.
+        self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if spec.stem_pool else nn.Identity()
         # Stochastic depth: the drop rate grows linearly with the *global* block index i, as
         # drop_path_rate * i / num_blocks: 0 at the first block, just under drop_path_rate at the
         # last (EfficientNet section 5.2, survival 0.8; the official code and torchvision).
@@ -40,7 +49,7 @@ class EfficientNet(nn.Module):
         in_ch = spec.stem_channels
         stages: list[nn.Sequential] = []
         self._strides: list[int] = []
-        stride = 2
+        stride = 4 if spec.stem_pool else 2
         for stage in spec.stages:
             blocks = []
             for j in range(stage.repeats):
@@ -55,10 +64,12 @@ class EfficientNet(nn.Module):
             self._strides.append(stride)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        self.head = ConvBnAct(in_ch, spec.head_channels, 1, act=spec.activation, **norm)
+        # head_channels 0: no head conv (ResNet, MobileNetV1), the last stage is pooled directly.
+        self.head = (ConvBnAct(in_ch, spec.head_channels, 1, act=spec.activation, **norm)
+                     if spec.head_channels else nn.Identity())
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(spec.dropout)
-        self.num_features = spec.head_channels
+        self.num_features = spec.num_features
         self.classifier = self._new_classifier(spec.num_classes)
         self.feature_info = self._feature_info()
         self._init_weights()
@@ -87,11 +98,15 @@ class EfficientNet(nn.Module):
                 nn.init.uniform_(m.weight, -bound, bound)
                 nn.init.zeros_(m.bias)
 
-    def _feature_info(self) -> list[dict[str, int]]:
-        """For each output stride 2..32, the last stage producing it (-1 = the stem)."""
-        info: dict[int, dict[str, int]] = {2: {"stage": -1, "channels": self.spec.stem_channels}}
+    def _feature_info(self) -> list[dict[str, int | str]]:
+        """For each output stride 2..32, the last module producing it: ``module`` is its name
+        (``stem``, ``stem_pool``, ``stages.i``) and ``stage`` its stage index (-1 = the stem)."""
+        stem = {"stage": -1, "channels": self.spec.stem_channels}
+        info: dict[int, dict[str, int | str]] = {2: {"module": "stem", **stem}}
+        if self.spec.stem_pool:
+            info[4] = {"module": "stem_pool", **stem}
         for i, (s, stage) in enumerate(zip(self._strides, self.spec.stages)):
-            info[s] = {"stage": i, "channels": stage.channels}
+            info[s] = {"module": f"stages.{i}", "stage": i, "channels": stage.channels}
         return [{"stride": s, **info[s]} for s in (2, 4, 8, 16, 32) if s in info]
 
     def _check_input(self, x: torch.Tensor) -> None:
@@ -111,15 +126,15 @@ class EfficientNet(nn.Module):
 
     # --- forward ------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C_in, H, W) -> (N, head_channels, H/32, W/32), before pooling."""
+        """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
         self._check_input(x)
-        x = self.stem(x)
+        x = self.stem_pool(self.stem(x))
         for stage in self.stages:
             x = stage(x)
         return self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        x = self.pool(x).flatten(1)  # (N, head_channels)
+        x = self.pool(x).flatten(1)  # (N, num_features)
         if pre_logits:
             return x
         return self.classifier(self.dropout(x))
@@ -130,17 +145,17 @@ class EfficientNet(nn.Module):
     def feature_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         """One feature map per output stride 2, 4, 8, 16, 32 (for detection/segmentation).
 
-        Each is the output of the last stage at that stride (channels in ``feature_info``).
+        Each is the output of the last module at that stride (``feature_info`` names it and its
+        channels): for a ResNet stride 2 is the stem conv, before the max pool.
         """
         self._check_input(x)
-        wanted = {f["stage"]: f["stride"] for f in self.feature_info}
+        wanted = {f["module"] for f in self.feature_info}
         out: list[torch.Tensor] = []
-        x = self.stem(x)
-        if -1 in wanted:
-            out.append(x)
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in wanted:
+        modules = [("stem", self.stem), ("stem_pool", self.stem_pool),
+                   *((f"stages.{i}", stage) for i, stage in enumerate(self.stages))]
+        for name, module in modules:
+            x = module(x)
+            if name in wanted:
                 out.append(x)
         return out
 

@@ -8,6 +8,7 @@ from typing import Any
 from effnet.model import EfficientNet, build
 from effnet.scaling.compound import from_family
 from effnet.specs.base import FamilyRow, ModelSpec
+from effnet.specs.baselines import BASELINES
 from effnet.specs.v1 import V1_FAMILY
 from effnet.specs.v2 import V2_FAMILY
 
@@ -21,9 +22,10 @@ def _member(name: str, entry: ModelSpec | FamilyRow) -> ModelSpec:
     return entry
 
 
-#: name -> spec, built once from the published tables and family rows.
+#: name -> spec, built once from the published tables and family rows: EfficientNet V1 and V2,
+#: then the ResNet / MobileNet baselines they are compared with.
 REGISTRY: dict[str, ModelSpec] = {
-    name: _member(name, entry) for name, entry in {**V1_FAMILY, **V2_FAMILY}.items()
+    name: _member(name, entry) for name, entry in {**V1_FAMILY, **V2_FAMILY, **BASELINES}.items()
 }
 
 

@@ -1,12 +1,25 @@
-"""Building blocks: conv-BN-act, squeeze-excitation, MBConv, Fused-MBConv, stochastic depth."""
+"""Building blocks: conv-BN-act, squeeze-excitation, MBConv, Fused-MBConv, stochastic depth,
+and the baselines' ResNet basic / bottleneck blocks and depthwise-separable conv."""
 
-from effnet.layers.blocks import BLOCKS, DropPath, FusedMBConv, MBConv, SqueezeExcite
+from effnet.layers.blocks import (
+    BLOCKS,
+    BasicBlock,
+    Bottleneck,
+    DepthwiseSeparable,
+    DropPath,
+    FusedMBConv,
+    MBConv,
+    SqueezeExcite,
+)
 from effnet.layers.conv import Conv2dSame, ConvBnAct, make_activation, make_conv
 
 __all__ = [
     "BLOCKS",
+    "BasicBlock",
+    "Bottleneck",
     "Conv2dSame",
     "ConvBnAct",
+    "DepthwiseSeparable",
     "DropPath",
     "FusedMBConv",
     "MBConv",

@@ -1,7 +1,13 @@
-"""Squeeze-excitation, stochastic depth, MBConv and Fused-MBConv blocks.
+"""Squeeze-excitation, stochastic depth, and the blocks a stage can be made of: MBConv,
+Fused-MBConv, and for the baselines the ResNet basic and bottleneck blocks and MobileNetV1's
+depthwise-separable conv.
 
-Submodule names (``conv_pw``, ``conv_dw``, ``se``, ``conv_pwl``) are stable: the weight
-converters in ``effnet.weights`` map torchvision / timm / Keras keys onto them.
+Every block takes the same keyword arguments (``kernel``, ``stride``, ``expand``, ``se``,
+``drop_path``, ``act``, ``bn_eps``, ``bn_momentum``, ``padding``), so the assembler
+(``effnet.model``) builds any stage with one call through :data:`BLOCKS`.
+Submodule names (``conv_pw``, ``conv_dw``, ``se``, ``conv_pwl``; ``conv1``-``conv3`` and
+``shortcut`` in the ResNet blocks) are stable: the weight converters in ``effnet.weights`` map
+torchvision / timm / Keras keys onto them.
 """
 
 from __future__ import annotations
@@ -114,4 +120,107 @@ class FusedMBConv(nn.Module):
         return x + self.drop_path(y) if self.has_skip else y
 
 
-BLOCKS: dict[str, type[nn.Module]] = {"mbconv": MBConv, "fused": FusedMBConv}
+def _shortcut(in_ch: int, out_ch: int, stride: int, norm: dict[str, float], padding: str) -> nn.Module:
+    """ResNet's shortcut: the identity when the shape is kept, else a 1x1 conv (stride) + BN,
+    the paper's option B (ResNet section 3.3; torchvision's ``downsample``)."""
+    if stride == 1 and in_ch == out_ch:
+        return nn.Identity()
+    return ConvBnAct(in_ch, out_ch, 1, stride, act=None, padding=padding, **norm)
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block (He et al. 2016, Figure 5 left; Table 1, 18- and 34-layer).
+
+    kxk conv (stride) -BN-act -> kxk conv-BN -> + shortcut -> act: the activation comes *after*
+    the addition (the original "post-activation" ResNet, as torchvision and timm build it).
+    ``expand`` must be 1 and ``se`` 0 (validated by ``StageSpec``; taken for the common
+    signature). Stochastic depth drops the residual branch, shortcut kept, in every block: a
+    projection shortcut still carries the signal when the branch is dropped (timm's ResNet).
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, *, kernel: int = 3, stride: int = 1, expand: float = 1, se: float = 0.0,
+        drop_path: float = 0.0, act: str = "relu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+    ) -> None:
+        super().__init__()
+        if expand != 1 or se:
+            raise ValueError(f"BasicBlock: expected expand=1 and se=0 (no such parts), got {expand}, {se}")
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.conv1 = ConvBnAct(in_ch, out_ch, kernel, stride, act=act, padding=padding, **norm)
+        self.conv2 = ConvBnAct(out_ch, out_ch, kernel, act=None, padding=padding, **norm)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, norm, padding)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shortcut(x) + self.drop_path(self.conv2(self.conv1(x))))
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck block (He et al. 2016, Figure 5 right; Table 1, 50-layer and deeper).
+
+    1x1 conv to ``out_ch / expand`` -BN-act -> kxk conv (stride) -BN-act -> 1x1 conv to
+    ``out_ch`` -BN -> + shortcut -> act. ``expand`` is the *ResNet* expansion (4 in the paper:
+    a 64-d bottleneck inside a 256-d block), the inverse of MBConv's, which widens the input.
+    The stride sits on the kxk conv, not on the first 1x1 as in the paper: torchvision's
+    "ResNet V1.5" (resnet.py, ``Bottleneck``), which is the layout of its published weights
+    and of timm's. ``se`` must be 0. Stochastic depth as in :class:`BasicBlock`.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, *, kernel: int = 3, stride: int = 1, expand: float = 4, se: float = 0.0,
+        drop_path: float = 0.0, act: str = "relu", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+    ) -> None:
+        super().__init__()
+        mid = int(round(out_ch / expand))
+        if mid < 1 or se:
+            raise ValueError(f"Bottleneck: expected out_ch / expand >= 1 and se=0, got {out_ch} / {expand}, se {se}")
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.conv1 = ConvBnAct(in_ch, mid, 1, act=act, **norm)
+        self.conv2 = ConvBnAct(mid, mid, kernel, stride, act=act, padding=padding, **norm)
+        self.conv3 = ConvBnAct(mid, out_ch, 1, act=None, **norm)
+        self.shortcut = _shortcut(in_ch, out_ch, stride, norm, padding)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.act = make_activation(act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv3(self.conv2(self.conv1(x)))
+        return self.act(self.shortcut(x) + self.drop_path(y))
+
+
+class DepthwiseSeparable(nn.Module):
+    """MobileNetV1's depthwise-separable conv (Howard et al. 2017, Figure 3 right).
+
+    kxk depthwise (stride) -BN-act -> 1x1 pointwise -BN-act; no residual, so ``drop_path`` has
+    nothing to drop (``self.drop_path`` is an identity, as in MBConv without a skip). Unlike
+    MBConv with ``expand=1`` the pointwise conv has an activation (MobileNetV2 section 3.2
+    removed it). ``expand`` must be 1 and ``se`` 0.
+    """
+
+    def __init__(
+        self, in_ch: int, out_ch: int, *, kernel: int = 3, stride: int = 1, expand: float = 1, se: float = 0.0,
+        drop_path: float = 0.0, act: str = "relu6", bn_eps: float = 1e-5, bn_momentum: float = 0.1,
+        padding: str = "symmetric",
+    ) -> None:
+        super().__init__()
+        if expand != 1 or se:
+            raise ValueError(f"DepthwiseSeparable: expected expand=1 and se=0 (no such parts), got {expand}, {se}")
+        norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
+        self.conv_dw = ConvBnAct(in_ch, in_ch, kernel, stride, groups=in_ch, act=act, padding=padding, **norm)
+        self.conv_pw = ConvBnAct(in_ch, out_ch, 1, act=act, **norm)
+        self.drop_path = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv_pw(self.conv_dw(x))
+
+
+#: ``StageSpec.op`` -> block class; the assembler builds every stage through this table.
+BLOCKS: dict[str, type[nn.Module]] = {
+    "mbconv": MBConv,
+    "fused": FusedMBConv,
+    "basic": BasicBlock,
+    "bottleneck": Bottleneck,
+    "dsconv": DepthwiseSeparable,
+}

@@ -1,6 +1,7 @@
 """Model specifications as data (paper tables)."""
 
 from effnet.specs.base import MIN_INPUT_SIZE, FamilyRow, ModelSpec, StageSpec
+from effnet.specs.baselines import BASELINES, MOBILENET_V1, MOBILENET_V2, RESNET18, RESNET50
 from effnet.specs.v1 import EFFICIENTNET_B0, V1_FAMILY
 from effnet.specs.v2 import (
     EFFICIENTNETV2_B0,
@@ -13,6 +14,7 @@ from effnet.specs.v2 import (
 )
 
 __all__ = [
+    "BASELINES",
     "EFFICIENTNETV2_B0",
     "EFFICIENTNETV2_BASE",
     "EFFICIENTNETV2_L",
@@ -21,6 +23,10 @@ __all__ = [
     "EFFICIENTNETV2_XL",
     "EFFICIENTNET_B0",
     "MIN_INPUT_SIZE",
+    "MOBILENET_V1",
+    "MOBILENET_V2",
+    "RESNET18",
+    "RESNET50",
     "V1_FAMILY",
     "V2_FAMILY",
     "FamilyRow",

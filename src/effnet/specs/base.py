@@ -13,16 +13,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Op = Literal["mbconv", "fused"]
+Op = Literal["mbconv", "fused", "basic", "bottleneck", "dsconv"]
 Padding = Literal["symmetric", "same"]
 
 #: Smallest input side a network accepts: the stem and four stages reduce by 2 each
-#: (output stride 32), so 32 px is the least that leaves a 1x1 map (EfficientNet Table 1).
+#: (output stride 32; a ResNet stem's conv and max pool take two of the five), so 32 px is the
+#: least that leaves a 1x1 map (EfficientNet Table 1, ResNet Table 1).
 MIN_INPUT_SIZE = 32
 
-_OPS = ("mbconv", "fused")
+_OPS = ("mbconv", "fused", "basic", "bottleneck", "dsconv")
+#: The baselines' ops (``effnet.specs.baselines``): none has squeeze-excitation, and the basic
+#: block and depthwise-separable conv have no expansion; a value there would be silently ignored,
+#: so it is refused.
+_NO_SE_OPS = ("basic", "bottleneck", "dsconv")
+_NO_EXPAND_OPS = ("basic", "dsconv")
 _PADDINGS = ("symmetric", "same")
 _ACTIVATIONS = ("silu", "relu", "relu6", "gelu", "hardswish")
+
+#: ModelSpec fields added after specs were first saved, with the value every earlier spec has.
+#: ``to_dict`` leaves them out at that value, so an existing spec serialises byte-identically
+#: (the JSON inside weight files, saved spec files, and the study digest of
+#: ``effnet.lab.budget.spec_id``, which refuses to resume a study whose base spec changed).
+_ADDED_FIELDS: dict[str, Any] = {"stem_kernel": 3, "stem_pool": False}
 
 
 def check_fields(cls: type, keys: Any, what: str) -> None:
@@ -38,9 +50,20 @@ def check_fields(cls: type, keys: Any, what: str) -> None:
 class StageSpec:
     """One row of a paper table: ``repeats`` identical blocks, the first with ``stride``.
 
+    ``op`` names the block (``effnet.layers.BLOCKS``):
+
+    - ``mbconv``: MobileNetV2 inverted residual / EfficientNet MBConv; ``expand`` is the
+      expansion ratio (hidden = input channels x expand; 1 = no expansion conv).
+    - ``fused``: EfficientNetV2 Fused-MBConv; ``expand`` as for ``mbconv``.
+    - ``basic``: ResNet basic block (two kxk convs, ResNet Table 1 "18/34-layer"); ``expand`` 1.
+    - ``bottleneck``: ResNet bottleneck (1x1, kxk, 1x1; ResNet Table 1 "50-layer" and up);
+      ``expand`` is the *ResNet* expansion, the other way round: hidden = ``channels`` / expand
+      (4 in the paper: 64-d bottleneck, 256-d output).
+    - ``dsconv``: MobileNetV1 depthwise-separable conv (MobileNetV1 Figure 3); ``expand`` 1.
+
     ``se`` is the squeeze-excitation ratio relative to the block's *input* channels, as in the
-    official code (``num_reduced_filters = max(1, int(input_filters * se_ratio))``).
-    ``expand`` is the expansion ratio of the inverted bottleneck (1 = no expansion conv).
+    official code (``num_reduced_filters = max(1, int(input_filters * se_ratio))``); only the
+    MBConv ops have SE (ResNet and MobileNetV1 have none, and SE-ResNet is not implemented).
     """
 
     op: Op
@@ -66,6 +89,22 @@ class StageSpec:
             raise ValueError(f"StageSpec.expand: expected >= 1, got {self.expand}")
         if not 0.0 <= self.se < 1.0:
             raise ValueError(f"StageSpec.se: expected a ratio in [0, 1), got {self.se}")
+        if self.op in _NO_EXPAND_OPS and self.expand != 1:
+            raise ValueError(
+                f"StageSpec.expand: op {self.op!r} has no expansion (ResNet basic block / MobileNetV1 "
+                f"depthwise-separable conv), expected 1, got {self.expand}; use 'bottleneck' or "
+                f"'mbconv' for a block with one"
+            )
+        if self.op == "bottleneck" and round(self.channels / self.expand) < 1:
+            raise ValueError(
+                f"StageSpec.expand: a bottleneck's hidden width is channels / expand = "
+                f"{self.channels} / {self.expand}, expected at least 1 channel"
+            )
+        if self.op in _NO_SE_OPS and self.se != 0:
+            raise ValueError(
+                f"StageSpec.se: op {self.op!r} has no squeeze-excitation (not in the ResNet / "
+                f"MobileNetV1 papers, and not implemented), expected 0, got {self.se}"
+            )
 
 
 @dataclass(frozen=True)
@@ -77,8 +116,14 @@ class ModelSpec:
     BatchNorm momentum follows the PyTorch convention: TF/Keras ``momentum=0.99`` is
     PyTorch ``momentum=0.01`` (PyTorch weights the *new* batch statistic).
     ``num_classes=0`` means no classifier: the network ends in the pooled features
-    (``head_channels`` wide), as timm's ``num_classes=0`` does, and a weight file of such a
+    (``num_features`` wide), as timm's ``num_classes=0`` does, and a weight file of such a
     model holds no classifier tensors.
+
+    The stem is a ``stem_kernel`` x ``stem_kernel`` stride-2 conv-BN-act (3 for EfficientNet
+    and the MobileNets), followed by a 3x3 stride-2 max pool (padding 1) when ``stem_pool``
+    (ResNet Table 1 "conv1" and "conv2_x": 7x7 conv then max pool). The head is a 1x1 conv-BN-act
+    to ``head_channels``; ``head_channels=0`` means no head conv (ResNet, MobileNetV1): the last
+    stage's output is pooled, so ``num_features`` is the last stage's ``channels``.
     """
 
     name: str
@@ -86,6 +131,8 @@ class ModelSpec:
     stem_channels: int
     head_channels: int
     resolution: int
+    stem_kernel: int = 3
+    stem_pool: bool = False
     dropout: float = 0.2
     drop_path_rate: float = 0.2
     activation: str = "silu"
@@ -110,10 +157,20 @@ class ModelSpec:
             raise ValueError(
                 f"ModelSpec.resolution: expected a positive integer, got {self.resolution!r}"
             )
-        for name in ("stem_channels", "head_channels", "in_channels"):
+        for name in ("stem_channels", "in_channels"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"ModelSpec.{name}: expected a positive integer, got {value!r}")
+        if not isinstance(self.head_channels, int) or self.head_channels < 0:
+            raise ValueError(
+                f"ModelSpec.head_channels: expected a non-negative integer (0: no head conv), "
+                f"got {self.head_channels!r}"
+            )
+        k = self.stem_kernel
+        if not isinstance(k, int) or k < 1 or k % 2 == 0:
+            raise ValueError(f"ModelSpec.stem_kernel: expected an odd positive integer, got {k!r}")
+        if not isinstance(self.stem_pool, bool):
+            raise ValueError(f"ModelSpec.stem_pool: expected true or false, got {self.stem_pool!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ValueError(
                 f"ModelSpec.num_classes: expected a non-negative integer (0: no classifier), "
@@ -136,6 +193,12 @@ class ModelSpec:
     def num_blocks(self) -> int:
         return sum(s.repeats for s in self.stages)
 
+    @property
+    def num_features(self) -> int:
+        """Width of the pooled features the classifier sees: the head conv's channels, or the
+        last stage's when there is no head conv (``head_channels == 0``)."""
+        return self.head_channels or self.stages[-1].channels
+
     def replace(self, **changes: Any) -> ModelSpec:
         """A copy with ``changes`` applied (validated like a new spec)."""
         check_fields(type(self), changes, "spec")
@@ -145,6 +208,9 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        for name, default in _ADDED_FIELDS.items():
+            if d[name] == default and type(d[name]) is type(default):
+                del d[name]  # absent = the default (see _ADDED_FIELDS)
         return d
 
     @classmethod

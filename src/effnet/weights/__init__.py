@@ -76,8 +76,10 @@ def load_model(
     return model
 
 
-#: Spec fields that decide tensor shapes: a weight file must agree with the named model on these.
-_SHAPE_FIELDS = ("stages", "stem_channels", "head_channels", "in_channels")
+#: Spec fields that decide tensor shapes or the layers present: a weight file must agree with
+#: the named model on these (a stem pool has no tensors, but a file for a ResNet stem must not
+#: load into a 3x3 stem that happens to have the same channel counts).
+_SHAPE_FIELDS = ("stages", "stem_channels", "stem_kernel", "stem_pool", "head_channels", "in_channels")
 
 
 def load_into(
