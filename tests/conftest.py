@@ -1,8 +1,12 @@
-"""Shared fixtures: restore random state; skip `gpu` tests without CUDA."""
+"""Shared fixtures: restore random state; skip `gpu` tests without CUDA; worker processes on
+one study (the lab and search tests)."""
 
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -38,3 +42,25 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip(f"shared reference folder not found at {SHARED}")
     return SHARED
+
+
+@pytest.fixture
+def study_workers(tmp_path: Path) -> Callable[[str], tuple[Callable[[int, float], subprocess.Popen], str, Path]]:
+    """``make(job_source)`` writes a worker script and returns ``(start, storage, log)``:
+    ``start(n, seconds)`` launches ``python job.py STORAGE N SECONDS LOG`` against one SQLite
+    study; the script appends "PID start|end KEY" lines to ``log``."""
+
+    def make(job_source: str) -> tuple[Callable[[int, float], subprocess.Popen], str, Path]:
+        script = tmp_path / "job.py"
+        script.write_text(job_source)
+        storage = f"sqlite:///{tmp_path / 'study.db'}"
+        log = tmp_path / "log.txt"
+        log.touch()
+
+        def start(n: int, seconds: float) -> subprocess.Popen:
+            return subprocess.Popen([sys.executable, str(script), storage, str(n), str(seconds), str(log)],
+                                    stderr=subprocess.PIPE, text=True)
+
+        return start, storage, log
+
+    return make

@@ -5,8 +5,6 @@ bookkeeping is tested apart from training (the scaling tests train for real)."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -45,18 +43,8 @@ JOB = textwrap.dedent('''
 
 
 @pytest.fixture
-def lab(tmp_path):
-    script = tmp_path / "sleepjob.py"
-    script.write_text(JOB)
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
-    log = tmp_path / "log.txt"
-    log.touch()
-
-    def start(n: int, seconds: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, str(script), storage, str(n), str(seconds), str(log)],
-                                stderr=subprocess.PIPE, text=True)
-
-    return start, storage, log
+def lab(study_workers):
+    return study_workers(JOB)
 
 
 def events(log: Path) -> list[tuple[int, str, str]]:

@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "effnet.profile.cli",   # list, profile, scale, table
     "effnet.weights.cli",   # convert
     "effnet.train.cli",     # train, eval, predict
+    "effnet.search.cli",    # search
 )
 
 

@@ -45,6 +45,11 @@ KEY = "effnet.candidate"
 HOST, PID = "effnet.host", "effnet.pid"
 DUPLICATE_OF = "effnet.duplicate_of"
 ERROR = "effnet.error"
+#: Sampled searches: the failed trial a re-queued one trains again; a trial given up because
+#: the study already had its number of trials.
+RETRY_OF, SURPLUS = "effnet.retry_of", "effnet.surplus"
+#: The error a trial stopped by Ctrl-C/SIGTERM records (trained again by the next run).
+STOPPED = "stopped by a signal"
 #: Study user attribute: the settings a study was created with (a resumed run must match).
 SETTINGS = "effnet.settings"
 
@@ -126,7 +131,8 @@ def _storage(url: str, heartbeat: int) -> Any:
 
 def open_study(
     storage: str, name: str, settings: Mapping[str, Any], *, direction: str = "maximize",
-    prune: bool = False, heartbeat: int = HEARTBEAT_S,
+    prune: bool = False, heartbeat: int = HEARTBEAT_S, directions: list[str] | None = None,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> optuna.Study:
     """Create study ``name`` in ``storage`` with ``settings``, or load it when it exists and was
     created with the same settings; a study created with other settings is refused, naming
@@ -135,21 +141,31 @@ def open_study(
     ``prune``: successive halving (Li et al. 2018; Optuna's ``SuccessiveHalvingPruner``,
     minimum resource one epoch, reduction factor 2): after each epoch a trial goes on only if
     its accuracy is in the better half of the trials that reached that epoch (multi-fidelity:
-    weak candidates stop after one or two epochs)."""
+    weak candidates stop after one or two epochs).
+
+    ``directions`` (e.g. ``["maximize", "minimize", "minimize"]``) makes a multi-objective
+    study (it replaces ``direction``; Optuna cannot prune those, so ``prune`` is refused);
+    ``sampler`` proposes the trials of a sampled search (:func:`work_sampled`; default
+    Optuna's, TPE)."""
     import optuna
+
+    if directions is not None and prune:
+        raise StudyError("prune: successive halving compares one intermediate value per epoch; a "
+                         "multi-objective study (directions=...) cannot be pruned")
 
     pruner = (optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2)
               if prune else optuna.pruners.NopPruner())
     store = _storage(storage, heartbeat)
     settings = dict(settings)
     try:
-        study = optuna.create_study(storage=store, study_name=name, direction=direction, pruner=pruner)
+        how: dict[str, Any] = {"directions": list(directions)} if directions is not None else {"direction": direction}
+        study = optuna.create_study(storage=store, study_name=name, pruner=pruner, sampler=sampler, **how)
         study.set_user_attr(SETTINGS, settings)
         log.info("created study %r in %s", name, storage)
         return study
     except optuna.exceptions.DuplicatedStudyError:
         pass
-    study = optuna.load_study(study_name=name, storage=store, pruner=pruner)
+    study = optuna.load_study(study_name=name, storage=store, pruner=pruner, sampler=sampler)
     recorded = study.user_attrs.get(SETTINGS)
     for _ in range(50):  # its creator writes the settings just after creating it
         if recorded is not None:
@@ -328,37 +344,160 @@ def work(study: optuna.Study, candidates: list[Candidate], evaluate: Evaluate,
     effnet's ``Interrupted``) fails the running trial, so the next run trains it again, and
     stops the worker.
     """
-    import optuna
-    from optuna.trial import TrialState
-
     fill_queue(study, candidates)
     done = 0
     while (taken := take(study, candidates)) is not None:
         trial, cand = taken
-        try:
-            with heartbeat(study, trial):
-                value, attrs = evaluate(trial, cand)
-        except optuna.TrialPruned as e:
-            for k, v in getattr(e, "attrs", {}).items():
-                trial.set_user_attr(k, v)
-            _retrying(lambda t=trial: study.tell(t, state=TrialState.PRUNED), "record a pruned trial")
-        except KeyboardInterrupt:
-            with contextlib.suppress(Exception):
-                trial.set_user_attr(ERROR, "stopped by a signal")
-                study.tell(trial, state=TrialState.FAIL)
-            raise
-        except Exception as e:
-            log.error("candidate %s failed: %s: %s", cand.key, type(e).__name__, e)
-            trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}")
-            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "record a failed trial")
-        else:
-            for k, v in attrs.items():
-                trial.set_user_attr(k, v)
-            _retrying(lambda t=trial, v=value: study.tell(t, v), "record a trial")
+        _run_one(study, trial, f"candidate {cand.key}", lambda t=trial, c=cand: evaluate(t, c))
         done += 1
         if on_done is not None:
             on_done()
     return done
+
+
+# --- sampled searches --------------------------------------------------------------------------
+# The architecture search does not know its candidates in advance: the study's sampler (TPE,
+# random, NSGA-II) proposes each one from the trials so far. A worker asks for a new trial until
+# the study has N finished ones. Resume, workers and dead workers behave as for a fixed list:
+# finished trials are kept and counted, workers share the count, and a trial whose worker died
+# is failed and its parameters put back on the queue (``enqueue_trial``) so that the same
+# candidate is trained again rather than lost or replaced by another sample.
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's COMPLETE and PRUNED trials, in trial order."""
+    from optuna.trial import TrialState
+
+    return list(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def requeue_dead(study: optuna.Study) -> list[int]:
+    """Fail the trials of dead workers (:func:`recover_dead`), then queue again the parameters of
+    every failed trial that was stopped from outside (dead worker, Ctrl-C/SIGTERM) and has not
+    been queued again yet. A trial whose own training raised keeps its FAIL (it would fail
+    again), as does a duplicate or surplus trial. Returns the numbers of the trials re-queued."""
+    from optuna.trial import TrialState
+
+    recover_dead(study)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get(RETRY_OF) for t in trials}
+    live = _live_keys(study)
+    requeued = []
+    for t in trials:
+        u = t.user_attrs
+        if t.state != TrialState.FAIL or not t.params or t.number in retried or f"retry-{t.number}" in live:
+            continue
+        if u.get(ERROR, STOPPED) != STOPPED or DUPLICATE_OF in u or SURPLUS in u:
+            continue
+        study.enqueue_trial(dict(t.params), user_attrs={RETRY_OF: t.number, KEY: f"retry-{t.number}"})
+        requeued.append(t.number)
+    if requeued:
+        log.warning("trial(s) %s of study %r were stopped before they finished: their candidates are queued "
+                    "to be trained again", requeued, study.study_name)
+    return requeued
+
+
+def _claims_before(study: optuna.Study, trial: optuna.Trial) -> int:
+    """Finished trials plus running ones that started before ``trial``: the earliest claims
+    win, so two workers asking at once never make the study exceed its number of trials."""
+    from optuna.trial import TrialState
+
+    everything = study.get_trials(deepcopy=False)
+    me = next(t for t in everything if t.number == trial.number)
+    n = 0
+    for t in everything:
+        if t.number == trial.number:
+            continue
+        started_before = t.state == TrialState.RUNNING and t.datetime_start is not None \
+            and me.datetime_start is not None and (t.datetime_start, t.number) < (me.datetime_start, me.number)
+        n += t.state in (TrialState.COMPLETE, TrialState.PRUNED) or started_before
+    return n
+
+
+def take_sampled(study: optuna.Study, trials: int) -> optuna.Trial | None:
+    """The next trial for this worker of a sampled search: a re-queued candidate first (Optuna's
+    ``ask`` takes WAITING trials before sampling), else a new one from the sampler; ``None``
+    once the study has ``trials`` finished or running trials."""
+    from optuna.trial import TrialState
+
+    while True:
+        requeue_dead(study)
+        busy = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if len(busy) >= trials:
+            return None
+        with _quiet():
+            trial = _retrying(study.ask, "take a trial")
+        trial.set_user_attr(HOST, socket.gethostname())
+        trial.set_user_attr(PID, os.getpid())
+        key = trial.user_attrs.get(KEY)
+        earlier = _earlier_claim(study, trial, key) if key is not None else None
+        if earlier is not None:  # two workers re-queued the same dead trial: one trains it
+            trial.set_user_attr(DUPLICATE_OF, earlier)
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a duplicate")
+            continue
+        if _claims_before(study, trial) >= trials:
+            trial.set_user_attr(SURPLUS, trials)
+            _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a surplus trial")
+            continue
+        return trial
+
+
+#: A sampled trial's training: trial -> (objective value(s), user attributes to record). It
+#: draws its candidate from the trial (``trial.suggest_categorical``...).
+SampledEvaluate = Callable[["optuna.Trial"], "tuple[float | list[float], dict[str, Any]]"]
+
+
+def work_sampled(study: optuna.Study, trials: int, evaluate: SampledEvaluate,
+                 on_done: Callable[[], None] | None = None) -> int:
+    """Train sampled candidates until the study has ``trials`` finished trials (this worker's,
+    other workers' and earlier runs' together). Returns how many this worker trained. Failures,
+    pruning and signals are recorded as by :func:`work`."""
+    if trials < 1:
+        raise ValueError(f"trials: expected >= 1, got {trials}")
+    done = 0
+    while (trial := take_sampled(study, trials)) is not None:
+        _run_one(study, trial, f"trial {trial.number}", lambda t=trial: evaluate(t))
+        done += 1
+        if on_done is not None:
+            on_done()
+    return done
+
+
+def _run_one(study: optuna.Study, trial: optuna.Trial, label: str,
+             fn: Callable[[], tuple[Any, dict[str, Any]]]) -> None:
+    """Train one taken trial under a heartbeat and record its outcome (see :func:`work`)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        with heartbeat(study, trial):
+            value, attrs = fn()
+    except optuna.TrialPruned as e:
+        for k, v in getattr(e, "attrs", {}).items():
+            trial.set_user_attr(k, v)
+        _retrying(lambda t=trial: study.tell(t, state=TrialState.PRUNED), "record a pruned trial")
+    except KeyboardInterrupt:
+        with contextlib.suppress(Exception):
+            trial.set_user_attr(ERROR, STOPPED)
+            study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as e:
+        log.error("%s failed: %s: %s", label, type(e).__name__, e)
+        trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}")
+        _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "record a failed trial")
+    else:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        _retrying(lambda t=trial, v=value: study.tell(t, v), "record a trial")
+
+
+class SampledJob(Protocol):
+    """A sampled search handed to :func:`run_workers` (picklable, like :class:`Job`)."""
+
+    trials: int
+
+    def open(self) -> optuna.Study: ...
+
+    def evaluate(self, trial: optuna.Trial) -> tuple[float | list[float], dict[str, Any]]: ...
 
 
 class Job(Protocol):
@@ -377,13 +516,26 @@ def _worker(job: Job, threads: int) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s [worker %(process)d] %(name)s: %(message)s")
     torch.set_num_threads(threads)
-    return work(job.open(), job.candidates, job.evaluate)
+    return _drive(job, job.open())
 
 
-def run_workers(job: Job, workers: int = 1, progress: bool = True) -> None:
+def _drive(job: Job | SampledJob, study: optuna.Study, on_done: Callable[[], None] | None = None) -> int:
+    """One worker's loop: a fixed list (``job.candidates``) or a sampled search (``job.trials``)."""
+    if hasattr(job, "candidates"):
+        return work(study, job.candidates, job.evaluate, on_done)
+    return work_sampled(study, job.trials, job.evaluate, on_done)
+
+
+def _finished(job: Job | SampledJob, study: optuna.Study) -> int:
+    return len(results(study)) if hasattr(job, "candidates") else len(finished_trials(study))
+
+
+def run_workers(job: Job | SampledJob, workers: int = 1, progress: bool = True) -> None:
     """Work through ``job``'s study with ``workers`` processes: this one and ``workers - 1``
     spawned ones, each with its share of the CPU threads. A progress bar counts the finished
-    candidates of the whole study (other machines' included)."""
+    candidates of the whole study (other machines' included). ``job`` is a fixed list of
+    candidates (:class:`Job`) or a sampled search (:class:`SampledJob`, until the study has
+    ``job.trials`` finished trials)."""
     import multiprocessing
 
     import torch
@@ -397,17 +549,18 @@ def run_workers(job: Job, workers: int = 1, progress: bool = True) -> None:
     for p in procs:
         p.start()
     study = job.open()
-    bar = tqdm(total=len(job.candidates), unit="candidate", disable=not progress, dynamic_ncols=True)
+    total = len(job.candidates) if hasattr(job, "candidates") else job.trials
+    bar = tqdm(total=total, unit="candidate", disable=not progress, dynamic_ncols=True)
 
     def refresh() -> None:
-        bar.n = len(results(study))
+        bar.n = _finished(job, study)
         bar.refresh()
 
     threads_before = torch.get_num_threads()
     try:
         refresh()
         torch.set_num_threads(threads)
-        work(study, job.candidates, job.evaluate, on_done=refresh)
+        _drive(job, study, on_done=refresh)
         for p in procs:
             while p.is_alive():
                 p.join(timeout=1.0)

@@ -128,6 +128,60 @@ def latency(
     return statistics.median(times)
 
 
+def step_time(
+    model: str | ModelSpec | nn.Module, image_size: int, batch: int = 16, *, device: str | torch.device = "cpu",
+    warmup: int = 2, steps: int = 5, threads: int | None = None, seed: int = 0,
+) -> float:
+    """Median seconds of one training step: forward, cross-entropy loss, backward and an
+    optimiser step (SGD with momentum) on a fixed random batch of ``batch`` images at
+    ``image_size``, after ``warmup`` untimed steps.
+
+    This is the S of EfficientNetV2's training-aware search (V2 paper section 3.3: "S denotes
+    the normalized training step time"): measured on the device in use, never estimated from
+    FLOPs (V2's point is that FLOPs and speed disagree, e.g. depthwise convolutions, section
+    3.2). The batch and its labels come from a generator seeded with ``seed``, so every model
+    measured with the same arguments sees the same input. A name or spec is built fresh in
+    training mode; a module is trained as is (its weights change: pass a copy to keep them).
+    """
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1, got {steps}")
+    if warmup < 0:
+        raise ValueError(f"warmup: expected >= 0, got {warmup}")
+    if batch < 1:
+        raise ValueError(f"batch: expected >= 1, got {batch}")
+    device = torch.device(device)
+    net = model if isinstance(model, nn.Module) else build(_resolve(model, image_size)[0])
+    net = net.to(device).eval()
+    spec = getattr(net, "spec", None)
+    in_ch = spec.in_channels if spec is not None else 3
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, in_ch, image_size, image_size, generator=gen).to(device)  # (B, C, H, W)
+    with torch.no_grad():
+        classes = net(x[:1]).shape[-1]  # the head's width: labels must lie below it
+    net.train()
+    y = torch.randint(0, classes, (batch,), generator=gen).to(device)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    old_threads = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    times = []
+    try:
+        for i in range(warmup + steps):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(net(x), y).backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # kernels run asynchronously: wait for the step to end
+            if i >= warmup:
+                times.append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(old_threads)
+    return statistics.median(times)
+
+
 @dataclass(frozen=True)
 class Profile:
     """What ``effnet profile`` reports."""
@@ -165,4 +219,4 @@ def profile_model(
                    latency_ms=lat, batch=batch, threads=threads or torch.get_num_threads())
 
 
-__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model"]
+__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model", "step_time"]

@@ -44,8 +44,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from effnet.profile import profile_model
+    from effnet.specs.base import ModelSpec
 
-    p = profile_model(args.name, args.resolution, memory=not args.no_memory, timing=not args.no_latency,
+    if (args.name is None) == (args.spec is None):
+        raise ValueError("give a model name or --spec FILE (a saved spec, e.g. a search's best.yaml), not both")
+    model = args.name if args.spec is None else ModelSpec.load(args.spec)
+    p = profile_model(model, args.resolution, memory=not args.no_memory, timing=not args.no_latency,
                       batch=args.batch, runs=args.runs, threads=args.threads)
     if args.json:
         print(json.dumps(p.to_dict()))
@@ -203,7 +207,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("profile", help="parameters, FLOPs, activation memory and CPU latency of a model")
-    p.add_argument("name")
+    p.add_argument("name", nargs="?", default=None, help="registered model (or give --spec)")
+    p.add_argument("--spec", metavar="FILE", default=None, help="a spec file (YAML/JSON) instead of a name")
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the model's own)")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--runs", type=int, default=10, help="timed runs for the latency median")
@@ -227,7 +232,8 @@ def _register_scale(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("scale", help="scale a base model by a strategy for one or more phi; `scale grid` lists "
                                      "compound coefficient candidates")
-    p.add_argument("--base", default="efficientnet_b0", help="registered model or spec file (YAML/JSON)")
+    p.add_argument("--base", "--base-spec", default="efficientnet_b0",
+                   help="registered model or spec file (YAML/JSON); --base-spec is the same option")
     p.add_argument("--strategy", default=None,
                    help=f"one of {', '.join(STRATEGIES)} (default compound); phi is the strategy's coefficient, "
                         f"2^phi its FLOPs multiple ((alpha*beta^2*gamma^2)^phi for compound and v2)")

@@ -152,3 +152,45 @@ def _finish_accuracy(fig: Any, ax: Any, flops: list[float], title: str, path: st
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path, dpi=110)
+
+
+def plot_search(path: str | Path, points: list[dict[str, Any]], *, base_step_ms: float, pareto: bool = False,
+                ylabel: str = "reward", title: str = "") -> Path:
+    """An architecture search's trials against measured training step time (``points``:
+    step_ms, y, label, pruned, front, base, best), the base's step time S0 as a dashed line
+    and the base's own trial, if any, marked. With ``pareto`` the non-dominated trials (the
+    front of accuracy against step time and parameters) are drawn in their own colour."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    plain = [p for p in points if not p.get("pruned") and not p.get("front")]
+    cut = [p for p in points if p.get("pruned")]
+    front = [p for p in points if p.get("front")]
+    ax.scatter([p["step_ms"] for p in plain], [p["y"] for p in plain], s=28,
+               label="dominated trials" if pareto else "trials")
+    if front:
+        # Markers only: the front is non-dominated in three objectives, so a line through its
+        # 2-D projection would suggest a trade-off curve it is not.
+        ax.scatter([p["step_ms"] for p in front], [p["y"] for p in front], s=40, color="tab:orange",
+                   label="Pareto front (top-1, step time, params)")
+    if cut:
+        ax.scatter([p["step_ms"] for p in cut], [p["y"] for p in cut], s=28, marker="x", color="grey",
+                   label="pruned (last reported epoch)")
+    ax.axvline(base_step_ms, ls="--", color="black", lw=1, label=f"base step time S0 = {base_step_ms:.1f} ms")
+    for p in points:
+        if p.get("base"):
+            ax.scatter([p["step_ms"]], [p["y"]], s=110, marker="s", facecolor="none", edgecolor="black", lw=1.5,
+                       zorder=3, label="base network")
+        if p.get("best"):
+            ax.scatter([p["step_ms"]], [p["y"]], s=170, marker="*", color="crimson", zorder=4,
+                       label=f"best ({p['label']})")
+    if len(points) <= 30:
+        for p in points:
+            ax.annotate(p["label"], (p["step_ms"], p["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points",
+                        color="dimgrey")
+    ax.set_xlabel("training step time S (ms, measured)")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path, dpi=110)

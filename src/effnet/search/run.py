@@ -1,0 +1,381 @@
+"""Training-aware architecture search (EfficientNetV2 section 3.3) and the FLOPs/latency-aware
+search of EfficientNet-B0 (MnasNet), on the user's device and data.
+
+Each trial draws a candidate from a :class:`~effnet.search.space.SearchSpace` through the
+study's sampler, measures it (training step time S on the device in use, parameters P, FLOPs),
+trains it briefly under one :class:`~effnet.lab.budget.TrialBudget` for its accuracy A, and
+records all of them with the reward. The study (Optuna's, through :mod:`effnet.lab.store`, the
+scaling search's machinery) owns every trial: re-running the command resumes, workers share it,
+a killed worker's candidate is trained again (STYLE 16). The base network's S0 and P0 are
+measured once per study and kept in the study, so every trial, resumed run and worker divides
+by the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from effnet.lab import store
+from effnet.lab.budget import trial_budget
+from effnet.search.reward import B0_TARGET_FLOPS, mnas_hard, mnas_soft, pareto_front, v2_reward
+from effnet.search.space import SearchSpace, load_space
+from effnet.specs.base import ModelSpec
+
+log = logging.getLogger(__name__)
+
+REWARDS = ("v2", "v1", "v1-hard", "pareto")
+SAMPLERS = ("tpe", "random", "nsga2")
+#: Study user attribute: the base's measured step time (ms), parameters and FLOPs.
+BASE = "effnet.search.base"
+#: Trial user attribute marking the trial that trains the base network itself.
+IS_BASE = "effnet.search.is_base"
+#: Pareto mode's objectives (V2's three quantities, kept apart): A up, S down, P down.
+PARETO_DIRECTIONS = ["maximize", "minimize", "minimize"]
+
+
+@dataclass(frozen=True)
+class StepBudget:
+    """How S is measured, the same for every trial and the base: median of ``steps`` training
+    steps after ``warmup``, on a fixed random batch of ``batch`` images at the proxy size, with
+    ``threads`` CPU threads (fixed, so that workers sharing a machine measure alike)."""
+
+    batch: int = 16
+    warmup: int = 2
+    steps: int = 5
+    threads: int = 1
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One finished trial: what it chose, what was measured and its reward."""
+
+    number: int
+    state: str
+    top1: float
+    step_ms: float
+    params: int
+    flops: int
+    reward: float
+    v2_reward: float
+    epochs: int
+    seconds: float
+    arch: str
+    choices: dict[str, Any]
+    is_base: bool = False
+    on_front: bool = False
+
+
+@dataclass
+class SearchReport:
+    """An architecture search's outcome."""
+
+    study: str
+    storage: str
+    space: str
+    space_size: int
+    reward: str
+    trials: int
+    base_step_ms: float
+    base_params: int
+    base_flops: int
+    rows: list[TrialRow]
+    best: TrialRow | None
+    front: list[int] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) >= self.trials
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "storage": self.storage, "space": self.space, "space_size": self.space_size,
+                "reward": self.reward, "trials": self.trials, "base_step_ms": self.base_step_ms,
+                "base_params": self.base_params, "base_flops": self.base_flops,
+                "best": asdict(self.best) if self.best else None, "front": self.front,
+                "rows": [asdict(r) for r in self.rows], "files": self.files}
+
+
+def arch_string(spec: ModelSpec) -> str:
+    """A stage per word: op (M MBConv, F Fused), kernel, expansion, SE, layers; e.g. ``F3e4x2``,
+    ``M5e6sx3`` (``s``: with SE)."""
+    return " ".join(f"{'F' if s.op == 'fused' else 'M'}{s.kernel}e{s.expand:g}{'s' if s.se else ''}x{s.repeats}"
+                    for s in spec.stages)
+
+
+def make_sampler(name: str, seed: int | None = None) -> Any:
+    """Optuna's TPE (Bergstra et al. 2011; multi-objective too), random search, or NSGA-II
+    (Deb et al. 2002; a genetic search for Pareto fronts)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ValueError(f"sampler: expected one of {SAMPLERS}, got {name!r}")
+
+
+def _device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass
+class _Job:
+    """Everything a worker process needs (picklable: workers are spawned)."""
+
+    storage: str
+    study_name: str
+    settings: dict[str, Any]
+    space: SearchSpace
+    budget: dict[str, Any]
+    reward: str
+    target: float
+    target_kind: str
+    prune: bool
+    sampler: str
+    seed: int | None
+    trials: int
+    step: StepBudget
+    main_pid: int
+    out: str
+
+    def open(self) -> Any:
+        seed = self.seed
+        if seed is not None and os.getpid() != self.main_pid:
+            seed += os.getpid()  # workers must not all propose the same sequence of candidates
+        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune,
+                                directions=PARETO_DIRECTIONS if self.reward == "pareto" else None,
+                                sampler=make_sampler(self.sampler, seed))
+
+    def evaluate(self, trial: Any) -> tuple[float | list[float], dict[str, Any]]:
+        from effnet.lab.budget import TrialBudget
+
+        budget = TrialBudget.from_dict(self.budget)
+        spec = self.space.sample(trial)
+        base = trial.study.user_attrs[BASE]
+        m = measure(spec, budget.image_size, self.step, self.target_kind)
+        # Recorded before training, so that a pruned or failed trial keeps its measurements.
+        for k, v in m.items():
+            trial.set_user_attr(k, v)
+        top1, attrs = budget.train(spec, budget.image_size, trial if self.prune else None)
+        # TrialBudget's step_ms is throughput over a whole epoch (data loading included): not S.
+        attrs["throughput_step_ms"] = attrs.pop("step_ms", math.nan)
+        v2 = v2_reward(top1, m["step_time_ms"], m["params"], s0=base["step_time_ms"], p0=base["params"])
+        attrs.update(top1=top1, v2_reward=v2)
+        if self.reward == "pareto":
+            attrs["reward"] = v2
+            return [top1, m["step_time_ms"], float(m["params"])], attrs
+        if self.reward == "v2":
+            value = v2
+        else:
+            cost = m["flops"] if self.target_kind == "flops" else m["latency_ms"]
+            value = (mnas_hard if self.reward == "v1-hard" else mnas_soft)(top1, cost, self.target)
+        attrs["reward"] = value
+        return value, attrs
+
+
+def measure(spec: ModelSpec, image_size: int, step: StepBudget, target_kind: str = "flops") -> dict[str, Any]:
+    """S (median training step, ms), P (parameters with the spec's own head, as the papers
+    count them) and FLOPs (multiply-adds at the spec's own resolution, the scale of MnasNet's
+    and EfficientNet's T = 400M); with ``target_kind="latency"`` also the inference latency at
+    ``image_size`` (batch 1)."""
+    import torch
+
+    from effnet.model import build
+    from effnet.profile import count_flops, latency, step_time
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build(spec).parameters())
+    out: dict[str, Any] = {
+        "step_time_ms": 1e3 * step_time(spec, image_size, step.batch, device=step.device, warmup=step.warmup,
+                                        steps=step.steps, threads=step.threads),
+        "params": params, "flops": count_flops(spec, spec.resolution),
+    }
+    if target_kind == "latency":
+        net = build(spec).to(step.device)
+        out["latency_ms"] = 1e3 * latency(net, image_size, threads=step.threads)
+    return out
+
+
+def _base_metrics(job: _Job, study: Any) -> dict[str, Any]:
+    """The base's S0, P0 and FLOPs: measured once per study and stored in it; the base itself
+    is queued as the study's first trial when the space contains it (its reward is the
+    reference every candidate is compared to)."""
+    from effnet.lab.budget import TrialBudget
+
+    known = study.user_attrs.get(BASE)
+    if known is not None:
+        return known
+    budget = TrialBudget.from_dict(job.budget)
+    log.info("measuring the base %s (training step time at %d px, batch %d, %s)", job.space.base.name,
+             budget.image_size, job.step.batch, job.step.device)
+    m = measure(job.space.base, budget.image_size, job.step, job.target_kind)
+    known = store.open_study(job.storage, job.study_name, job.settings).user_attrs.get(BASE)
+    if known is not None:  # another process measured it meanwhile: use the one the study has
+        return known
+    study.set_user_attr(BASE, m)
+    point = job.space.base_params()
+    if point is not None and not study.trials:
+        study.enqueue_trial(point, user_attrs={IS_BASE: True, store.KEY: "base"})
+    return m
+
+
+def run(
+    space: str | Path | SearchSpace, *, data: str = "digits", trials: int = 20, epochs: int = 1,
+    image_size: int | None = None, reward: str = "v2", storage: str | None = None, study: str | None = None,
+    sampler: str = "tpe", prune: bool = False, workers: int = 1, out: str | Path = "arch_search",
+    target_flops: float = B0_TARGET_FLOPS, target_latency_ms: float | None = None, step_batch: int = 16,
+    step_warmup: int = 2, step_steps: int = 5, step_threads: int = 1, device: str = "auto",
+    seed: int | None = None, recipe: str | None = None, progress: bool = True, **overrides: Any,
+) -> SearchReport:
+    """Search ``space`` (a :class:`SearchSpace`, ``v2-s``, ``v2-b0``, ``b0`` or a YAML file) on
+    ``data`` (``digits`` or an image folder) until the study has ``trials`` finished trials.
+
+    - ``reward``: ``v2`` (A * (S/S0)^-0.07 * (P/P0)^-0.05, EfficientNetV2), ``v1`` / ``v1-hard``
+      (MnasNet's ACC * (cost/T)^w, soft or hard, with cost = FLOPs and T = ``target_flops``, or
+      the inference latency and T = ``target_latency_ms`` when that is given), or ``pareto``
+      (A, S and P as three objectives; the report's front is the non-dominated trials).
+    - ``epochs``, ``image_size``, ``recipe``, ``overrides`` (TrainConfig fields such as
+      ``train_subset``, ``batch_size``): the proxy training every candidate gets (default size:
+      32 px on digits, else the base's training size).
+    - ``step_*``, ``device``: how S is measured (median of ``step_steps`` training steps after
+      ``step_warmup`` on a fixed batch of ``step_batch``, ``step_threads`` CPU threads).
+    - ``storage``/``study``/``workers``/``prune``: as for ``effnet scale search`` (default storage
+      ``sqlite:///OUT/study.db``; the same command resumes; successive halving on top-1).
+    - ``sampler``: ``tpe``, ``random`` or ``nsga2``; ``seed`` seeds it.
+
+    Writes ``best.yaml`` (the best candidate's spec), ``table.txt``, ``results.json`` and
+    ``search.png`` into ``out`` (and ``front/`` in Pareto mode) and returns the report.
+    """
+    if reward not in REWARDS:
+        raise ValueError(f"reward: expected one of {REWARDS}, got {reward!r}")
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
+    for name, value in (("trials", trials), ("epochs", epochs), ("workers", workers)):
+        if value < 1:
+            raise ValueError(f"{name}: expected >= 1, got {value}")
+    if prune and reward == "pareto":
+        raise ValueError("prune: the Pareto mode has three objectives and cannot be pruned; use reward v2 or v1")
+    the_space = load_space(space)  # refused here, before anything is measured or trained
+    budget = trial_budget(the_space.base, data=data, epochs=epochs, image_size=image_size, recipe=recipe,
+                          overrides=overrides)
+    step = StepBudget(batch=step_batch, warmup=step_warmup, steps=step_steps, threads=step_threads,
+                      device=_device(device))
+    target_kind = "latency" if target_latency_ms is not None else "flops"
+    target = float(target_latency_ms if target_latency_ms is not None else target_flops)
+    out = Path(out)
+    storage = storage or store.default_storage(out)
+    study_name = study or f"arch-{the_space.name}-{reward}"
+    settings = {"kind": "arch-search", "space": the_space.space_id, "reward": reward, "prune": prune,
+                "target": target if reward.startswith("v1") else None, "target_kind": target_kind,
+                "step": asdict(step), **budget.settings}
+    job = _Job(storage, study_name, settings, the_space, budget.to_dict(), reward, target, target_kind, prune,
+               sampler, seed, trials, step, os.getpid(), str(out))
+    log.info("%s", the_space.describe())
+    opened = job.open()  # the settings check happens once, before any worker starts
+    base = _base_metrics(job, opened)
+    log.info("base %s: training step %.1f ms, %d parameters; searching %d trial(s), %d epoch(s) each at %d px, "
+             "reward %s, study %r in %s", the_space.base.name, base["step_time_ms"], base["params"], trials, epochs,
+             budget.image_size, reward, study_name, storage)
+    started = time.time()
+    store.run_workers(job, workers, progress)
+    log.info("search took %.1f s", time.time() - started)
+    return report(job)
+
+
+def _row(t: Any, space: SearchSpace) -> TrialRow:
+    u = t.user_attrs
+    spec = space.candidate(t.params)
+    top1 = float(u.get("top1", math.nan))
+    return TrialRow(number=t.number, state=t.state.name.lower(), top1=top1, step_ms=float(u["step_time_ms"]),
+                    params=int(u["params"]), flops=int(u["flops"]), reward=float(u.get("reward", math.nan)),
+                    v2_reward=float(u.get("v2_reward", math.nan)), epochs=int(u.get("epochs_trained", 0)),
+                    seconds=float(u.get("seconds", math.nan)), arch=arch_string(spec), choices=dict(t.params),
+                    is_base=bool(u.get(IS_BASE, False)))
+
+
+def report(job: _Job) -> SearchReport:
+    """Read the study back into rows; write best.yaml, the table, results.json and the plot."""
+    study = job.open()
+    base = study.user_attrs.get(BASE, {})
+    rows = [_row(t, job.space) for t in store.finished_trials(study) if "step_time_ms" in t.user_attrs and t.params]
+    complete = [r for r in rows if r.state == "complete"]
+    front: list[int] = []
+    if job.reward == "pareto":
+        idx = pareto_front([(r.top1, r.step_ms, r.params) for r in complete])
+        front = [complete[i].number for i in idx]
+        rows = [TrialRow(**{**asdict(r), "on_front": r.number in front}) for r in rows]
+        complete = [r for r in rows if r.state == "complete"]
+        # One spec to train next: the front member V2's reward prefers (the front holds them all).
+        best = max((r for r in complete if r.on_front), key=lambda r: r.v2_reward, default=None)
+    else:
+        best = max(complete, key=lambda r: r.reward, default=None)
+    rep = SearchReport(study=job.study_name, storage=job.storage, space=job.space.name, space_size=job.space.size,
+                       reward=job.reward, trials=job.trials, base_step_ms=float(base.get("step_time_ms", math.nan)),
+                       base_params=int(base.get("params", 0)), base_flops=int(base.get("flops", 0)), rows=rows,
+                       best=best, front=front)
+    return _write(rep, job, Path(job.out))
+
+
+def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
+    from effnet.viz.plots import plot_search
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if rep.best is not None:
+        job.space.candidate(rep.best.choices).save(folder / "best.yaml")
+        rep.files["best"] = str(folder / "best.yaml")
+    if rep.front:
+        for r in rep.rows:
+            if r.on_front:
+                job.space.candidate(r.choices).save(folder / "front" / f"trial_{r.number}.yaml")
+        rep.files["front"] = str(folder / "front")
+    if rep.rows:
+        pareto = job.reward == "pareto"
+        points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward, "label": f"#{r.number}",
+                   "pruned": r.state == "pruned", "front": r.on_front, "base": r.is_base,
+                   "best": rep.best is not None and r.number == rep.best.number} for r in rep.rows]
+        budget = job.budget
+        plot_search(folder / "search.png", points, base_step_ms=rep.base_step_ms, pareto=pareto,
+                    ylabel="validation top-1 (%)" if pareto else f"reward ({rep.reward})",
+                    title=f"{rep.space} search on {budget['data']}: {len(rep.rows)} trial(s), {budget['epochs']} "
+                          f"epoch(s) at {budget['image_size']} px")
+        rep.files["png"] = str(folder / "search.png")
+    store.save_report(folder, format_table(rep), rep)
+    return rep
+
+
+def format_table(rep: SearchReport) -> str:
+    head = (f"{'trial':>5}  {'state':<8}  {'top-1':>6}  {'S ms':>7}  {'S/S0':>5}  {'params':>7}  {'P/P0':>5}  "
+            f"{'FLOPs':>8}  {'reward':>7}  architecture (per stage: op kernel e=expand s=SE x=layers)")
+    lines = [head, "-" * len(head)]
+    for r in sorted(rep.rows, key=lambda r: r.number):
+        marks = [m for m, on in (("base", r.is_base), ("front", r.on_front),
+                                 ("best", rep.best is not None and r.number == rep.best.number)) if on]
+        lines.append(f"{r.number:5d}  {r.state:<8}  {r.top1:6.2f}  {r.step_ms:7.1f}  "
+                     f"{r.step_ms / rep.base_step_ms:5.2f}  {r.params / 1e6:6.2f}M  {r.params / rep.base_params:5.2f}  "
+                     f"{r.flops / 1e6:7.1f}M  {r.reward:7.2f}  {r.arch}{'  <- ' + ', '.join(marks) if marks else ''}")
+    lines.append("")
+    lines.append(f"base: training step {rep.base_step_ms:.1f} ms, {rep.base_params / 1e6:.2f}M parameters, "
+                 f"{rep.base_flops / 1e6:.1f}M FLOPs; space {rep.space} has {rep.space_size:,} candidates")
+    lines.append(f"{len(rep.rows)}/{rep.trials} trial(s) finished" if rep.complete else
+                 f"{len(rep.rows)}/{rep.trials} trial(s) finished so far: run the same command to go on")
+    if rep.reward == "pareto":
+        lines.append(f"Pareto front (max top-1, min S, min P): trials {rep.front}")
+    if rep.best is not None:
+        lines.append(f"best: trial {rep.best.number} (reward {rep.best.reward:.2f}, top-1 {rep.best.top1:.2f}%): "
+                     f"{rep.best.arch}")
+        if "best" in rep.files:
+            lines.append(f"train it: effnet train --spec {rep.files['best']}")
+    return "\n".join(lines)
