@@ -9,6 +9,9 @@ from effnet.model import EfficientNet, build
 from effnet.scaling.compound import from_family
 from effnet.specs.base import FamilyRow, ModelSpec
 from effnet.specs.baselines import BASELINES
+from effnet.specs.edgetpu import EDGETPU_FAMILY
+from effnet.specs.lite import LITE_FAMILY
+from effnet.specs.tinynet import TINYNET_FAMILY
 from effnet.specs.v1 import V1_FAMILY
 from effnet.specs.v2 import V2_FAMILY
 
@@ -23,9 +26,11 @@ def _member(name: str, entry: ModelSpec | FamilyRow) -> ModelSpec:
 
 
 #: name -> spec, built once from the published tables and family rows: EfficientNet V1 and V2,
-#: then the ResNet / MobileNet baselines they are compared with.
+#: the rest of the family (Lite, EdgeTPU, TinyNet), then the ResNet / MobileNet baselines.
 REGISTRY: dict[str, ModelSpec] = {
-    name: _member(name, entry) for name, entry in {**V1_FAMILY, **V2_FAMILY, **BASELINES}.items()
+    name: _member(name, entry)
+    for name, entry in {**V1_FAMILY, **V2_FAMILY, **LITE_FAMILY, **EDGETPU_FAMILY, **TINYNET_FAMILY,
+                        **BASELINES}.items()
 }
 
 

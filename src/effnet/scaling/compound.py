@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 
 from effnet.scaling.rounding import round_filters, round_repeats
-from effnet.specs.base import FamilyRow, ModelSpec
+from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,46 @@ def compound_scale(
 
 def from_family(name: str, row: FamilyRow) -> ModelSpec:
     """The published family member ``row`` (a base scaled by the row's width and depth, with
-    the row's own resolution, dropout and training size) as a spec named ``name``."""
-    spec = scale(row.base, width=row.width, depth=row.depth, resolution=row.resolution,
-                 name=name, dropout=row.dropout)
-    return spec.replace(train_resolution=row.train_resolution)
+    the row's own resolution, dropout and training size) as a spec named ``name``.
+
+    The row's family rules are applied to the scaled spec (all no-ops for V1 and V2):
+    ``depth_rounding``; ``scale_stem=False`` keeps the base's stem width; ``head`` "fixed" keeps
+    the base's head, "at_least_base" takes max(base, scaled); ``fixed_repeats`` keeps those
+    stages' base repeats; ``nominal_input`` gives a stage's first block the hidden width the
+    official code computes from a nominal input width (that block becomes a stage row of its
+    own when the stage has more blocks, since a row has one expansion). Sources: official
+    ``efficientnet_lite_builder.py`` (stem, head and first/last repeats unscaled: those layers
+    are costly on mobile accelerators), ``efficientnet_edgetpu_builder.py`` (``i24``), timm
+    ``_gen_tinynet`` (fixed 32-channel stem, head at least 1280, repeats rounded to nearest).
+    """
+    base = row.base
+    spec = scale(base, width=row.width, depth=row.depth, resolution=row.resolution,
+                 name=name, dropout=row.dropout, depth_rounding=row.depth_rounding)
+    n = len(base.stages)
+    fixed = {i % n for i in row.fixed_repeats}
+    nominal = {i % n: c for i, c in row.nominal_input}
+    stem = spec.stem_channels if row.scale_stem else base.stem_channels
+    stages: list[StageSpec] = []
+    in_ch = stem
+    for i, s in enumerate(spec.stages):
+        if i in fixed:
+            s = dataclasses.replace(s, repeats=base.stages[i].repeats)
+        if i in nominal:
+            hidden = round_filters(nominal[i], row.width, round_limit=base.round_limit) * s.expand
+            first = dataclasses.replace(s, repeats=1, expand=hidden / in_ch)
+            stages.append(first)
+            if s.repeats > 1:  # the other blocks take the stage's own output: its own expansion
+                stages.append(dataclasses.replace(s, repeats=s.repeats - 1, stride=1))
+        else:
+            stages.append(s)
+        in_ch = s.channels
+    head = spec.head_channels
+    if row.head == "fixed":
+        head = base.head_channels
+    elif row.head == "at_least_base":
+        head = max(base.head_channels, head)
+    return spec.replace(stages=tuple(stages), stem_channels=stem, head_channels=head,
+                        train_resolution=row.train_resolution)
 
 
 def v2_scale(

@@ -2,6 +2,9 @@
 
 from effnet.specs.base import MIN_INPUT_SIZE, FamilyRow, ModelSpec, StageSpec
 from effnet.specs.baselines import BASELINES, MOBILENET_V1, MOBILENET_V2, RESNET18, RESNET50
+from effnet.specs.edgetpu import EDGETPU_FAMILY
+from effnet.specs.lite import EFFICIENTNET_LITE0, LITE_FAMILY
+from effnet.specs.tinynet import TINYNET_FAMILY
 from effnet.specs.v1 import EFFICIENTNET_B0, V1_FAMILY
 from effnet.specs.v2 import (
     EFFICIENTNETV2_B0,
@@ -15,6 +18,10 @@ from effnet.specs.v2 import (
 
 __all__ = [
     "BASELINES",
+    "EDGETPU_FAMILY",
+    "EFFICIENTNET_LITE0",
+    "LITE_FAMILY",
+    "TINYNET_FAMILY",
     "EFFICIENTNETV2_B0",
     "EFFICIENTNETV2_BASE",
     "EFFICIENTNETV2_L",

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 Op = Literal["mbconv", "fused", "basic", "bottleneck", "dsconv"]
 Padding = Literal["symmetric", "same"]
+HeadRule = Literal["scaled", "fixed", "at_least_base"]
+_HEAD_RULES = ("scaled", "fixed", "at_least_base")
 
 #: Smallest input side a network accepts: the stem and four stages reduce by 2 each
 #: (output stride 32; a ResNet stem's conv and max pool take two of the five), so 32 px is the
@@ -266,6 +268,10 @@ class FamilyRow:
     :class:`ModelSpec` directly; a row carries only the facts of the derived member, never a
     copy of the base's, so every number has one home. Sources: EfficientNet Table 2 / official
     ``efficientnet_params``; EfficientNetV2 official ``efficientnetv2_params``.
+
+    The last five fields are the rules in which other families scale differently from V1
+    (EfficientNet-Lite, EdgeTPU, TinyNet): data honoured by
+    :func:`effnet.scaling.compound.from_family`, not separate builders.
     """
 
     base: ModelSpec
@@ -274,3 +280,27 @@ class FamilyRow:
     resolution: int
     dropout: float
     train_resolution: int | None = None
+    # --- rules in which a family departs from V1's scaling (defaults: V1's own rules) ---
+    #: "ceil" (the official V1 code) or "round" (to nearest: TinyNet, timm ``depth_trunc='round'``).
+    depth_rounding: str = "ceil"
+    #: False keeps the base's stem width (EfficientNet-Lite, TinyNet: a fixed 32-channel stem).
+    scale_stem: bool = True
+    #: "scaled" (V1), "fixed" (Lite keeps 1280) or "at_least_base" (TinyNet: max(1280, scaled)).
+    head: HeadRule = "scaled"
+    #: Stage indices (negative counts from the end) whose repeats are *not* scaled with depth
+    #: (Lite: the first and the last stage).
+    fixed_repeats: tuple[int, ...] = ()
+    #: (stage index, nominal input channels): the official code sizes that stage's *first* block's
+    #: hidden width as round_filters(nominal x width) x expand although its real input differs
+    #: (EdgeTPU's first stage, ``i24`` on a 32-channel stem; see ``effnet.specs.edgetpu``).
+    nominal_input: tuple[tuple[int, int], ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.depth_rounding not in ("ceil", "round"):
+            raise ValueError(f"FamilyRow.depth_rounding: expected 'ceil' or 'round', got {self.depth_rounding!r}")
+        if self.head not in _HEAD_RULES:
+            raise ValueError(f"FamilyRow.head: expected one of {_HEAD_RULES}, got {self.head!r}")
+        n = len(self.base.stages)
+        for i in (*self.fixed_repeats, *(i for i, _ in self.nominal_input)):
+            if not -n <= i < n:
+                raise ValueError(f"FamilyRow: stage index {i} out of range for {n} stages of {self.base.name}")

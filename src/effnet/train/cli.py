@@ -176,13 +176,16 @@ def _run_training(args: argparse.Namespace) -> RunResult:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from effnet.preprocessing import Preprocessing
     from effnet.train import evaluate
+    from effnet.train.evaluate import describe_preprocessing
 
     r = evaluate(args.weights, args.data, batch_size=args.batch_size, device=args.device,
-                 confusion_png=args.confusion, workers=args.workers)
+                 confusion_png=args.confusion, workers=args.workers, resolution=args.resolution)
     if args.json:
         print(json.dumps(r.__dict__, indent=2))
         return 0
+    print(f"preprocessing: {describe_preprocessing(Preprocessing.from_dict(r.preprocessing))}")
     print(f"{r.count} images: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  loss {r.loss:.4f}")
     for name, acc in r.per_class.items():
         print(f"  {name:>20s}  {acc:6.2f}%")
@@ -194,12 +197,16 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from effnet.preprocessing import Preprocessing
     from effnet.train import predict
+    from effnet.train.evaluate import describe_preprocessing
 
-    preds = predict(args.images, args.weights, topk=args.topk, device=args.device)
+    preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2))
     else:
+        if preds:
+            print(f"preprocessing: {describe_preprocessing(Preprocessing.from_dict(preds[0].preprocessing))}")
         for p in preds:
             if p.error:
                 print(f"{p.image}: {p.error}")
@@ -234,6 +241,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--workers", type=int)
     e.add_argument("--device", default="auto")
     e.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
+    e.add_argument("--resolution", type=int, metavar="PX",
+                   help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
 
@@ -242,5 +251,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True)
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--device", default="auto")
+    p.add_argument("--resolution", type=int, metavar="PX",
+                   help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_predict)

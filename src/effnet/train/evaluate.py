@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from torch import nn
 
 from effnet.data import UNREADABLE, DecodedDataset, SkipLog, Split, load_eval_split, make_loader
 from effnet.data.datasets import DECODE_ERRORS, decode
-from effnet.preprocessing import EvalTransform, Normalize
+from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
+from effnet.specs.base import MIN_INPUT_SIZE
 from effnet.viz.plots import plot_confusion
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,7 @@ class EvalResult:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
     confusion_png: str | None = None
+    preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
 
 
 def default_device(device: str = "auto") -> torch.device:
@@ -94,6 +97,30 @@ def score(
     return loss_sum / n, 100.0 * top1 / n, 100.0 * top5 / n, confusion
 
 
+def eval_preprocessing(recorded: Preprocessing, resolution: int | None = None) -> Preprocessing:
+    """The evaluation view of a weight file: what it records, at ``resolution`` when given.
+
+    Testing above the training size often raises accuracy, since random-resized-crop training
+    makes objects look larger than a centre crop at the same size does (Touvron et al. 2019,
+    "Fixing the train-test resolution discrepancy", FixRes). The crop fraction, interpolation and
+    normalisation stay the file's; only the crop size (and so the resize) changes.
+    """
+    if resolution is None:
+        return recorded
+    if not isinstance(resolution, int) or resolution < MIN_INPUT_SIZE:
+        raise ValueError(f"resolution: expected an integer >= {MIN_INPUT_SIZE} px, got {resolution!r}")
+    return dataclasses.replace(recorded, resolution=resolution)
+
+
+def describe_preprocessing(p: Preprocessing) -> str:
+    """One line saying how images were prepared, e.g. for the CLI to print."""
+    resize = int(p.resolution / p.crop_pct)
+    mean = ", ".join(f"{m / p.scale:.4g}" for m in p.mean)
+    std = ", ".join(f"{s / p.scale:.4g}" for s in p.std)
+    return (f"resize shorter side to {resize} ({p.interpolation}), centre crop {p.resolution} "
+            f"(crop_pct {p.crop_pct:g}), input = (pixels - [{mean}]) / [{std}]")
+
+
 def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[str]]:
     from effnet.weights import load_model
 
@@ -105,10 +132,13 @@ def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[st
 def evaluate(
     weights: str | Path, data: str | Path = "digits", *, batch_size: int = 64, workers: int | None = None,
     device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
+    resolution: int | None = None,
 ) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion matrix of a weight file on ``data`` (the
     ``digits`` val split, ``DIR/val`` or a folder of class sub-folders), preprocessed as the
-    file records (resize, centre-crop fraction, normalisation)."""
+    file records (resize, centre-crop fraction, normalisation); ``resolution`` tests at another
+    crop size (FixRes, see :func:`eval_preprocessing`). ``EvalResult.preprocessing`` says what
+    was used."""
     dev = default_device(device)
     model, names = _load(weights, dev)
     split = load_eval_split(data, val_fraction, seed)
@@ -120,7 +150,8 @@ def evaluate(
         raise ValueError(
             f"{data} has {len(split.class_names)} classes but the model in {weights} predicts {len(names)}"
         )
-    prep = model.preprocessing  # type: ignore[union-attr]
+    prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
+    log.info("evaluating %s with: %s", weights, describe_preprocessing(prep))
     ds = DecodedDataset(split, EvalTransform(prep), prep.resolution)
     if workers is None:
         workers = 0 if str(data) == "digits" else min(torch.get_num_threads(), 8)
@@ -135,7 +166,7 @@ def evaluate(
     if confusion_png is not None:
         png = str(plot_confusion(confusion, names, Path(confusion_png)))
     return EvalResult(top1, top5, loss, int(totals.sum()), per_class, confusion.tolist(), names,
-                      sorted(skips.skipped), png)
+                      sorted(skips.skipped), png, prep.to_dict())
 
 
 @dataclass
@@ -143,25 +174,32 @@ class Prediction:
     image: str
     top: list[tuple[str, float]]  # (class name, probability), best first
     error: str | None = None
+    preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
 
 
 @torch.no_grad()
-def predict(images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto") -> list[Prediction]:
+def predict(
+    images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto",
+    resolution: int | None = None,
+) -> list[Prediction]:
     """Top-``k`` class names and probabilities for each image file (an unreadable one gets
-    ``error`` set instead of crashing the batch)."""
+    ``error`` set instead of crashing the batch), preprocessed as the file records, at
+    ``resolution`` when given (FixRes, see :func:`eval_preprocessing`)."""
     dev = default_device(device)
     model, names = _load(weights, dev)
-    prep = model.preprocessing  # type: ignore[union-attr]
+    prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
+    used = prep.to_dict()
     transform, normalize = EvalTransform(prep), Normalize(prep).to(dev)
     out: list[Prediction] = []
     for path in images:
         try:
             img = decode(Path(path))
         except DECODE_ERRORS as e:
-            out.append(Prediction(str(path), [], f"cannot read image: {e}"))
+            out.append(Prediction(str(path), [], f"cannot read image: {e}", used))
             continue
         x = normalize(transform(img)[None].to(dev))
         probs = model(x).float().softmax(dim=1)[0]
         p, i = probs.topk(min(topk, len(probs)))
-        out.append(Prediction(str(path), [(names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())]))
+        out.append(Prediction(str(path), [(names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())],
+                              preprocessing=used))
     return out

