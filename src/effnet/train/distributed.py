@@ -64,6 +64,12 @@ def stop(d: Dist) -> None:
         dist.destroy_process_group()
 
 
+def barrier(d: Dist) -> None:
+    """Wait until every rank reaches this point (no-op without a process group)."""
+    if d.enabled and dist.is_initialized():
+        dist.barrier()
+
+
 def device_for(d: Dist, device: torch.device) -> torch.device:
     """Under DDP each process drives the GPU numbered by its local rank."""
     if d.enabled and device.type == "cuda":

@@ -24,6 +24,7 @@ is saved as a mid-epoch checkpoint and :class:`~effnet.train.stop.Interrupted` i
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -394,6 +395,15 @@ def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSp
             run_dir, lock = open_run_dir(cfg, d, resume, keep_files)
             run = set_up(cfg, d, run_dir, saved, spec, stop)
             train_loop(run, on_epoch, progress)
+            if d.enabled:
+                # Drop DDP's reducer while the process group is alive, then let every rank's last
+                # collectives finish. Freed later (when `run` goes out of scope, after
+                # destroy_process_group) the reducer holds the group's last reference and its
+                # destructor joins Gloo's worker thread while holding the GIL that thread needs to
+                # release its last all-reduce's tensors: a deadlock at exit, seen under load.
+                run.forward = run.model
+                gc.collect()
+                distributed.barrier(d)
         finally:
             # An exception propagates (the CLI exits non-zero, and torchrun then stops the other ranks).
             if lock is not None:
