@@ -115,3 +115,16 @@ def test_errors_are_messages_not_tracebacks(capsys):
     assert code == 1 and "resolution" in err
     code, _, err = run(capsys, "scale")
     assert code == 1 and "--phi" in err
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path):
+    """`effnet list | head -1`: the reader closes the pipe; effnet stops with 141 and no traceback."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "effnet", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()  # before effnet has written the rest: its next write or flush hits a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) in (0, 141), err
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

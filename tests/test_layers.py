@@ -22,7 +22,7 @@ PACKAGE = Path(effnet.__file__).resolve().parent
 #: <- train <- cli; profile, viz and preprocessing slot in where their imports put them).
 LAYERS = (
     "files", "layers", "specs", "scaling", "model", "registry", "profile", "viz", "preprocessing",
-    "weights", "data", "train", "lab", "search", "cli",
+    "weights", "data", "deploy", "train", "lab", "search", "bench", "cli",
 )
 #: The package's front door and entry point sit above everything they re-export.
 TOP = {"effnet", "effnet.__main__"}

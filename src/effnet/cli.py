@@ -8,8 +8,10 @@ command functions so that `effnet --help` is fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
 
 #: Modules contributing sub-commands, in help order.
@@ -18,6 +20,9 @@ COMMAND_MODULES = (
     "effnet.weights.cli",   # convert
     "effnet.train.cli",     # train, eval, predict
     "effnet.search.cli",    # search
+    "effnet.deploy.cli",    # export
+    "effnet.viz.cli",       # cam, plot
+    "effnet.bench.cli",     # bench
 )
 
 
@@ -53,6 +58,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # The reader went away (`effnet list | head`): stop quietly, as Unix tools do. Point stdout
+        # at /dev/null so that the interpreter's final flush does not raise the same error again.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     except (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError) as e:
         # Library errors carry a message saying what is wrong and what to do: show it plainly.
         if args.verbose:
