@@ -19,11 +19,36 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from pathlib import Path
 
 import torch
-from peers import PEERS, build, peer_name, versions
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's effnet
+os.environ.setdefault("KERAS_BACKEND", "torch")
+from effnet.bench.peers import DROP_PATH_RATE, peer_name, versions  # noqa: E402
+
+LIBS = ("effnet", "timm", "torchvision")
+
+
+def build(lib: str, name: str) -> nn.Module:
+    """``lib``'s model for the effnet architecture ``name`` (timm: the TF-ported V2 whose weights
+    effnet imports), as its library builds it; under ``torch.device("meta")`` it costs nothing."""
+    import effnet
+
+    if lib == "effnet":
+        return effnet.create_model(name)
+    peer = peer_name(lib, name, speed=False)
+    if lib == "torchvision":
+        import torchvision
+
+        return getattr(torchvision.models, peer)(stochastic_depth_prob=DROP_PATH_RATE)
+    import timm
+
+    return timm.create_model(peer, drop_path_rate=DROP_PATH_RATE)
 
 
 def count(lib: str, name: str, resolution: int) -> tuple[int, int]:
@@ -47,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import effnet
 
-    names = args.models or [n for n in effnet.list_models() if n in PEERS]
+    names = args.models or [n for n in effnet.list_models() if peer_name("timm", n, speed=False)]
     rows, mismatches = [], []
     for name in names:
         res = args.resolution or effnet.get_spec(name).resolution
         row: dict[str, object] = {"model": name, "resolution": res}
-        for lib in ("effnet", "timm", "torchvision"):
-            peer = peer_name(lib, name)
+        for lib in LIBS:
+            peer = peer_name(lib, name, speed=False)
             row[f"{lib}_name"] = peer
             row[f"{lib}_params"], row[f"{lib}_macs"] = count(lib, name, res) if peer else (None, None)
         for key in ("params", "macs"):

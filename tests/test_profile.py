@@ -1,3 +1,4 @@
+import json
 import time
 
 import pytest
@@ -61,7 +62,7 @@ def test_latency_and_profile():
     before = torch.get_num_threads()
     assert latency(model, 64, runs=2, warmup=1, threads=1) > 0
     assert torch.get_num_threads() == before  # the measurement's thread count does not leak out
-    p = profile_model("efficientnet_b0", 64, runs=2, threads=1)
+    p = profile_model("efficientnet_b0", 64, memory=True, timing=True, runs=2, threads=1)
     assert p.params == 5_288_548 and p.resolution == 64 and p.latency_ms > 0 and p.activation_bytes > 0
     assert p.threads == 1
     with pytest.raises(ValueError, match="resolution"):
@@ -80,3 +81,54 @@ def test_scale_refuses_a_size_that_makes_no_sense_at_once(capsys):
     for words in ("phi=60", "901,562 blocks", "389,736 channels", "982,016-px input",
                   "predicted FLOPs ratio 1e+17x", "Choose phi between -14.03 and 22.68"):
         assert words in err
+
+
+# Multiply-adds of torchvision 0.28 / timm 1.0.31, counted on their own implementations (the
+# parity record benchmarks/reference/2026-11-21_parity.json, also used by test_model.py).
+PEER_COUNTS = {"efficientnet_b0": (5_288_548, 385_814_752), "efficientnetv2_b0": (7_139_704, 718_086_176),
+               "efficientnet_l2": (480_309_308, 475_703_653_280)}
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "efficientnetv2_b0", "tinynet_e", "mobilenet_v2"])
+def test_meta_counts_equal_real_device_counts(name):
+    p = profile_model(name, 96)  # counts only: meta device
+    torch.manual_seed(0)
+    real = effnet.create_model(name)  # real weights on the CPU, counted by running a real input
+    assert p.params == count_params(real)
+    assert p.flops == count_flops(real, 96)
+    assert p.activation_bytes is None and p.latency_ms is None and p.threads is None
+    if name in PEER_COUNTS:
+        at_own = profile_model(name)
+        assert (at_own.params, at_own.flops) == PEER_COUNTS[name]
+
+
+def test_profile_counts_the_whole_registry_at_once_without_building_weights():
+    from effnet.bench import peak_memory_bytes
+
+    start = time.perf_counter()
+    profiles = [profile_model(name) for name in effnet.list_models()]
+    # Generous: on a shared 2-core machine the 35 models take ~10 s; building them for real
+    # (the old behaviour) took most of a minute for B7 alone.
+    assert time.perf_counter() - start < 60
+    assert all(p.params > 0 and p.flops > 0 for p in profiles)
+    # L2 has 480M parameters: 1.8 GiB as real float32 weights; counting must not allocate them.
+    box = {}
+    rise = peak_memory_bytes(lambda: box.setdefault("p", profile_model("efficientnet_l2")))
+    assert rise < 200 * 2**20
+    assert (box["p"].params, box["p"].flops) == PEER_COUNTS["efficientnet_l2"]
+
+
+def test_profile_cli_counts_by_default_and_measures_on_request(capsys):
+    assert main(["profile", "efficientnet_l2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["params"], out["flops"]) == PEER_COUNTS["efficientnet_l2"]
+    assert out["latency_ms"] is None and out["activation_bytes"] is None
+    assert main(["profile", "efficientnet_b0", "--resolution", "64", "--latency", "--memory", "--runs", "1",
+                 "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "5,288,548" in text and "CPU latency (batch 1, 1 threads)" in text and "activation memory" in text
+    # the flags of the old default (measure everything) are still accepted
+    assert main(["profile", "efficientnet_b0", "--no-latency", "--no-memory", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 5_288_548
+    assert main(["profile", "efficientnet_b0", "--latency", "--no-latency"]) == 1
+    assert "--latency and --no-latency contradict" in capsys.readouterr().err

@@ -16,9 +16,11 @@ __all__ = [
     "build",
     "compound_scale",
     "create_model",
+    "export",
     "get_spec",
     "list_models",
     "load_model",
+    "optimize",
     "round_filters",
     "round_repeats",
     "scale",
@@ -33,4 +35,12 @@ def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
         from effnet import weights
 
         return getattr(weights, name)
+    if name == "optimize":  # effnet.optimize(model, ...): the fast inference path (effnet.deploy)
+        from effnet.deploy.optimize import optimize
+
+        return optimize
+    if name == "export":  # effnet.export(...): verified ONNX / TorchScript / torch.export
+        from effnet.deploy.export import export
+
+        return export
     raise AttributeError(f"module 'effnet' has no attribute {name!r}")

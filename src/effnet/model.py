@@ -3,7 +3,9 @@ baselines), feature maps and classifier reset."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -27,6 +29,9 @@ class EfficientNet(nn.Module):
 
     The spec is taken as it is: changes (classes, dropout ...) are made to the spec first, in
     one place, :func:`effnet.registry.create_model` or ``spec.replace(...)``.
+
+    :meth:`set_grad_checkpointing` trades compute for memory in training (each block's
+    activations are recomputed during backward instead of kept).
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -48,7 +53,7 @@ class EfficientNet(nn.Module):
         total, index = spec.num_blocks, 0
         in_ch = spec.stem_channels
         stages: list[nn.Sequential] = []
-        self._strides: list[int] = []
+        strides: list[int] = []  # a local first: TorchScript rejects annotated attributes in __init__
         stride = 4 if spec.stem_pool else 2
         for stage in spec.stages:
             blocks = []
@@ -61,9 +66,10 @@ class EfficientNet(nn.Module):
                 in_ch = stage.channels
                 index += 1
             stride *= stage.stride
-            self._strides.append(stride)
+            strides.append(stride)
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
+        self._strides = strides
         # head_channels 0: no head conv (ResNet, MobileNetV1), the last stage is pooled directly.
         self.head = (ConvBnAct(in_ch, spec.head_channels, 1, act=spec.activation, **norm)
                      if spec.head_channels else nn.Identity())
@@ -72,6 +78,7 @@ class EfficientNet(nn.Module):
         self.num_features = spec.num_features
         self.classifier = self._new_classifier(spec.num_classes)
         self.feature_info = self._feature_info()
+        self.grad_checkpointing = False
         self._init_weights()
 
     # --- construction helpers ------------------------------------------------------------
@@ -127,11 +134,36 @@ class EfficientNet(nn.Module):
     # --- forward ------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
-        self._check_input(x)
+        if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)
+            self._check_input(x)
         x = self.stem_pool(self.stem(x))
+        if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
+            if self._checkpointing_now():
+                for stage in self.stages:
+                    for block in stage:
+                        x = _checkpoint_block(block, x)
+                return self.head(x)
         for stage in self.stages:
             x = stage(x)
         return self.head(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Activation checkpointing (timm's name for it): in training with grad enabled, each
+        block of the stages keeps only its input for the backward pass and recomputes its
+        forward during backward (``torch.utils.checkpoint``, non-reentrant). Saves most of the
+        activation memory for about one extra forward pass per step; the gradients, the
+        BatchNorm running statistics and the stochastic-depth draws are those of the plain
+        model (``tests/test_memory_saving.py``). Evaluation is unaffected."""
+        if not isinstance(enable, bool):
+            raise ValueError(f"set_grad_checkpointing: expected True or False, got {enable!r}")
+        self.grad_checkpointing = enable
+
+    @torch.jit.unused
+    def _checkpointing_now(self) -> bool:
+        # Tracers and exporters record the plain graph (checkpoint only matters for backward).
+        # getattr: a whole module pickled before this attribute existed has none.
+        return (getattr(self, "grad_checkpointing", False) and self.training and torch.is_grad_enabled()
+                and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export())
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.pool(x).flatten(1)  # (N, num_features)
@@ -181,6 +213,33 @@ class EfficientNet(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout: expected a rate in [0, 1), got {p}")
         self.dropout.p = p
+
+
+@contextlib.contextmanager
+def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+    """Restore the BatchNorm running statistics of ``module`` on exit: the recomputation of a
+    checkpointed block runs its forward a second time in training mode, which would update
+    them twice per step (and count the batch twice)."""
+    kept = [(buf, buf.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buf, value in kept:
+                buf.copy_(value)
+
+
+def _checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from torch.utils.checkpoint import checkpoint
+
+    # RNG state is preserved by default, so DropPath draws the same mask when recomputed.
+    if torch.compiler.is_compiling():
+        # The compiled backward recomputes values only, without replaying the statistics update
+        # (and dynamo refuses a custom context_fn).
+        return checkpoint(block, x, use_reentrant=False)
+    return checkpoint(block, x, use_reentrant=False,
+                      context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(block)))
 
 
 def build(spec: ModelSpec) -> EfficientNet:

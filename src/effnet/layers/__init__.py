@@ -1,6 +1,8 @@
 """Building blocks: conv-BN-act, squeeze-excitation, MBConv, Fused-MBConv, stochastic depth,
-and the baselines' ResNet basic / bottleneck blocks and depthwise-separable conv."""
+and the baselines' ResNet basic / bottleneck blocks and depthwise-separable conv; the switch for
+their memory-saving training ops (``effnet.layers.activations``)."""
 
+from effnet.layers.activations import memory_efficient, memory_efficient_enabled, set_memory_efficient
 from effnet.layers.blocks import (
     BLOCKS,
     BasicBlock,
@@ -26,4 +28,7 @@ __all__ = [
     "SqueezeExcite",
     "make_activation",
     "make_conv",
+    "memory_efficient",
+    "memory_efficient_enabled",
+    "set_memory_efficient",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from effnet.layers.activations import gated_pointwise_conv, lean_ops_active
 from effnet.layers.conv import ConvBnAct, make_activation
 
 
@@ -31,10 +32,24 @@ class SqueezeExcite(nn.Module):
         self.act = make_activation(act)
         self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The (B, C, 1, 1) channel weights ``sigmoid(s)``."""
         s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1) global context
-        s = self.expand(self.act(self.reduce(s)))
-        return x * torch.sigmoid(s)
+        return torch.sigmoid(self.expand(self.act(self.reduce(s))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+
+def _se_project_lean(x: torch.Tensor, se: nn.Module, conv_pwl: nn.Module) -> torch.Tensor | None:
+    """``conv_pwl(se(x))`` in training, with the SE gate applied inside the 1x1 projection's conv
+    (``gated_pointwise_conv``) so that ``x`` alone is saved for backward, not also ``x * gate``;
+    ``None`` when the modules are not the plain ones (replaced by module surgery)."""
+    if type(se) is SqueezeExcite and type(conv_pwl) is ConvBnAct:
+        y = gated_pointwise_conv(x, se.gate(x), conv_pwl.conv)
+        if y is not None:
+            return conv_pwl.norm_act(y)
+    return None
 
 
 class DropPath(nn.Module):
@@ -85,7 +100,13 @@ class MBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_pwl(self.se(self.conv_dw(self.conv_pw(x))))
+        h = self.conv_dw(self.conv_pw(x))
+        y: torch.Tensor | None = None
+        if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
+            if self.training and lean_ops_active():
+                y = _se_project_lean(h, self.se, self.conv_pwl)
+        if y is None:
+            y = self.conv_pwl(self.se(h))
         return x + self.drop_path(y) if self.has_skip else y
 
 
@@ -116,7 +137,13 @@ class FusedMBConv(nn.Module):
         self.drop_path = DropPath(drop_path) if self.has_skip and drop_path > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.conv_pwl(self.se(self.conv_exp(x)))
+        h = self.conv_exp(x)
+        y: torch.Tensor | None = None
+        if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
+            if self.training and lean_ops_active():
+                y = _se_project_lean(h, self.se, self.conv_pwl)
+        if y is None:
+            y = self.conv_pwl(self.se(h))
         return x + self.drop_path(y) if self.has_skip else y
 
 

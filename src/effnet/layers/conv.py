@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effnet.layers.activations import batch_norm_act, lean_ops_active
+
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,  # a.k.a. swish (EfficientNet section 4)
     "relu": nn.ReLU,
@@ -66,6 +68,11 @@ class ConvBnAct(nn.Sequential):
     """conv -> BatchNorm -> activation (activation omitted when ``act`` is None).
 
     ``bn_momentum`` uses the PyTorch convention: TF's ``momentum=0.99`` is PyTorch ``0.01``.
+
+    A Sequential, so that module surgery (``effnet.deploy`` folds ``bn`` into ``conv``) can rely
+    on registration order being the data flow; ``forward`` runs the same three modules, with BN
+    and the activation fused in training (``effnet.layers.activations``: one tensor fewer saved
+    for backward).
     """
 
     def __init__(
@@ -77,3 +84,17 @@ class ConvBnAct(nn.Sequential):
         self.conv = make_conv(in_ch, out_ch, kernel, stride, groups=groups, padding=padding)
         self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(act) if act else nn.Identity()
+
+    def norm_act(self, x: torch.Tensor) -> torch.Tensor:
+        """``act(bn(x))``: the part after the conv (the SE projection runs its own conv)."""
+        # Scripting compiles the plain ops only (custom autograd is Python-only); TorchScript
+        # skips a block only when `not torch.jit.is_scripting()` guards it alone.
+        if not torch.jit.is_scripting():  # noqa: SIM102
+            if self.training and lean_ops_active():
+                y = batch_norm_act(x, self.bn, self.act)
+                if y is not None:
+                    return y
+        return self.act(self.bn(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm_act(self.conv(x))

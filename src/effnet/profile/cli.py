@@ -48,8 +48,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     if (args.name is None) == (args.spec is None):
         raise ValueError("give a model name or --spec FILE (a saved spec, e.g. a search's best.yaml), not both")
+    for on, off in (("latency", "no_latency"), ("memory", "no_memory")):
+        if getattr(args, on) and getattr(args, off):
+            raise ValueError(f"--{on} and --{off.replace('_', '-')} contradict each other; give one of them")
     model = args.name if args.spec is None else ModelSpec.load(args.spec)
-    p = profile_model(model, args.resolution, memory=not args.no_memory, timing=not args.no_latency,
+    # Counts are instant (meta device); the real network is built and run only for --latency/--memory.
+    p = profile_model(model, args.resolution, memory=args.memory, timing=args.latency,
                       batch=args.batch, runs=args.runs, threads=args.threads)
     if args.json:
         print(json.dumps(p.to_dict()))
@@ -206,15 +210,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pattern", nargs="?", default=None, help="substring or glob filter, e.g. 'efficientnetv2*'")
     p.set_defaults(func=cmd_list)
 
-    p = sub.add_parser("profile", help="parameters, FLOPs, activation memory and CPU latency of a model")
+    p = sub.add_parser("profile", help="parameters and FLOPs of a model at once (meta device); activation "
+                                       "memory and latency with --memory / --latency")
     p.add_argument("name", nargs="?", default=None, help="registered model (or give --spec)")
     p.add_argument("--spec", metavar="FILE", default=None, help="a spec file (YAML/JSON) instead of a name")
     p.add_argument("--resolution", type=int, default=None, help="input size (default: the model's own)")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="batch of the latency and memory measurements")
+    p.add_argument("--latency", action="store_true",
+                   help="also build the real network and measure its inference latency (median of --runs)")
+    p.add_argument("--memory", action="store_true",
+                   help="also build the real network and measure the activation memory of a training forward")
     p.add_argument("--runs", type=int, default=10, help="timed runs for the latency median")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the latency measurement")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement")
-    p.add_argument("--no-memory", action="store_true", help="skip the activation-memory measurement")
+    # Kept so that scripts written when latency and memory were measured by default still run.
+    p.add_argument("--no-latency", action="store_true", help="no latency measurement (the default now)")
+    p.add_argument("--no-memory", action="store_true", help="no activation-memory measurement (the default now)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_profile)
 

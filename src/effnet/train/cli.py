@@ -178,14 +178,18 @@ def _run_training(args: argparse.Namespace) -> RunResult:
 def _eval(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import evaluate
-    from effnet.train.evaluate import describe_preprocessing
+    from effnet.train.evaluate import describe_path, describe_preprocessing
 
     r = evaluate(args.weights, args.data, batch_size=args.batch_size, device=args.device,
-                 confusion_png=args.confusion, workers=args.workers, resolution=args.resolution)
+                 confusion_png=args.confusion, workers=args.workers, resolution=args.resolution,
+                 fast=args.fast, int8=args.int8)
     if args.json:
         print(json.dumps(r.__dict__, indent=2))
         return 0
     print(f"preprocessing: {describe_preprocessing(Preprocessing.from_dict(r.preprocessing))}")
+    print(f"inference: {describe_path(r.path)}")
+    if r.int8_agreement is not None:
+        print(f"int8 top-1 agrees with fp32 on {100 * r.int8_agreement:.2f}% of the images")
     print(f"{r.count} images: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  loss {r.loss:.4f}")
     for name, acc in r.per_class.items():
         print(f"  {name:>20s}  {acc:6.2f}%")
@@ -199,14 +203,16 @@ def _eval(args: argparse.Namespace) -> int:
 def _predict(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import predict
-    from effnet.train.evaluate import describe_preprocessing
+    from effnet.train.evaluate import describe_path, describe_preprocessing
 
-    preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution)
+    preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution,
+                    fast=args.fast, int8=args.int8)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2))
     else:
         if preds:
             print(f"preprocessing: {describe_preprocessing(Preprocessing.from_dict(preds[0].preprocessing))}")
+            print(f"inference: {describe_path(preds[0].path)}")
         for p in preds:
             if p.error:
                 print(f"{p.image}: {p.error}")
@@ -243,6 +249,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
     e.add_argument("--resolution", type=int, metavar="PX",
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
+    _add_speed_options(e, "the int8 model is calibrated on the first batches of --data; prints its top-1 "
+                          "agreement with fp32")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=_eval)
 
@@ -253,5 +261,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--resolution", type=int, metavar="PX",
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
+    _add_speed_options(p, "the int8 model is calibrated on the given images")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_predict)
+
+
+def _add_speed_options(parser: argparse.ArgumentParser, int8_note: str) -> None:
+    speed = parser.add_mutually_exclusive_group()
+    speed.add_argument("--fast", action="store_true",
+                       help="run effnet.optimize's fp32 copy (BatchNorm folded, channels-last): same results, faster")
+    speed.add_argument("--int8", action="store_true",
+                       help=f"run an int8 CPU model (post-training static quantization); {int8_note}")

@@ -115,6 +115,11 @@ class TrainConfig:
                       choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = option(True, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model")
+    # Activation checkpointing (EfficientNet.set_grad_checkpointing); the memory-saving BN+SiLU
+    # and SE ops (effnet.layers.activations) are on in every run, they cost no time.
+    memory_saving: bool = option(False, "recompute each block's activations in the backward pass instead of "
+                                        "keeping them: much less training memory for about one extra forward "
+                                        "pass per step")
     threads: int | None = option(None, "torch CPU threads (default: the idle cores)")
     seed: int = option(0, "random seed (data order, initialisation, augmentation)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (reproducible, slower)")

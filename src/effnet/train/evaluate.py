@@ -33,6 +33,8 @@ class EvalResult:
     skipped: list[str] = field(default_factory=list)
     confusion_png: str | None = None
     preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
+    path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
+    int8_agreement: float | None = None  # with int8: the fraction of images where int8's top-1 = fp32's
 
 
 def default_device(device: str = "auto") -> torch.device:
@@ -121,6 +123,37 @@ def describe_preprocessing(p: Preprocessing) -> str:
             f"(crop_pct {p.crop_pct:g}), input = (pixels - [{mean}]) / [{std}]")
 
 
+def _inference_path(fast: bool, int8: bool, device: torch.device) -> str:
+    if int8 and device.type != "cpu":
+        raise ValueError(f"--int8 runs on the CPU only (quantized kernels), got device {device}; use --device cpu")
+    return "int8" if int8 else "fast" if fast else "plain"
+
+
+def _optimized(model: nn.Module, path: str, example: torch.Tensor,
+               calibration: list[torch.Tensor] | None = None) -> nn.Module:
+    """``model`` itself for the plain path, else :func:`effnet.deploy.optimize.optimize`'s copy
+    (fp32, or int8 calibrated on ``calibration``); keeps the weight file's attributes."""
+    if path == "plain":
+        return model
+    from effnet.deploy.optimize import optimize
+
+    int8 = path == "int8"
+    fast = optimize(model, example, int8=int8, calibration=calibration if int8 else None)
+    for name in ("class_names", "preprocessing"):
+        if hasattr(model, name) and not hasattr(fast, name):
+            setattr(fast, name, getattr(model, name))
+    return fast
+
+
+def describe_path(path: str) -> str:
+    """One line naming the inference path, for the CLI to print."""
+    return {
+        "plain": "plain (eval-mode model as loaded)",
+        "fast": "fast (effnet.optimize: BatchNorm folded, channels-last, static padding; fp32)",
+        "int8": "int8 (effnet.optimize int8=True: x86 static quantization, calibrated on the inputs; CPU)",
+    }[path]
+
+
 def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[str]]:
     from effnet.weights import load_model
 
@@ -132,14 +165,21 @@ def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[st
 def evaluate(
     weights: str | Path, data: str | Path = "digits", *, batch_size: int = 64, workers: int | None = None,
     device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
-    resolution: int | None = None,
+    resolution: int | None = None, fast: bool = False, int8: bool = False, calibration_batches: int = 4,
 ) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion matrix of a weight file on ``data`` (the
     ``digits`` val split, ``DIR/val`` or a folder of class sub-folders), preprocessed as the
     file records (resize, centre-crop fraction, normalisation); ``resolution`` tests at another
     crop size (FixRes, see :func:`eval_preprocessing`). ``EvalResult.preprocessing`` says what
-    was used."""
-    dev = default_device(device)
+    was used.
+
+    ``fast`` runs :func:`effnet.deploy.optimize.optimize`'s fp32 copy (same scores up to float
+    rounding); ``int8`` its int8 CPU model, calibrated on the first ``calibration_batches``
+    batches of ``data`` (only their activation ranges are used, never labels), and sets
+    ``EvalResult.int8_agreement``: how often int8's top-1 equals the fp32 model's.
+    """
+    dev = default_device("cpu" if int8 and device == "auto" else device)
+    path = _inference_path(fast, int8, dev)
     model, names = _load(weights, dev)
     split = load_eval_split(data, val_fraction, seed)
     # Map the folder's classes onto the model's by name when the file knows its class names.
@@ -157,7 +197,18 @@ def evaluate(
         workers = 0 if str(data) == "digits" else min(torch.get_num_threads(), 8)
     loader = make_loader(ds, batch_size, workers=workers)
     skips = SkipLog()
-    loss, top1, top5, confusion = score(model, loader, Normalize(prep).to(dev), dev, len(names), split, skips)
+    normalize = Normalize(prep).to(dev)
+    agreement = None
+    if path != "plain":
+        calibration = _calibration_batches(loader, normalize, dev, calibration_batches)
+        fast_model = _optimized(model, path, calibration[0][:1], calibration)
+        if path == "int8":
+            from effnet.deploy.quantize import agreement as top1_agreement
+
+            agreement = top1_agreement(model, fast_model, _images(loader, normalize, dev))
+        model = fast_model
+    log.info("inference path: %s", describe_path(path))
+    loss, top1, top5, confusion = score(model, loader, normalize, dev, len(names), split, skips)
     totals = confusion.sum(1)
     per_class = {names[i]: 100.0 * confusion[i, i].item() / totals[i].item()
                  for i in range(len(names)) if totals[i] > 0}
@@ -166,7 +217,29 @@ def evaluate(
     if confusion_png is not None:
         png = str(plot_confusion(confusion, names, Path(confusion_png)))
     return EvalResult(top1, top5, loss, int(totals.sum()), per_class, confusion.tolist(), names,
-                      sorted(skips.skipped), png, prep.to_dict())
+                      sorted(skips.skipped), png, prep.to_dict(), path, agreement)
+
+
+def _images(loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device):  # noqa: ANN202
+    """The loader's readable images, normalised, batch by batch (labels dropped)."""
+    for images, labels, _ in loader:
+        images = images[labels != UNREADABLE]
+        if len(images):
+            yield normalize(images.to(device))
+
+
+def _calibration_batches(loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device,
+                         count: int) -> list[torch.Tensor]:
+    if count < 1:
+        raise ValueError(f"calibration_batches: expected at least 1, got {count}")
+    batches = []
+    for batch in _images(loader, normalize, device):
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    if not batches:
+        raise ValueError("evaluation: no readable image to calibrate or optimise on")
+    return batches
 
 
 @dataclass
@@ -175,31 +248,46 @@ class Prediction:
     top: list[tuple[str, float]]  # (class name, probability), best first
     error: str | None = None
     preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
+    path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
 
 
 @torch.no_grad()
 def predict(
     images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto",
-    resolution: int | None = None,
+    resolution: int | None = None, fast: bool = False, int8: bool = False,
 ) -> list[Prediction]:
     """Top-``k`` class names and probabilities for each image file (an unreadable one gets
     ``error`` set instead of crashing the batch), preprocessed as the file records, at
-    ``resolution`` when given (FixRes, see :func:`eval_preprocessing`)."""
-    dev = default_device(device)
+    ``resolution`` when given (FixRes, see :func:`eval_preprocessing`).
+
+    ``fast``: through :func:`effnet.deploy.optimize.optimize` (fp32, same predictions up to float
+    rounding); ``int8``: its int8 CPU model, calibrated on these images. ``Prediction.path``
+    says which was used."""
+    dev = default_device("cpu" if int8 and device == "auto" else device)
+    route = _inference_path(fast, int8, dev)
     model, names = _load(weights, dev)
     prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
     used = prep.to_dict()
     transform, normalize = EvalTransform(prep), Normalize(prep).to(dev)
-    out: list[Prediction] = []
+    inputs: list[tuple[str, torch.Tensor | None, str | None]] = []
     for path in images:
         try:
             img = decode(Path(path))
         except DECODE_ERRORS as e:
-            out.append(Prediction(str(path), [], f"cannot read image: {e}", used))
+            inputs.append((str(path), None, f"cannot read image: {e}"))
             continue
-        x = normalize(transform(img)[None].to(dev))
+        inputs.append((str(path), normalize(transform(img)[None].to(dev)), None))
+    readable = [x for _, x, _ in inputs if x is not None]
+    if readable and route != "plain":
+        model = _optimized(model, route, readable[0], [torch.cat(readable)])
+    log.info("inference path: %s", describe_path(route))
+    out: list[Prediction] = []
+    for path, x, error in inputs:
+        if x is None:
+            out.append(Prediction(path, [], error, used, route))
+            continue
         probs = model(x).float().softmax(dim=1)[0]
         p, i = probs.topk(min(topk, len(probs)))
-        out.append(Prediction(str(path), [(names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())],
-                              preprocessing=used))
+        out.append(Prediction(path, [(names[j], float(q)) for q, j in zip(p.tolist(), i.tolist())],
+                              preprocessing=used, path=route))
     return out

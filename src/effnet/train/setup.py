@@ -271,6 +271,9 @@ def prepare_model(cfg: TrainConfig, d: distributed.Dist, device: torch.device,
         log.info("sync_bn ignored: a single process already normalises over the whole batch")
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if cfg.memory_saving:
+        model.set_grad_checkpointing(True)
+        log.info("memory saving: activation checkpointing per block (recomputed in the backward pass)")
     ema = ModelEMA(model, cfg.ema_decay, buffers=cfg.ema_buffers) if cfg.ema else None
     # ``model`` stays the plain network; ``ddp`` wraps it to average gradients across ranks
     # during backward.

