@@ -33,6 +33,16 @@ def _save(fig: Any, path: str | Path, dpi: int) -> Path:
     return out
 
 
+def _save_fig(fig: Any, path: str | Path, dpi: int, fmt: str | None = None) -> Path:
+    """Like :func:`_save`, in the format named by ``fmt`` or by the file's suffix (png, svg, pdf)."""
+    fmt = fmt or Path(path).suffix.lstrip(".").lower() or "png"
+    if fmt not in ("png", "svg", "pdf"):
+        raise ValueError(f"{path}: expected a .png, .svg or .pdf file name, got format {fmt!r}")
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+    _pyplot().close(fig)
+    return out
+
+
 def plot_curves(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Loss (train, val) and validation top-1 per epoch, from ``metrics.csv`` rows."""
     epochs = [r["epoch"] for r in rows]
