@@ -127,7 +127,12 @@ def peer_name(lib: str, name: str, *, speed: bool = True) -> str | None:
         if name in v2:
             twin = speed and v2[name] in ("s", "m", "l", "xl")
             return f"efficientnetv2_{v2[name]}" if twin else f"tf_efficientnetv2_{v2[name]}"
-        return None
+        # The deployed family (issue 11): timm's names for the same architectures (equal parameters).
+        if name.startswith(("efficientnet_lite", "tinynet_")):
+            return name
+        edgetpu = {"efficientnet_edgetpu_s": "efficientnet_es", "efficientnet_edgetpu_m": "efficientnet_em",
+                   "efficientnet_edgetpu_l": "efficientnet_el"}
+        return edgetpu.get(name)
     if lib == "keras":
         if name in v1 and v1[name] <= 7:
             return f"EfficientNetB{v1[name]}"
