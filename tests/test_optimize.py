@@ -180,3 +180,23 @@ def test_clear_errors() -> None:
         optimize(model, torch.randn(1, 3, 64, 64), int8=True, compile=True)
     with pytest.raises(ValueError, match="image_size"):
         static_padding(model, (64,))  # type: ignore[arg-type]
+
+
+def test_traced_path_runs_other_batch_sizes_and_can_be_turned_off() -> None:
+    """The trace made from a batch-1 example serves batch 3 with the eager model's outputs;
+    ``trace=False`` returns the eager copy (what torch.export needs); bad combinations are refused."""
+    from effnet.deploy.optimize import TracedInference
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(effnet.create_model("efficientnet_b0", num_classes=7, padding="same")).eval()
+    fast = optimize(model, torch.randn(1, 3, 65, 65))
+    eager = optimize(model, torch.randn(1, 3, 65, 65), trace=False)
+    assert isinstance(fast, TracedInference) and not isinstance(eager, TracedInference)
+    x = torch.randn(3, 3, 65, 65)
+    with torch.no_grad():
+        ref = model(x)
+        assert_close(fast(x), ref)
+        assert_close(eager(x), ref)
+    assert fast.spec == model.spec and fast.num_features == model.num_features
+    with pytest.raises(ValueError, match="trace=True needs an example_input"):
+        optimize(model, trace=True)

@@ -374,7 +374,7 @@ def export(
     # The deployment model: static padding (TF "same" made fixed for this size), BN folded with
     # fast; the reference stays the unoptimised float32 eager model.
     example = _random_batch(2 if dynamic_batch else batch_size, resolution, prep, seed + 7)
-    deploy = optimize(reference, example) if fast else static_padding(reference, resolution)
+    deploy = optimize(reference, example, trace=False) if fast else static_padding(reference, resolution)
     deploy = deploy.eval()
     dtype = torch.float16 if half else torch.float32
     deploy = deploy.to(dtype)

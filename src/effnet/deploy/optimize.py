@@ -13,6 +13,7 @@ The input model is never modified: every function works on ``copy.deepcopy(model
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -21,7 +22,7 @@ from torch import nn
 from effnet.deploy.surgery import _set_child, fold_batchnorm, static_padding
 from effnet.layers import Conv2dSame, SqueezeExcite
 
-__all__ = ["fold_batchnorm", "optimize", "static_padding"]
+__all__ = ["TracedInference", "fold_batchnorm", "optimize", "static_padding"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +61,41 @@ def _linear_squeeze_excite(model: nn.Module) -> int:
     return len(names)
 
 
+class TracedInference(nn.Module):
+    """An optimised network called through its TorchScript trace.
+
+    At batch 1 a B0 forward is ~250 Python module calls, and their overhead is a sizeable part
+    of the time: through the trace B0 took 6.5 ms against 7.9 ms eager (2 CPU threads, 224 px;
+    batch 32 unchanged, 281 vs 283 ms). The eager module stays available as ``module`` and
+    answers every other attribute (``spec``, ``num_features``, ``forward_features`` ...). The
+    trace holds no input-size logic (padding was made static), so it runs any batch size at the
+    traced resolution.
+    """
+
+    def __init__(self, module: nn.Module, example_input: torch.Tensor) -> None:
+        super().__init__()
+        self.module = module
+        # The model's input checks turn into constants for the traced size; the tracer warns
+        # about each such Python bool, which is exactly what is intended here.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            self.traced = torch.jit.trace(module, example_input, check_trace=False)
+        self.eval()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.traced(x)
+
+    def __getattr__(self, name: str) -> object:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["module"], name)
+
+
 def optimize(
     model: nn.Module, example_input: torch.Tensor | None = None, *, int8: bool = False,
     compile: bool = False, calibration: Iterable[torch.Tensor] | None = None,
-    channels_last: bool = True, linear_se: bool = False,
+    channels_last: bool = True, linear_se: bool = False, trace: bool | None = None,
 ) -> nn.Module:
     """The fast inference copy of ``model`` (not modified): same outputs, less time.
 
@@ -79,8 +111,10 @@ def optimize(
     returns channels-last maps. ``linear_se`` (squeeze-excitation 1x1 convs run as Linear on
     the pooled vectors) and ``torch.jit.freeze`` measured no gain, so they are off / absent.
 
-    ``compile=True`` wraps the result in ``torch.compile`` (first call compiles; needs a C++
-    compiler on CPU). ``int8=True`` returns :func:`effnet.deploy.quantize.quantize`'s CPU int8
+    With ``example_input`` the result is also traced (:class:`TracedInference`; ``trace=False``
+    returns the eager module, e.g. for ``torch.export``): less Python per call, which is most of
+    the gain at batch 1. ``compile=True`` wraps the result in ``torch.compile`` instead (first
+    call compiles; needs a C++ compiler on CPU). ``int8=True`` returns :func:`effnet.deploy.quantize.quantize`'s CPU int8
     model instead, calibrated on ``calibration`` (an iterable of input batches; default
     ``example_input``).
     """
@@ -109,6 +143,11 @@ def optimize(
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():
         p.requires_grad_(False)
+    if trace and (example_input is None or compile):
+        raise ValueError("optimize: trace=True needs an example_input and cannot be combined with compile")
     if compile:
-        out = torch.compile(out)
+        return torch.compile(out)
+    if example_input is not None and trace is not False:
+        out = TracedInference(out, example_input.to(memory_format=torch.channels_last) if channels_last
+                              else example_input)
     return out
