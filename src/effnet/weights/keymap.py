@@ -77,6 +77,22 @@ def walk(spec: ModelSpec) -> Iterator[Layer]:
     yield Layer("classifier", "classifier", "linear")
 
 
+#: BatchNorm tensor names, the same in effnet and every PyTorch-layout source.
+_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def put_torch_layer(m: Mapping, layer: Layer, conv: str, bn: str | None = None) -> None:
+    """Map ``layer`` from a PyTorch-layout source (torchvision, timm, efficientnet_pytorch): only
+    names differ. ``conv``/``bn`` are the source's module names (``bn`` for ``convbn`` layers)."""
+    if layer.kind == "convbn":
+        m[f"{layer.target}.conv.weight"] = (f"{conv}.weight", identity)
+        for t in _BN:
+            m[f"{layer.target}.bn.{t}"] = (f"{bn}.{t}", identity)
+    else:  # conv_bias (SE) / linear (classifier)
+        m[f"{layer.target}.weight"] = (f"{conv}.weight", identity)
+        m[f"{layer.target}.bias"] = (f"{conv}.bias", identity)
+
+
 def target_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
     """Every effnet state-dict key and shape for ``spec``, built on the meta device (no memory,
     no initialisation time, so even L2 / V2-XL are instant)."""

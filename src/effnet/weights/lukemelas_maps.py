@@ -23,25 +23,13 @@ from __future__ import annotations
 import torch
 
 from effnet.specs.base import ModelSpec
-from effnet.weights.keymap import Converted, Layer, Mapping, identity, map_state_dict, walk
+from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, walk
 from effnet.weights.peers import get_peer
-
-_BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 #: effnet block role -> (conv, BatchNorm) names inside ``_blocks.N``.
 _BLOCK = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"),
           "project": ("_project_conv", "_bn2"), "se_reduce": ("_se_reduce", None),
           "se_expand": ("_se_expand", None)}
-
-
-def _put(m: Mapping, layer: Layer, conv: str, bn: str | None) -> None:
-    if layer.kind == "convbn":
-        m[f"{layer.target}.conv.weight"] = (f"{conv}.weight", identity)
-        for t in _BN:
-            m[f"{layer.target}.bn.{t}"] = (f"{bn}.{t}", identity)
-    else:  # conv_bias (SE) / linear (classifier)
-        m[f"{layer.target}.weight"] = (f"{conv}.weight", identity)
-        m[f"{layer.target}.bias"] = (f"{conv}.bias", identity)
 
 
 def lukemelas_mapping(spec: ModelSpec) -> Mapping:
@@ -54,15 +42,15 @@ def lukemelas_mapping(spec: ModelSpec) -> Mapping:
     m: Mapping = {}
     for layer in walk(spec):
         if layer.role == "stem":
-            _put(m, layer, "_conv_stem", "_bn0")
+            put_torch_layer(m, layer, "_conv_stem", "_bn0")
         elif layer.role == "head":
-            _put(m, layer, "_conv_head", "_bn1")
+            put_torch_layer(m, layer, "_conv_head", "_bn1")
         elif layer.role == "classifier":
-            _put(m, layer, "_fc", None)
+            put_torch_layer(m, layer, "_fc", None)
         else:
             conv, bn = _BLOCK[layer.role]
             pre = f"_blocks.{first[layer.stage] + layer.block}"
-            _put(m, layer, f"{pre}.{conv}", f"{pre}.{bn}" if bn else None)
+            put_torch_layer(m, layer, f"{pre}.{conv}", f"{pre}.{bn}" if bn else None)
     return m
 
 

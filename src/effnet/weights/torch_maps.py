@@ -15,25 +15,10 @@ from pathlib import Path
 import torch
 
 from effnet.specs.base import ModelSpec
-from effnet.weights.keymap import Converted, Layer, Mapping, identity, map_state_dict, walk
+from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, walk
 from effnet.weights.peers import get_peer
 
 log = logging.getLogger(__name__)
-
-#: BatchNorm tensors: effnet name -> peer name (the same in both libraries).
-_BN = (("weight", "weight"), ("bias", "bias"), ("running_mean", "running_mean"),
-       ("running_var", "running_var"), ("num_batches_tracked", "num_batches_tracked"))
-
-
-def _torch_layer(m: Mapping, layer: Layer, conv: str, bn: str | None = None) -> None:
-    if layer.kind == "convbn":
-        m[f"{layer.target}.conv.weight"] = (f"{conv}.weight", identity)
-        for ours, theirs in _BN:
-            m[f"{layer.target}.bn.{ours}"] = (f"{bn}.{theirs}", identity)
-    else:  # conv_bias / linear
-        m[f"{layer.target}.weight"] = (f"{conv}.weight", identity)
-        m[f"{layer.target}.bias"] = (f"{conv}.bias", identity)
-
 
 def torchvision_mapping(spec: ModelSpec) -> Mapping:
     """effnet key -> torchvision key. torchvision numbers the layers inside ``block`` in
@@ -42,22 +27,22 @@ def torchvision_mapping(spec: ModelSpec) -> Mapping:
     index: dict[tuple[int, int], int] = {}
     for layer in walk(spec):
         if layer.role == "stem":
-            _torch_layer(m, layer, "features.0.0", "features.0.1")
+            put_torch_layer(m, layer, "features.0.0", "features.0.1")
         elif layer.role == "head":
             n = len(spec.stages) + 1
-            _torch_layer(m, layer, f"features.{n}.0", f"features.{n}.1")
+            put_torch_layer(m, layer, f"features.{n}.0", f"features.{n}.1")
         elif layer.role == "classifier":
-            _torch_layer(m, layer, "classifier.1")  # classifier.0 is the Dropout
+            put_torch_layer(m, layer, "classifier.1")  # classifier.0 is the Dropout
         else:
             key = (layer.stage, layer.block)
             k = index.get(key, 0)
             pre = f"features.{layer.stage + 1}.{layer.block}.block.{k}"
             if layer.role == "se_reduce":
-                _torch_layer(m, layer, f"{pre}.fc1")
+                put_torch_layer(m, layer, f"{pre}.fc1")
             elif layer.role == "se_expand":
-                _torch_layer(m, layer, f"{pre}.fc2")
+                put_torch_layer(m, layer, f"{pre}.fc2")
             else:
-                _torch_layer(m, layer, f"{pre}.0", f"{pre}.1")
+                put_torch_layer(m, layer, f"{pre}.0", f"{pre}.1")
             if layer.role != "se_reduce":  # fc1 and fc2 share one index
                 index[key] = k + 1
     return m
@@ -82,18 +67,18 @@ def timm_mapping(spec: ModelSpec) -> Mapping:
     m: Mapping = {}
     for layer in walk(spec):
         if layer.role == "stem":
-            _torch_layer(m, layer, "conv_stem", "bn1")
+            put_torch_layer(m, layer, "conv_stem", "bn1")
         elif layer.role == "head":
-            _torch_layer(m, layer, "conv_head", "bn2")
+            put_torch_layer(m, layer, "conv_head", "bn2")
         elif layer.role == "classifier":
-            _torch_layer(m, layer, "classifier")
+            put_torch_layer(m, layer, "classifier")
         else:
             pre = f"blocks.{layer.stage}.{layer.block}"
             if layer.role in ("se_reduce", "se_expand"):
-                _torch_layer(m, layer, f"{pre}.se.conv_{layer.role[3:]}")
+                put_torch_layer(m, layer, f"{pre}.se.conv_{layer.role[3:]}")
             else:
                 conv, bn = _TIMM_BLOCKS[(layer.op, layer.expand)][layer.role]
-                _torch_layer(m, layer, f"{pre}.{conv}", f"{pre}.{bn}")
+                put_torch_layer(m, layer, f"{pre}.{conv}", f"{pre}.{bn}")
     return m
 
 
