@@ -14,6 +14,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def commit(tmp: str | Path, path: str | Path) -> None:
+    """Move a finished temporary file onto ``path`` on the same file system: fsync it, give it
+    the usual ``0666 & ~umask`` mode (mkstemp/mkdtemp create private files), rename."""
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)
+    os.replace(tmp, path)
+
+
 def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     """Call ``write(tmp_path)`` then rename onto ``path``: a kill never leaves a torn file.
 
@@ -26,10 +35,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -40,6 +40,11 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     scale: float = 1.0 / 255.0
 
+    @property
+    def resize(self) -> int:
+        """The shorter side before the centre crop: ``floor(resolution / crop_pct)``."""
+        return int(math.floor(self.resolution / self.crop_pct))
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -130,5 +135,4 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         p = self.preprocessing
-        resize = int(math.floor(p.resolution / p.crop_pct))
-        return to_uint8_tensor(resize_center_crop(img, resize, p.resolution, p.interpolation))
+        return to_uint8_tensor(resize_center_crop(img, p.resize, p.resolution, p.interpolation))

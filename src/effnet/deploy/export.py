@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from effnet.files import commit
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
 
@@ -59,10 +60,6 @@ EXTERNAL_DATA_BYTES = 1 << 30
 #: finite only for its own checks; ONNX and TorchScript keep the axis symbolic).
 MAX_BATCH = 4096
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-# The process umask (read by setting it, once): moved files get the usual 0666 & ~umask mode
-# rather than mkdtemp's private one, as effnet.files.atomic_write does.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 #: scikit-image's bundled photographs, used as the real images when none are given.
 SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png")
 
@@ -452,7 +449,7 @@ def export(
                        "shape": ["batch" if dynamic_batch else batch_size, int(ref.shape[1])],
                        "meaning": "logits (apply softmax for probabilities)"},
             "resolution": resolution,
-            "preprocessing": {**prep.to_dict(), "resize": int(resolution / prep.crop_pct),
+            "preprocessing": {**prep.to_dict(), "resize": prep.resize,
                               "steps": "resize shorter side to `resize` (interpolation), centre crop "
                                        "`resolution`, then (pixels * scale - mean) / std per channel"},
             "class_names": list(class_names) if class_names is not None else None,
@@ -474,10 +471,7 @@ def export(
         order = [f for f in tmpdir.iterdir() if f.name not in (path.name, meta_name)] + [tmp, tmpdir / meta_name]
         written = []
         for f in order:
-            with open(f, "rb") as fh:
-                os.fsync(fh.fileno())
-            os.chmod(f, 0o666 & ~_UMASK)
-            os.replace(f, path.parent / f.name)
+            commit(f, path.parent / f.name)
             written.append(path.parent / f.name)
     finally:
         steps.close()

@@ -131,6 +131,8 @@ def optimize(
         return quantize(model, example_input, calibration=calibration)
     if calibration is not None:
         raise ValueError("optimize: calibration batches are only used with int8=True")
+    if trace and (example_input is None or compile):
+        raise ValueError("optimize: trace=True needs an example_input and cannot be combined with compile")
 
     out = fold_batchnorm(model)
     if example_input is not None:
@@ -143,8 +145,6 @@ def optimize(
         out = out.to(memory_format=torch.channels_last)
     for p in out.parameters():
         p.requires_grad_(False)
-    if trace and (example_input is None or compile):
-        raise ValueError("optimize: trace=True needs an example_input and cannot be combined with compile")
     if compile:
         return torch.compile(out)
     if example_input is not None and trace is not False:

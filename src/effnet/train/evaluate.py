@@ -116,10 +116,9 @@ def eval_preprocessing(recorded: Preprocessing, resolution: int | None = None) -
 
 def describe_preprocessing(p: Preprocessing) -> str:
     """One line saying how images were prepared, e.g. for the CLI to print."""
-    resize = int(p.resolution / p.crop_pct)
     mean = ", ".join(f"{m / p.scale:.4g}" for m in p.mean)
     std = ", ".join(f"{s / p.scale:.4g}" for s in p.std)
-    return (f"resize shorter side to {resize} ({p.interpolation}), centre crop {p.resolution} "
+    return (f"resize shorter side to {p.resize} ({p.interpolation}), centre crop {p.resolution} "
             f"(crop_pct {p.crop_pct:g}), input = (pixels - [{mean}]) / [{std}]")
 
 
@@ -132,17 +131,14 @@ def _inference_path(fast: bool, int8: bool, device: torch.device) -> str:
 def _optimized(model: nn.Module, path: str, example: torch.Tensor,
                calibration: list[torch.Tensor] | None = None) -> nn.Module:
     """``model`` itself for the plain path, else :func:`effnet.deploy.optimize.optimize`'s copy
-    (fp32, or int8 calibrated on ``calibration``); keeps the weight file's attributes."""
+    (fp32, or int8 calibrated on ``calibration``)."""
     if path == "plain":
         return model
     from effnet.deploy.optimize import optimize
 
     int8 = path == "int8"
-    fast = optimize(model, example, int8=int8, calibration=calibration if int8 else None)
-    for name in ("class_names", "preprocessing"):
-        if hasattr(model, name) and not hasattr(fast, name):
-            setattr(fast, name, getattr(model, name))
-    return fast
+    # optimize's copies keep class_names / preprocessing (deepcopy, TracedInference, Int8Model).
+    return optimize(model, example, int8=int8, calibration=calibration if int8 else None)
 
 
 def describe_path(path: str) -> str:
@@ -200,7 +196,8 @@ def evaluate(
     normalize = Normalize(prep).to(dev)
     agreement = None
     if path != "plain":
-        calibration = _calibration_batches(loader, normalize, dev, calibration_batches)
+        # The fp32 path only needs one example (its size); int8 calibrates on the batches.
+        calibration = _calibration_batches(loader, normalize, dev, calibration_batches if path == "int8" else 1)
         fast_model = _optimized(model, path, calibration[0][:1], calibration)
         if path == "int8":
             from effnet.deploy.quantize import agreement as top1_agreement

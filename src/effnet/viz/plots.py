@@ -27,8 +27,8 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | Path, dpi: int) -> Path:
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+def _save(fig: Any, path: str | Path, dpi: int, fmt: str = "png") -> Path:
+    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     _pyplot().close(fig)
     return out
 
@@ -38,9 +38,7 @@ def _save_fig(fig: Any, path: str | Path, dpi: int, fmt: str | None = None) -> P
     fmt = fmt or Path(path).suffix.lstrip(".").lower() or "png"
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"{path}: expected a .png, .svg or .pdf file name, got format {fmt!r}")
-    out = atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
-    _pyplot().close(fig)
-    return out
+    return _save(fig, path, dpi, fmt)
 
 
 def plot_curves(path: str | Path, rows: list[dict[str, Any]]) -> Path:
