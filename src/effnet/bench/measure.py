@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from effnet.profile import saved_activation_bytes  # one counter, shared with effnet profile --memory
+
 MIB = 2**20
 
 
@@ -67,30 +69,6 @@ def interleaved(
 
 def median_ms(samples: Sequence[float]) -> float:
     return statistics.median(samples) * 1e3
-
-
-def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence[torch.Tensor] = ()) -> int:
-    """Bytes of the distinct tensors autograd saves for backward during ``forward()``.
-
-    Recorded by ``torch.autograd.graph.saved_tensors_hooks`` and deduplicated by storage;
-    parameters (``params``) are excluded. Deterministic and allocator-independent: exactly
-    the activation memory a training step holds at the end of its forward pass.
-    """
-    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        ptr = storage.data_ptr()
-        if ptr not in param_ptrs:
-            seen[ptr] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = forward()  # kept alive until counted, so no saved storage is freed and reused
-    total = sum(seen.values())
-    del out
-    return total
 
 
 def _status_kib(field: str) -> int:

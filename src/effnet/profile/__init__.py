@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,24 +76,35 @@ def activation_memory(model: nn.Module, resolution: int, batch: int = 1) -> int:
     device = next(model.parameters()).device
     in_ch = getattr(getattr(model, "spec", None), "in_channels", 3)
     x = torch.randn(batch, in_ch, resolution, resolution, device=device)
-    param_ptrs = {p.data_ptr() for p in model.parameters()}
-    seen: set[int] = set()
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        ptr = t.untyped_storage().data_ptr()
-        if ptr not in param_ptrs and ptr not in seen:
-            seen.add(ptr)
-            total += t.untyped_storage().nbytes()
-        return t
-
     was_training = model.training
     model.train()
+    try:
+        return saved_activation_bytes(lambda: model(x), list(model.parameters()))
+    finally:
+        model.train(was_training)
+
+
+def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence[torch.Tensor] = ()) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during ``forward()``.
+
+    Recorded by ``torch.autograd.graph.saved_tensors_hooks`` and deduplicated by storage;
+    parameters (``params``) are excluded. Deterministic and allocator-independent: exactly
+    the activation memory a training step holds at the end of its forward pass.
+    """
+    param_ptrs = {p.untyped_storage().data_ptr() for p in params}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr not in param_ptrs:
+            seen[ptr] = storage.nbytes()
+        return t
+
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = model(x)
+        out = forward()  # kept alive until counted, so no saved storage is freed and reused
+    total = sum(seen.values())
     del out
-    model.train(was_training)
     return total
 
 
@@ -225,4 +237,5 @@ def profile_model(
                    latency_ms=lat, batch=batch, threads=(threads or torch.get_num_threads()) if timing else None)
 
 
-__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model", "step_time"]
+__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model",
+           "saved_activation_bytes", "step_time"]
