@@ -25,6 +25,7 @@ import torch
 from effnet.specs.base import ModelSpec
 from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, walk
 from effnet.weights.peers import get_peer
+from effnet.weights.torch_maps import _num_classes
 
 #: effnet block role -> (conv, BatchNorm) names inside ``_blocks.N``.
 _BLOCK = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"),
@@ -67,16 +68,19 @@ def convert_lukemelas(state: dict[str, torch.Tensor], model: str, advprop: bool 
         from effnet.weights.peers import HALF
 
         pre = type(pre)(**{**pre.to_dict(), "mean": HALF, "std": HALF})
-    fc = state.get("_fc.weight")
-    spec = peer.spec(int(fc.shape[0]) if fc is not None and fc.ndim == 2 else None)
+    spec = peer.spec(_num_classes(state, "_fc.weight"))
     hint = ""
     if "conv_stem.weight" in state:
         hint = "; the keys look like a timm state dict (--source timm)"
     elif "features.0.0.weight" in state:
         hint = "; the keys look like a torchvision state dict (--source torchvision)"
-    elif "_conv_stem.weight" in state:
-        hint = f"; {_guess(state)}"
-    out = map_state_dict(state, lukemelas_mapping(spec), spec, what=f"efficientnet_pytorch:{model}", hint=hint)
+    try:
+        out = map_state_dict(state, lukemelas_mapping(spec), spec, what=f"efficientnet_pytorch:{model}", hint=hint)
+    except ValueError as e:
+        # Which variant the file is costs a shape check per candidate: only worth it on failure.
+        if "_conv_stem.weight" in state:
+            raise ValueError(f"{e}; {_guess(state)}") from None
+        raise
     source = f"efficientnet_pytorch:{model}" + (" (advprop)" if advprop else "")
     return Converted(out, spec, pre, source)
 
