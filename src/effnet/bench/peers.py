@@ -29,11 +29,12 @@ import importlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from effnet.profile import count_params
 from effnet.registry import create_model, get_spec, list_models
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ DROP_PATH_RATE = 0.2  # torchvision's and effnet's default stochastic depth, pas
 
 class Unavailable(RuntimeError):
     """A library or variant that cannot be measured here; the message says why."""
+
+
+def label_of(lib: str, variant: str) -> str:
+    """How a candidate is named in tables and JSON: ``effnet[fast]``, ``timm`` ..."""
+    return f"effnet[{variant}]" if lib == "effnet" else lib
 
 
 @dataclass
@@ -65,15 +71,14 @@ class Runner:
     call: Callable[[object, bool], torch.Tensor] | None = None
     #: inference must not use ``torch.inference_mode`` (Keras reads variables in ways it refuses).
     no_grad_only: bool = False
-    notes: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
-        return f"effnet[{self.variant}]" if self.lib == "effnet" else self.lib
+        return label_of(self.lib, self.variant)
 
     @property
     def params(self) -> int:
-        return sum(p.numel() for p in self.module.parameters() if p.requires_grad)
+        return count_params(self.module)
 
     def forward(self, x: object, training: bool = False) -> torch.Tensor:
         return self.call(x, training) if self.call is not None else self.module(x)

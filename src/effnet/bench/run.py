@@ -31,7 +31,7 @@ import platform
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,16 @@ import torch
 from tqdm.auto import tqdm
 
 from effnet.bench.measure import MIB, interleaved, median_ms, saved_activation_bytes, sync, train_step
-from effnet.bench.peers import LIBRARIES, Runner, Unavailable, build_runner, candidates, roles_of, versions
+from effnet.bench.peers import (
+    LIBRARIES,
+    Runner,
+    Unavailable,
+    build_runner,
+    candidates,
+    label_of,
+    roles_of,
+    versions,
+)
 from effnet.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -77,7 +86,6 @@ class Config:
     quick: bool = False
     autocast: str | None = None  # "bfloat16" on CUDA
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _positive(name: str, value: int) -> int:
@@ -173,9 +181,8 @@ def reference_of(entries: dict[str, dict[str, Any]]) -> dict[str, str | None]:
 
 
 # --- one model ----------------------------------------------------------------------------------
-def _entry(lib: str, variant: str, name: str) -> dict[str, Any]:
-    label = f"effnet[{variant}]" if lib == "effnet" else lib
-    return {"label": label, "lib": lib, "variant": variant or "best", "lib_model": None,
+def _entry(lib: str, variant: str) -> dict[str, Any]:
+    return {"label": label_of(lib, variant), "lib": lib, "variant": variant or "best", "lib_model": None,
             "roles": list(roles_of(lib, variant)), "status": "ok", "reason": None, "params": None,
             "metrics": {}, "notes": []}
 
@@ -208,7 +215,7 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
     for lib, variant in candidates(cfg.libs):
         if role not in roles_of(lib, variant):
             continue
-        entry = entries.setdefault(_entry(lib, variant, name)["label"], _entry(lib, variant, name))
+        entry = entries.setdefault(label_of(lib, variant), _entry(lib, variant))
         try:
             runner = build_runner(lib, variant, name, res, cfg.device)
         except Unavailable as e:
@@ -221,7 +228,7 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
             compiled = Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(runner.module),
                               runner.roles, prepare=runner.prepare)
             label = f"{entry['label']}+compile"
-            entries[label] = {**_entry(lib, variant, name), "label": label, "lib_model": runner.lib_model,
+            entries[label] = {**_entry(lib, variant), "label": label, "lib_model": runner.lib_model,
                               "params": runner.params}
             runners[label] = compiled
     return runners
@@ -398,7 +405,7 @@ def run(models: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
         for entry in record["entries"].values():
             if entry["status"] == "skipped" and entry["lib"] != "effnet" and "not importable" in (entry["reason"] or ""):
                 skipped[entry["lib"]] = entry["reason"]
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("progress", "extra")}
+    config = {k: v for k, v in asdict(cfg).items() if k != "progress"}
     return {"meta": meta, "config": config,
             "skipped": [{"lib": k, "reason": v} for k, v in skipped.items()], "results": results}
 
