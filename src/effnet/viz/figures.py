@@ -267,6 +267,7 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple]) -> None:
     placed: list[Any] = []
     legend = ax.get_legend()
     avoid_boxes = [legend.get_window_extent(renderer)] if legend is not None else []
+    axes_box = ax.get_window_extent(renderer)  # fixed: the layout is done before labels are placed
     for text, x, y, color in labels:
         best, best_cost = None, None
         for dx, dy, ha, va in _SPOTS:
@@ -277,7 +278,6 @@ def _place_labels(fig: Any, ax: Any, labels: list[tuple]) -> None:
             inside = ((obstacles[:, 0] >= box.x0) & (obstacles[:, 0] <= box.x1)
                       & (obstacles[:, 1] >= box.y0) & (obstacles[:, 1] <= box.y1)).sum()
             overlap = sum(_overlap(box, b) for b in placed + avoid_boxes)
-            axes_box = ax.get_window_extent(renderer)
             outside = box.width * box.height - _overlap(box, axes_box)
             cost = inside * 20 + overlap + outside * 2
             if best_cost is None or cost < best_cost:
@@ -324,8 +324,6 @@ def plot_results(path: str | Path, points: Sequence[ResultPoint], *, paper: bool
 
 def _plot_rows(plt: Any, rows: list[tuple[str, list[ResultPoint]]], path: Path, title: str,
                formats: Sequence[str]) -> list[Path]:
-    from effnet.viz.plots import _save_fig
-
     fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4.8 * len(rows)), squeeze=False)
     colors: dict[str, Any] = {}
     pending: list[tuple[Any, list[tuple]]] = []
@@ -351,11 +349,7 @@ def _plot_rows(plt: Any, rows: list[tuple[str, list[ResultPoint]]], path: Path, 
     fig.tight_layout()
     for ax, labels in pending:  # after the layout: placement works in final display coordinates
         _place_labels(fig, ax, labels)
-    out = []
-    for i, fmt in enumerate(formats):
-        target = path.with_suffix(f".{fmt}")
-        if i < len(formats) - 1:  # every format but the last keeps the figure open
-            out.append(atomic_write(target, lambda tmp, f=fmt: fig.savefig(tmp, format=f, dpi=110)))
-        else:
-            out.append(_save_fig(fig, target, dpi=110, fmt=fmt))
+    out = [atomic_write(path.with_suffix(f".{f}"), lambda tmp, f=f: fig.savefig(tmp, format=f, dpi=110))
+           for f in formats]  # formats checked by plot_results
+    plt.close(fig)
     return out
