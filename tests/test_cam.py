@@ -174,7 +174,7 @@ def _box_mean(heat: np.ndarray, box: tuple[int, int, int, int], inside: bool) ->
 
 
 def test_lite0_maps_find_the_cat_and_the_espresso(lite0_file: Path, tmp_path: Path) -> None:
-    from effnet.viz.cli import cam_images
+    from effnet.commands.viz import cam_images
 
     cat, coffee = _photo("chelsea.png"), _photo("coffee.png")
     for view in ("full", "crop"):

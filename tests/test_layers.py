@@ -18,11 +18,12 @@ import effnet
 
 PACKAGE = Path(effnet.__file__).resolve().parent
 
-#: Lowest first (issue 8: layers <- specs <- scaling <- model <- registry <- weights <- data
-#: <- train <- cli; profile, viz and preprocessing slot in where their imports put them).
+#: Lowest first: layers <- specs <- scaling <- model <- registry <- weights <- data <- train <- the
+#: command layer; profile, viz and preprocessing slot in where their imports put them.
+#: ``commands`` holds every CLI module; ``cli`` (the entry point's table) sits above it.
 LAYERS = (
     "files", "layers", "specs", "scaling", "model", "registry", "profile", "viz", "preprocessing",
-    "weights", "data", "deploy", "train", "lab", "search", "bench", "cli",
+    "weights", "data", "deploy", "train", "lab", "search", "bench", "commands", "cli",
 )
 #: The package's front door and entry point sit above everything they re-export.
 TOP = {"effnet", "effnet.__main__"}
@@ -34,10 +35,8 @@ def module_name(path: Path) -> str:
 
 
 def layer_of(module: str) -> int:
-    """``effnet.weights.hub`` -> the index of ``weights``; every ``*.cli`` module is a CLI."""
+    """``effnet.weights.hub`` -> the index of ``weights``."""
     parts = module.split(".")
-    if parts[-1] == "cli":
-        return LAYERS.index("cli")
     if len(parts) < 2 or parts[1] not in LAYERS:
         raise AssertionError(f"{module}: not in any layer of {LAYERS}; add it to LAYERS in tests/test_layers.py")
     return LAYERS.index(parts[1])
@@ -79,7 +78,7 @@ def test_every_import_points_down_or_sideways():
     assert not upward, "upward imports:\n" + "\n".join(upward)
     # Only the command line (the top layer) may read the front door (``effnet.__version__``).
     into_top = [f"{m} imports {t}" for m, ts in GRAPH.items()
-                if m not in TOP and LAYERS[layer_of(m)] != "cli" for t in ts if t in TOP]
+                if m not in TOP and LAYERS[layer_of(m)] not in ("commands", "cli") for t in ts if t in TOP]
     assert not into_top, "modules must not import the package front door:\n" + "\n".join(into_top)
 
 
@@ -130,3 +129,43 @@ def test_importing_a_lower_layer_loads_no_upper_one(module: str, forbidden: str)
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import {module} loaded {out.strip()}"
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def test_no_loop_between_packages():
+    """Count each package as one node (``effnet.train.loop`` -> ``effnet.train``): a loop between
+    packages is a loop even when every single file-to-file edge points down, and a function-local
+    import counts like any other."""
+    edges: dict[str, set[str]] = {}
+    for m, targets in GRAPH.items():
+        if m in TOP:
+            continue
+        edges.setdefault(package_of(m), set()).update(
+            package_of(t) for t in targets if t not in TOP and package_of(t) != package_of(m))
+    state: dict[str, int] = {}
+    loops: list[str] = []
+
+    def visit(p: str, stack: list[str]) -> None:
+        state[p] = 1
+        for q in sorted(edges.get(p, ())):
+            if state.get(q) == 1:
+                loops.append(" -> ".join(stack[stack.index(q):] + [p, q]))
+            elif q not in state:
+                visit(q, stack + [p])
+        state[p] = 2
+
+    for p in sorted(edges):
+        if p not in state:
+            visit(p, [])
+    assert not loops, "loops between packages:\n" + "\n".join(loops)
+
+
+def test_cli_modules_live_in_the_command_layer():
+    """Every argparse user is a command module: the library packages know nothing of argparse."""
+    users = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if "argparse" in p.read_text()
+                   and not module_name(p).startswith(("effnet.commands", "effnet.cli")))
+    assert not users, f"modules outside effnet.commands that use argparse: {users}"

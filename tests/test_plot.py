@@ -12,8 +12,8 @@ from PIL import Image
 
 import effnet
 from effnet.cli import main
+from effnet.commands.viz import read_points, read_run
 from effnet.preprocessing import Preprocessing
-from effnet.viz.cli import read_points, read_run
 from effnet.viz.figures import paper_points, plot_results, read_json_points
 from effnet.weights import save_weights
 

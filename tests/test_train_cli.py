@@ -11,8 +11,8 @@ import pytest
 
 import effnet.train
 from effnet.cli import build_parser, main
+from effnet.commands.train import build_config, config_overrides
 from effnet.data.progressive import V2_PRESETS, Range
-from effnet.train.cli import build_config, config_overrides
 from effnet.train.config import RECIPES, TrainConfig, resolve_config
 
 

@@ -16,13 +16,14 @@ import sys
 
 #: Modules contributing sub-commands, in help order.
 COMMAND_MODULES = (
-    "effnet.profile.cli",   # list, profile, scale, table
-    "effnet.weights.cli",   # convert
-    "effnet.train.cli",     # train, eval, predict
-    "effnet.search.cli",    # search
-    "effnet.deploy.cli",    # export
-    "effnet.viz.cli",       # cam, plot
-    "effnet.bench.cli",     # bench
+    "effnet.commands.profile",  # list, profile, table
+    "effnet.commands.scale",    # scale, scale grid | search | study | fit
+    "effnet.commands.weights",  # convert, pretrained
+    "effnet.commands.train",    # train, eval, predict
+    "effnet.commands.search",   # search
+    "effnet.commands.deploy",   # export
+    "effnet.commands.viz",      # cam, plot
+    "effnet.commands.bench",    # bench
 )
 
 

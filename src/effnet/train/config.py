@@ -5,7 +5,7 @@ same fields) picks one, and command-line options override it. The resolved confi
 the run folder as ``config.yaml``.
 
 Each field carries its help text (and its allowed values, where they are a fixed set) in its
-metadata: ``effnet train`` derives one option per field from them (effnet.train.cli), so the list
+metadata: ``effnet train`` derives one option per field from them (effnet.commands.train), so the list
 of training options exists once, here.
 """
 
@@ -23,7 +23,7 @@ from effnet.specs.base import check_fields
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
            default_factory: Any = dataclasses.MISSING) -> Any:
     """A :class:`TrainConfig` field with its help text (and allowed values, if a fixed set),
-    so that the command line (effnet.train.cli), the validation and the reader share one list."""
+    so that the command line (effnet.commands.train), the validation and the reader share one list."""
     metadata = {"help": help, **({"choices": choices} if choices else {})}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=metadata)
@@ -37,7 +37,7 @@ class TrainConfig:
     every 2.4 epochs, wd 1e-5 (not on BN/bias), label smoothing 0.1, EMA 0.9999, AutoAugment,
     stochastic depth 0.2, 350 epochs.
 
-    Each field's help text is the ``effnet train --<field-name>`` help (effnet.train.cli derives
+    Each field's help text is the ``effnet train --<field-name>`` help (effnet.commands.train derives
     the options from these fields)."""
 
     # --- data

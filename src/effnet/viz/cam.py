@@ -22,7 +22,7 @@ Images: the map is drawn over the *original* image, whatever its aspect ratio. `
 the map covers the whole picture; ``view="crop"`` feeds exactly the evaluation centre crop
 (the same pixels as ``effnet predict``) and maps it back onto the region of the original that
 the crop came from (outside it there is no map). Decoding files and loading weights happen in
-the caller (``effnet.viz.cli``), since ``effnet.viz`` sits below those layers.
+the caller (``effnet.commands.viz``), since ``effnet.viz`` sits below those layers.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Plain JSON schema (a list, or ``{"points": [...]}``)::
 ``top1`` in percent; ``flops`` in multiply-adds (or ``gflops``), ``params`` as a count (or
 ``params_m``, millions); at least one of the two costs; ``dataset`` and ``series`` (the legend
 entry) are optional. Reading run folders needs the weights layer and lives in
-``effnet.viz.cli``; everything here works on loaded data.
+``effnet.commands.viz``; everything here works on loaded data.
 """
 
 from __future__ import annotations

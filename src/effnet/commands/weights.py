@@ -21,17 +21,17 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "--peers` lists them")
     p.add_argument("--advprop", action="store_true",
                    help="efficientnet_pytorch AdvProp weights: record the [-1, 1] input normalisation")
-    p.set_defaults(func=_convert)
+    p.set_defaults(func=cmd_convert)
 
     q = sub.add_parser(
         "pretrained", help="download, verify and cache published weights (or list what is known)",
     )
     q.add_argument("names", nargs="*", help="effnet model names to fetch into the cache")
     q.add_argument("--peers", action="store_true", help="list the peer model names convert accepts")
-    q.set_defaults(func=_pretrained)
+    q.set_defaults(func=cmd_pretrained)
 
 
-def _convert(args: argparse.Namespace) -> int:
+def cmd_convert(args: argparse.Namespace) -> int:
     from effnet.weights import convert, read_weights
 
     path = convert(args.src, args.out, source=args.source, model=args.model, advprop=args.advprop)
@@ -41,7 +41,7 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pretrained(args: argparse.Namespace) -> int:
+def cmd_pretrained(args: argparse.Namespace) -> int:
     from effnet.weights.hub import PRETRAINED, cache_dir, cached_path, fetch_pretrained
     from effnet.weights.peers import list_peers
 

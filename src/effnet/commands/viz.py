@@ -129,7 +129,7 @@ def cam_images(
     return report
 
 
-def _cam(args: argparse.Namespace) -> int:
+def cmd_cam(args: argparse.Namespace) -> int:
     import torch
 
     from effnet.train.setup import auto_threads
@@ -223,7 +223,7 @@ def read_points(sources: list[str | Path], dataset: str = "") -> list[ResultPoin
     return points
 
 
-def _plot(args: argparse.Namespace) -> int:
+def cmd_plot(args: argparse.Namespace) -> int:
     from effnet.viz.figures import plot_results
 
     points = read_points(args.sources, args.dataset or "")
@@ -264,7 +264,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--device", default="cpu")
     c.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave idle)")
     c.add_argument("--json", action="store_true", help="print the predictions, peaks and files as JSON")
-    c.set_defaults(func=_cam)
+    c.set_defaults(func=cmd_cam)
 
     p = sub.add_parser(
         "plot", help="accuracy against FLOPs and parameters: the published curves and your runs",
@@ -280,4 +280,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-paper", action="store_true", help="leave out the published curves")
     p.add_argument("--dataset", help="data set name for results.json files (they do not record it)")
     p.add_argument("--title")
-    p.set_defaults(func=_plot)
+    p.set_defaults(func=cmd_plot)

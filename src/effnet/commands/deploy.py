@@ -35,10 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--dynamo", action="store_true",
                    help="ONNX through torch.export (the dynamo exporter) instead of the TorchScript-based one")
-    p.set_defaults(func=_export)
+    p.set_defaults(func=cmd_export)
 
 
-def _export(args: argparse.Namespace) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from effnet.deploy.export import export

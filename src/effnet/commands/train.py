@@ -137,7 +137,7 @@ def _adjust_progressive(spec: ProgressiveSpec | None, stages: int | None,
     return dataclasses.replace(spec, **changes)
 
 
-def _train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from effnet.train import Interrupted
@@ -175,7 +175,7 @@ def _run_training(args: argparse.Namespace) -> RunResult:
     return train(build_config(args))
 
 
-def _eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import evaluate
     from effnet.train.evaluate import describe_path, describe_preprocessing
@@ -200,7 +200,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predict(args: argparse.Namespace) -> int:
+def cmd_predict(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import predict
     from effnet.train.evaluate import describe_path, describe_preprocessing
@@ -238,7 +238,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--stages", type=int, default=argparse.SUPPRESS, help="progressive stages")
     t.add_argument("--sizes", type=int, nargs=2, metavar=("MIN", "MAX"), default=argparse.SUPPRESS,
                    help="progressive image sizes")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights on data")
     e.add_argument("--weights", required=True)
@@ -252,7 +252,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_speed_options(e, "the int8 model is calibrated on the first batches of --data; prints its top-1 "
                           "agreement with fp32")
     e.add_argument("--json", action="store_true")
-    e.set_defaults(func=_eval)
+    e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of images")
     p.add_argument("images", nargs="+")
@@ -263,7 +263,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     _add_speed_options(p, "the int8 model is calibrated on the given images")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=_predict)
+    p.set_defaults(func=cmd_predict)
 
 
 def _add_speed_options(parser: argparse.ArgumentParser, int8_note: str) -> None:

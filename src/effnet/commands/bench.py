@@ -40,10 +40,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="CPU: do not flush subnormal floats (random-init SE gates make them; see README)")
     p.add_argument("--out", metavar="JSON", default=None, help="also write every measurement to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=_bench)
+    p.set_defaults(func=cmd_bench)
 
 
-def _bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     from effnet.bench.run import run, table, write_json
 
     result = run(args.models, resolution=args.resolution, libs=args.libs, quick=args.quick, batch=args.batch,
