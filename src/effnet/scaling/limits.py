@@ -9,6 +9,7 @@ it), so an absurd request is refused at once, with the size it would have had.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -104,3 +105,65 @@ def phi_bound(ok: Callable[[float], bool], direction: float) -> float:
         mid = (good + bad) / 2
         good, bad = (mid, bad) if ok(mid) else (good, mid)
     return int(good * 100) / 100
+
+
+# --- memory ------------------------------------------------------------------------------------
+def activation_bytes(spec: ModelSpec, resolution: int | None = None, batch: int = 1, *, training: bool = False,
+                     bytes_per_value: int = 4) -> int:
+    """A lower bound on the activation memory of one forward pass, read from the spec alone.
+
+    Inference holds at least one block's input, its widest hidden tensor and its output at
+    once; a training step keeps at least every block's hidden and output tensor for backward.
+    Both grow with ``resolution ** 2`` and ``batch``; the true use is higher (BatchNorm and
+    activation copies, the allocator), so a size refused by this bound cannot fit.
+    """
+    side = float(spec.resolution if resolution is None else resolution)
+    side /= 2 * (2 if spec.stem_pool else 1)  # the stem's stride (and a ResNet stem's pool)
+    values = [spec.stem_channels * side * side]  # (per image) tensors a pass holds, block by block
+    peak = values[0] + spec.in_channels * (2 * side) ** 2
+    total = values[0]
+    cin = spec.stem_channels
+    for stage in spec.stages:
+        for i in range(stage.repeats):
+            stride = stage.stride if i == 0 else 1
+            out_side = side / stride
+            if stage.op == "bottleneck":
+                hidden = max(1, round(stage.channels / stage.expand)) * out_side * out_side
+            else:
+                hidden = cin * stage.expand * (side * side if stage.op == "mbconv" else out_side * out_side)
+            out = stage.channels * out_side * out_side
+            peak = max(peak, cin * side * side + hidden + out)
+            total += hidden + out
+            cin, side = stage.channels, out_side
+    head = spec.head_channels * side * side
+    peak, total = max(peak, cin * side * side + head), total + head
+    return int((total if training else peak) * batch * bytes_per_value)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can use now: ``MemAvailable`` from /proc/meminfo (Linux), else
+    free pages from ``os.sysconf``; ``None`` when neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, fix: str, available: int | None = None) -> None:
+    """Refuse a job whose memory lower bound ``need`` exceeds what is available (``available``,
+    default this machine's free memory), saying both and what to change (``fix``)."""
+    have = available_memory_bytes() if available is None else available
+    if have is not None and need > have:
+        raise ValueError(f"{what} needs at least {_gib(need)} of memory for activations, {_gib(have)} is "
+                         f"available: {fix}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
