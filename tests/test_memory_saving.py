@@ -17,7 +17,8 @@ from torch import nn
 from effnet.layers import ConvBnAct, MBConv, SqueezeExcite
 from effnet.layers.activations import memory_efficient, memory_efficient_enabled, set_memory_efficient
 from effnet.model import build
-from effnet.registry import create_model, get_spec
+from effnet import create_model
+from effnet.registry import get_spec
 from effnet.scaling import scale
 from effnet.train import run_trial
 

@@ -123,7 +123,7 @@ def test_manifest_converts_one_to_one(key: str, shared_dir: Path) -> None:
     manifest = _manifests(shared_dir)[key]
     converted = convert_state_dict(_tagged(manifest), source, peer).state_dict
     with torch.device("meta"):
-        own = effnet.registry.create_model(_effnet_name(peer), num_classes=1000).state_dict()
+        own = effnet.create_model(_effnet_name(peer), num_classes=1000).state_dict()
     assert set(converted) == set(own), "effnet tensors not filled"
     assert {k: tuple(v.shape) for k, v in converted.items()} == {k: tuple(v.shape) for k, v in own.items()}
     names = list(manifest)
@@ -208,5 +208,5 @@ def test_check_state_dict_names_first_mismatch() -> None:
 
 def test_h5py_is_loaded_only_to_read_keras_files() -> None:
     """h5py is optional: importing the converters (Keras included) must not need it."""
-    code = "import sys, effnet.weights.convert, effnet.weights.keras; assert 'h5py' not in sys.modules"
+    code = "import sys, effnet.weights.converters, effnet.weights.keras; assert 'h5py' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import difflib
 from typing import Any
 
-from effnet.model import EfficientNet, build
 from effnet.scaling.compound import from_family
 from effnet.specs.base import FamilyRow, ModelSpec
 from effnet.specs.baselines import BASELINES
@@ -56,14 +55,11 @@ def get_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> EfficientNet:
-    """Build a registered architecture by name, with random weights.
-
-    ``overrides`` are spec fields (``dropout``, ``drop_path_rate``, ``bn_eps``,
-    ``bn_momentum``, ``padding``, ``in_channels``, ``resolution``, ``activation`` ...): this is
-    the one place where they enter; :func:`effnet.build` takes a finished spec. For weights
-    (a file or the published ones) use :func:`effnet.create_model`, which is
-    :func:`effnet.weights.create_model`.
+def resolve_spec(name: str, num_classes: int = 1000, **overrides: Any) -> ModelSpec:
+    """The spec of registered model ``name`` with ``num_classes`` and spec-field ``overrides``
+    (``dropout``, ``drop_path_rate``, ``bn_eps``, ``bn_momentum``, ``padding``, ``in_channels``,
+    ``resolution``, ``activation`` ...): the one place where overrides are checked.
+    :func:`effnet.create_model` builds the result (with weights, if asked).
 
     ``width`` and ``depth`` are refused: in a spec they *record* how it was scaled (its channels
     and repeats are absolute), so overriding them would only mislabel the model.
@@ -75,4 +71,4 @@ def create_model(name: str, num_classes: int = 1000, **overrides: Any) -> Effici
             f"scaling, its channels and repeats are absolute); scale the spec instead: "
             f"effnet.build(effnet.scale(effnet.get_spec({name!r}), width=..., depth=...))"
         )
-    return build(get_spec(name).replace(num_classes=num_classes, **overrides))
+    return get_spec(name).replace(num_classes=num_classes, **overrides)

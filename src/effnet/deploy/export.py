@@ -41,9 +41,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from effnet import registry
 from effnet.files import commit
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
+from effnet.weights import create_model, load_model
 
 __all__ = ["FORMATS", "Check", "ExportResult", "export", "sample_images"]
 
@@ -98,19 +100,15 @@ def _load_source(source: str | Path | nn.Module) -> tuple[nn.Module, Preprocessi
             resolution=getattr(spec, "resolution", 224))
         return copy.deepcopy(source).float().eval(), prep, getattr(source, "class_names", None), (
             f"model object ({getattr(spec, 'name', type(source).__name__)})")
-    from effnet import registry
-
     path = Path(source)
     if path.is_file():
-        from effnet.weights import load_model
-
         model = load_model(path)
         return model, model.preprocessing, model.class_names, str(path)  # type: ignore[return-value]
     if isinstance(source, str) and source in registry.REGISTRY:
         # A name is a convenience for trying the export pipeline: the weights are random.
         log.warning("%s: a registered model name, exported with random weights (pass a weight "
                     "file for a trained model)", source)
-        model = registry.create_model(source).eval()
+        model = create_model(source).eval()
         return model, Preprocessing(resolution=model.spec.resolution), None, f"{source} (random weights)"
     if path.suffix or os.sep in str(source):
         raise FileNotFoundError(f"weight file not found: {source} (expected an effnet .safetensors file; "

@@ -12,15 +12,14 @@ from effnet import registry
 from effnet.model import EfficientNet, build
 from effnet.preprocessing import PreprocessedModel, Preprocessing
 from effnet.specs.base import ModelSpec
-from effnet.weights.convert import convert
 from effnet.weights.format import (
     WeightFile,
     check_state_dict,
+    nonfinite_tensors,
     read_weights,
     save_weights,
 )
 from effnet.weights.hub import PRETRAINED, cache_dir, fetch_pretrained
-from effnet.weights.peers import list_peers
 
 __all__ = [
     "PRETRAINED",
@@ -41,6 +40,20 @@ __all__ = [
 ]
 
 
+def __getattr__(name: str) -> Any:
+    """``convert`` and ``list_peers`` load the converters (key maps of torchvision, timm, Keras and
+    efficientnet_pytorch) on first use: loading a model from an effnet file never needs them."""
+    if name == "convert":
+        from effnet.weights.converters import convert
+
+        return convert
+    if name == "list_peers":
+        from effnet.weights.peers import list_peers
+
+        return list_peers
+    raise AttributeError(f"module 'effnet.weights' has no attribute {name!r}")
+
+
 def model_from_weights(
     wf: WeightFile, *, what: str, num_classes: int | None = None, **spec_changes: Any
 ) -> EfficientNet:
@@ -49,6 +62,11 @@ def model_from_weights(
     attached as attributes. A ``num_classes`` other than the file's gets a new head."""
     model = build(wf.spec.replace(**spec_changes) if spec_changes else wf.spec)
     check_state_dict(model, wf.state_dict, what=what)
+    bad = nonfinite_tensors(wf.state_dict)
+    if bad:
+        # A diverged run's weights give NaN for every image: refuse rather than predict nonsense.
+        raise ValueError(f"{what}: {len(bad)} tensor(s) hold NaN or inf values (first: {', '.join(bad[:3])}); "
+                         f"the weights come from a diverged run: use an earlier checkpoint")
     model.load_state_dict(wf.state_dict)
     class_names = wf.class_names
     if num_classes is not None and num_classes != wf.spec.num_classes:
@@ -116,11 +134,13 @@ def create_model(
 ) -> EfficientNet:
     """Build a registered model by name (``effnet.create_model``), optionally with weights.
 
-    ``overrides`` are spec fields (see :func:`effnet.registry.create_model`). ``weights`` is a
-    self-describing weight file that must fit the named architecture; ``pretrained`` fetches
-    the published weights (downloaded once, then cached). Without either, random weights.
+    ``overrides`` are spec fields, checked once by :func:`effnet.registry.resolve_spec`
+    (``width``/``depth`` are refused). ``weights`` is a self-describing weight file that must fit
+    the named architecture; ``pretrained`` fetches the published weights (downloaded and
+    converted once, then cached). Without either, random weights.
     """
-    if weights is not None or pretrained:
-        return load_into(name, registry.get_spec(name), num_classes=num_classes, weights=weights,
-                         pretrained=pretrained, **overrides)
-    return registry.create_model(name, num_classes, **overrides)
+    spec = registry.resolve_spec(name, num_classes, **overrides)
+    if weights is None and not pretrained:
+        return build(spec)
+    return load_into(name, spec, num_classes=num_classes, weights=weights, pretrained=pretrained,
+                     **overrides)

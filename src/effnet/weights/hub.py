@@ -221,7 +221,7 @@ def fetch_pretrained(name: str, table: dict[str, PretrainedSource] | None = None
 
 
 def _download_and_convert(name: str, entry: PretrainedSource, path: Path) -> Path:
-    from effnet.weights.convert import convert
+    from effnet.weights.converters import convert
 
     log.info("downloading %s (%s)", entry.url, entry.checksum.describe())
     work = Path(tempfile.mkdtemp(prefix=".download-", dir=path.parent))
