@@ -119,6 +119,23 @@ class EfficientNet(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+        # What a caller most often passes by mistake (a PIL-style uint8 array, NHWC, float64 from
+        # numpy, a list), each named with the conversion, instead of an error deep inside a conv.
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"expected a torch.Tensor of shape (N, {self.spec.in_channels}, H, W) and dtype "
+                            f"float32, got {type(x).__name__}; convert with torch.as_tensor(...), and permute "
+                            f"NHWC arrays with .permute(0, 3, 1, 2)")
+        if not x.is_floating_point():
+            raise TypeError(f"expected a float input (normalised pixels), got dtype {x.dtype}; convert uint8 "
+                            f"pixels with x.float() / 255 and normalise with the model's preprocessing "
+                            f"(effnet.load_model(..., include_preprocessing=True) takes 0-255 floats)")
+        param = next(self.parameters(), None)
+        if (param is not None and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type)):
+            raise TypeError(f"input dtype {x.dtype} differs from the model's {param.dtype} parameters; "
+                            f"convert the input with x.to({param.dtype}) (or the model with model.to({x.dtype}))")
+        if (x.ndim == 4 and x.shape[1] != self.spec.in_channels and x.shape[-1] == self.spec.in_channels):
+            raise ValueError(f"input shape {tuple(x.shape)} looks channels-last (N, H, W, C); the model expects "
+                             f"(N, {self.spec.in_channels}, H, W): permute with x.permute(0, 3, 1, 2)")
         if x.shape[1] != self.spec.in_channels:
             raise ValueError(
                 f"expected {self.spec.in_channels} input channels, got {x.shape[1]} "
@@ -132,6 +149,14 @@ class EfficientNet(nn.Module):
             )
 
     # --- forward ------------------------------------------------------------------------
+        # NaN/inf in gives NaN out with no error: refused in evaluation (a reduction and one sync
+        # per forward; training batches come from decoded images). Traced/compiled graphs skip it,
+        # a data-dependent branch would not export.
+        if (not self.training and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+                and x.device.type != "meta" and not bool(torch.isfinite(x).all())):
+            bad = int((~torch.isfinite(x)).sum())
+            raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
+                             f"decoding and normalisation that produced it")
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
         if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)

@@ -13,7 +13,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "Keras .weights.h5/.h5) into effnet safetensors with spec and preprocessing.",
     )
     p.add_argument("src", help="source weights file")
-    p.add_argument("out", help="output .safetensors file")
+    p.add_argument("out", help="output .safetensors file (never the source; an existing file only with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--source", required=True, choices=("torchvision", "timm", "keras", "efficientnet_pytorch"))
     p.add_argument("--model", required=True,
                    help="the source library's model name (efficientnet_b3, tf_efficientnetv2_m, "
@@ -32,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    from effnet.files import check_output
     from effnet.weights import convert, read_weights
 
+    check_output(args.out, inputs=[args.src], overwrite=args.overwrite)
     path = convert(args.src, args.out, source=args.source, model=args.model, advprop=args.advprop)
     wf = read_weights(path)
     _out(f"{path}: {wf.spec.name} ({wf.source}), {wf.spec.num_classes} classes, "

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from effnet.specs.base import ModelSpec
+from effnet.weights.format import is_safetensors, sniff
 from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, walk
 from effnet.weights.peers import get_peer
 
@@ -118,7 +119,9 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+    # By content, not name: a safetensors file saved as .pth (or a torch file as .safetensors)
+    # would otherwise reach the wrong reader and its raw error.
+    if is_safetensors(path) or (path.suffix == ".safetensors" and sniff(path) is None):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
