@@ -132,3 +132,34 @@ def test_profile_cli_counts_by_default_and_measures_on_request(capsys):
     assert json.loads(capsys.readouterr().out)["params"] == 5_288_548
     assert main(["profile", "efficientnet_b0", "--latency", "--no-latency"]) == 1
     assert "--latency and --no-latency contradict" in capsys.readouterr().err
+
+
+def _recount_params():
+    """Every registered model; the big ones (>= 1G multiply-adds, seconds each) run with -m slow."""
+    from effnet.profile.counts_table import COUNTS
+
+    return [pytest.param(name, marks=[pytest.mark.slow] if COUNTS.get(name, (0, 0, 0))[2] >= 1e9 else [])
+            for name in effnet.list_models()]
+
+
+def test_stored_counts_cover_the_registry_and_agree_with_the_peers():
+    from effnet.profile.counts import stored_counts
+    from effnet.profile.counts_table import COUNTS
+
+    assert sorted(COUNTS) == sorted(effnet.list_models()), "regenerate: python -m effnet.profile.counts"
+    for name, (params, flops) in PEER_COUNTS.items():
+        c = stored_counts(name)
+        assert (c.params, c.flops) == (params, flops)
+    assert stored_counts("no_such_model") is None
+
+
+@pytest.mark.parametrize("name", _recount_params())
+def test_stored_counts_equal_a_recount_on_the_meta_device(name):
+    from effnet.profile.counts import stored_counts
+
+    spec = effnet.get_spec(name)
+    with torch.device("meta"):
+        params = count_params(effnet.build(spec))
+    stored = stored_counts(name)
+    assert (stored.resolution, stored.params, stored.flops) == (spec.resolution, params, count_flops(spec)), \
+        "the architecture changed: regenerate the table with python -m effnet.profile.counts"

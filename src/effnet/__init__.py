@@ -1,46 +1,61 @@
 """effnet: the EfficientNet family and compound model scaling for PyTorch."""
 
-from effnet.model import EfficientNet, build
-from effnet.registry import REGISTRY, get_spec, list_models
-from effnet.scaling import compound_scale, round_filters, round_repeats, scale
-from effnet.specs import ModelSpec, StageSpec
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+# The front door is lazy (PEP 562): every public name is looked up in this table and its module is
+# imported on first use. ``import effnet`` must not load torch: the command line imports the package
+# to build its parser, and torch alone costs over a second, so ``effnet --help`` would wait for it.
+# It also keeps ``import effnet.data`` (or ``effnet.model``) from pulling in the upper layers
+# (weights, deploy), which tests/test_layers.py checks.
+_LAZY: dict[str, str] = {
+    "EfficientNet": "effnet.model",
+    "build": "effnet.model",
+    "REGISTRY": "effnet.registry",
+    "get_spec": "effnet.registry",
+    "list_models": "effnet.registry",
+    "compound_scale": "effnet.scaling",
+    "round_filters": "effnet.scaling",
+    "round_repeats": "effnet.scaling",
+    "scale": "effnet.scaling",
+    "ModelSpec": "effnet.specs",
+    "StageSpec": "effnet.specs",
+    "create_model": "effnet.weights",
+    "load_model": "effnet.weights",
+    "optimize": "effnet.deploy.optimize",  # the fast inference path
+    "export": "effnet.deploy.export",  # verified ONNX / TorchScript / torch.export
+    "Session": "effnet.deploy.runtime",  # a runtime session (torch, ONNX Runtime, OpenVINO)
+}
+
 __all__ = [
-    "REGISTRY",
-    "EfficientNet",
-    "ModelSpec",
-    "StageSpec",
-    "__version__",
-    "build",
-    "compound_scale",
-    "create_model",
-    "export",
-    "get_spec",
-    "list_models",
-    "load_model",
-    "optimize",
-    "round_filters",
-    "round_repeats",
-    "scale",
+    "REGISTRY", "EfficientNet", "ModelSpec", "Session", "StageSpec", "__version__", "build", "compound_scale",
+    "create_model", "export", "get_spec", "list_models", "load_model", "optimize", "round_filters",
+    "round_repeats", "scale",
 ]
 
+if TYPE_CHECKING:  # static checkers see the real names; nothing is imported at run time
+    from effnet.deploy.export import export
+    from effnet.deploy.optimize import optimize
+    from effnet.deploy.runtime import Session
+    from effnet.model import EfficientNet, build
+    from effnet.registry import REGISTRY, get_spec, list_models
+    from effnet.scaling import compound_scale, round_filters, round_repeats, scale
+    from effnet.specs import ModelSpec, StageSpec
+    from effnet.weights import create_model, load_model
 
 
-def __getattr__(name: str):  # noqa: ANN202 (PEP 562)
-    # Loaded on first use, so that ``import effnet.data`` (or ``effnet.model``) does not pull in
-    # the weights package: lower layers must import without the upper ones (see tests/test_layers.py).
-    if name in ("create_model", "load_model"):
-        from effnet import weights
+def __getattr__(name: str) -> Any:  # PEP 562
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'effnet' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
 
-        return getattr(weights, name)
-    if name == "optimize":  # effnet.optimize(model, ...): the fast inference path (effnet.deploy)
-        from effnet.deploy.optimize import optimize
 
-        return optimize
-    if name == "export":  # effnet.export(...): verified ONNX / TorchScript / torch.export
-        from effnet.deploy.export import export
-
-        return export
-    raise AttributeError(f"module 'effnet' has no attribute {name!r}")
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

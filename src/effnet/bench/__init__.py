@@ -10,23 +10,30 @@ listed as skipped, with the reason.
 
 from __future__ import annotations
 
-from effnet.bench.measure import interleaved, peak_memory_bytes, rotation, saved_activation_bytes
-from effnet.bench.peers import LIBRARIES, Runner, Unavailable, build_runner, peer_name
-from effnet.bench.run import (
-    DEFAULT_MODELS,
-    ENTRY_FIELDS,
-    MODEL_FIELDS,
-    RESULT_FIELDS,
-    make_config,
-    ratios,
-    reference_of,
-    run,
-    table,
-    write_json,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "DEFAULT_MODELS", "ENTRY_FIELDS", "LIBRARIES", "MODEL_FIELDS", "RESULT_FIELDS", "Runner", "Unavailable",
-    "build_runner", "interleaved", "make_config", "peak_memory_bytes", "peer_name", "ratios", "reference_of",
-    "rotation", "run", "saved_activation_bytes", "table", "write_json",
-]
+# Names load on first use (PEP 562): `effnet bench --help` reads only effnet.bench.names and must
+# not load torch and the peer libraries.
+_LAZY: dict[str, str] = {name: module for module, names in (
+    ("effnet.bench.measure", ("interleaved", "peak_memory_bytes", "rotation", "saved_activation_bytes")),
+    ("effnet.bench.names", ("LIBRARIES",)),
+    ("effnet.bench.peers", ("Runner", "Unavailable", "build_runner", "peer_name")),
+    ("effnet.bench.run", ("DEFAULT_MODELS", "ENTRY_FIELDS", "MODEL_FIELDS", "RESULT_FIELDS", "make_config",
+                          "ratios", "reference_of", "run", "table", "write_json")),
+) for name in names}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -34,16 +34,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from effnet.bench.names import EFFNET_INFERENCE, EFFNET_TRAINING, LIBRARIES
 from effnet.profile import count_params
-from effnet.registry import create_model, get_spec, list_models
+from effnet.registry import get_spec, list_models
+from effnet.weights import create_model
 
 log = logging.getLogger(__name__)
 
-#: Every library the benchmark knows, effnet first.
-LIBRARIES = ("effnet", "torchvision", "timm", "keras", "efficientnet_pytorch")
-#: effnet's variants and what they are measured for.
-EFFNET_INFERENCE = ("plain", "fast", "int8")
-EFFNET_TRAINING = ("default", "memory-saving")
 DROP_PATH_RATE = 0.2  # torchvision's and effnet's default stochastic depth, passed to every peer
 
 

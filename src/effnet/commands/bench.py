@@ -6,7 +6,7 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from effnet.bench.peers import LIBRARIES
+    from effnet.bench.names import LIBRARIES
 
     p = sub.add_parser(
         "bench", help="inference latency/throughput, training speed and peak memory of effnet vs the peers",

@@ -9,21 +9,17 @@ from effnet.commands.common import fmt_flops, fmt_params, print_table
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    import torch
-
-    from effnet.model import build
-    from effnet.profile import count_flops, count_params
-    from effnet.registry import get_spec, list_models
+    # Stored counts (effnet.profile.counts): listing needs no torch and no network build.
+    from effnet.profile.counts import counts_of
+    from effnet.registry import list_models
 
     names = list_models(args.pattern)
     if not names:
         raise ValueError(f"no model matches {args.pattern!r}; run `effnet list` to see all names")
     rows = []
     for name in names:
-        spec = get_spec(name)
-        with torch.device("meta"):
-            params = count_params(build(spec))
-        rows.append([name, str(spec.resolution), fmt_params(params), fmt_flops(count_flops(spec))])
+        c = counts_of(name)
+        rows.append([name, str(c.resolution), fmt_params(c.params), fmt_flops(c.flops)])
     print_table(["model", "resolution", "params", "FLOPs (MACs)"], rows)
     return 0
 
@@ -55,19 +51,13 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    import torch
-
-    from effnet.model import build
-    from effnet.profile import count_flops, count_params
-    from effnet.registry import get_spec
+    from effnet.profile.counts import counts_of
     from effnet.specs.paper import PAPER_TABLE_2
 
     rows, out = [], []
     for r in PAPER_TABLE_2:
-        spec = get_spec(r.model)
-        with torch.device("meta"):
-            params = count_params(build(spec))
-        flops = count_flops(spec)
+        c = counts_of(r.model)  # stored counts at the model's own resolution
+        params, flops = c.params, c.flops
         out.append({"model": r.model, "resolution": r.resolution, "top1": r.top1,
                     "paper_params_m": r.params_m, "params": params,
                     "paper_flops_b": r.flops_b, "flops": flops, "source": r.source})

@@ -1,9 +1,4 @@
-"""Measurement: parameters, multiply-adds, activation memory and CPU latency.
-
-FLOPs follow the papers' convention: *multiply-adds* (EfficientNet-B0 = 0.39B at 224 px).
-They are counted by ``torch.utils.flop_counter`` (which reports 2 FLOPs per multiply-add for
-convolutions and matmuls), on the meta device so that even L2 at 800 px costs no compute.
-"""
+"""Counting and timing a network: parameters, multiply-adds (meta device), activation memory, latency."""
 
 from __future__ import annotations
 

@@ -1,15 +1,48 @@
 """Training, fine-tuning, evaluation and prediction with the EfficientNet recipes."""
 
-from effnet.train.config import RECIPES, TrainConfig, resolve_config
-from effnet.train.evaluate import EvalResult, Prediction, evaluate, predict
-from effnet.train.loop import RunResult, train
-from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
-from effnet.train.setup import build_model, eval_resolution
-from effnet.train.stop import Interrupted
-from effnet.train.trial import run_trial
+from __future__ import annotations
 
-__all__ = [
-    "RECIPES", "EvalResult", "Interrupted", "ModelEMA", "Prediction", "RMSpropTF", "RunResult", "TrainConfig",
-    "build_model", "eval_resolution", "evaluate", "lr_at", "param_groups", "predict", "resolve_config", "run_trial",
-    "scaled_lr", "train",
-]
+import importlib
+import sys
+import types
+from typing import Any
+
+# Names load on first use (PEP 562): the command line builds its parser from TrainConfig
+# (effnet.train.config), and importing this package for that must not load torch.
+_LAZY: dict[str, str] = {name: module for module, names in (
+    ("effnet.train.config", ("RECIPES", "TrainConfig", "resolve_config")),
+    ("effnet.train.evaluate", ("EvalResult", "Prediction", "evaluate", "predict")),
+    ("effnet.train.loop", ("RunResult", "train")),
+    ("effnet.train.optim", ("ModelEMA", "RMSpropTF", "lr_at", "param_groups", "scaled_lr")),
+    ("effnet.train.setup", ("build_model", "eval_resolution")),
+    ("effnet.train.stop", ("Interrupted",)),
+    ("effnet.train.trial", ("run_trial",)),
+) for name in names}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+class _Package(types.ModuleType):
+    """Keeps ``effnet.train.evaluate`` the function: importing the submodule of the same name binds
+    the module on this package, which would shadow the function (an eager import re-bound it)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if isinstance(value, types.ModuleType) and _LAZY.get(name) == value.__name__ and hasattr(value, name):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
