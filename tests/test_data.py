@@ -94,6 +94,59 @@ def test_refuses_bad_datasets(tmp_path):
         load_splits(tmp_path / "missing")
 
 
+def test_16_bit_grayscale_is_scaled_not_clipped(tmp_path):
+    """A 16-bit PNG (PIL mode I;16 or I) holds 0-65535: 8 bits are value * 255 / 65535 (PIL's
+    own convert("RGB") clipped everything above 255 to white, binarising the image)."""
+    import numpy as np
+
+    from effnet.data.datasets import decode
+
+    ramp = np.array([[0, 257, 32896, 65535]], dtype=np.uint16)  # 0, 1, 128, 255 in 8 bits
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    for item in (tmp_path / "g16.png", Image.fromarray(ramp), Image.fromarray(ramp.astype(np.int32), mode="I")):
+        rgb = np.asarray(decode(item))
+        assert rgb.shape == (1, 4, 3) and rgb[0, :, 0].tolist() == [0, 1, 128, 255]
+    # An "I" image whose values are already 0-255 is kept as it is.
+    small = Image.fromarray(np.array([[0, 100, 255]], dtype=np.int32), mode="I")
+    assert np.asarray(to_rgb(small))[0, :, 1].tolist() == [0, 100, 255]
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
+def test_train_beside_a_held_out_folder_are_the_splits(tmp_path, held_out, caplog):
+    """DIR/train + DIR/test was read as two classes, "train" and "test"."""
+    make_folder(tmp_path / "d" / "train", {"a": 3, "b": 3})
+    make_folder(tmp_path / "d" / held_out, {"a": 2, "b": 2})
+    with caplog.at_level("INFO"):
+        train, val = load_splits(tmp_path / "d")
+    assert train.class_names == ["a", "b"] and (len(train), len(val)) == (6, 4)
+    assert str(tmp_path / "d" / held_out) in caplog.text  # the log line says which folders are used
+    assert len(load_eval_split(tmp_path / "d")) == 4
+
+
+def test_train_folder_alone_is_split(tmp_path):
+    """DIR/train alone was "1 class folder (['train'])"."""
+    make_folder(tmp_path / "d" / "train", {"a": 5, "b": 5})
+    train, val = load_splits(tmp_path / "d", val_fraction=0.2)
+    assert train.class_names == ["a", "b"] and (len(train), len(val)) == (8, 2)
+    with pytest.raises(ValueError, match="no val/valid/validation/test folder"):
+        load_eval_split(tmp_path / "d")
+
+
+def test_empty_and_unreadable_class_folders_are_named(tmp_path, monkeypatch):
+    make_folder(tmp_path / "d", {"a": 3, "b": 3})
+    (tmp_path / "d" / "ghost").mkdir()
+    with pytest.raises(ValueError, match=r"no images under .*: ghost"):
+        load_splits(tmp_path / "d")
+    (tmp_path / "d" / "ghost").rmdir()
+    # An unreadable class folder (tests run as root here, where chmod cannot make one).
+    import os
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p).endswith("/b") else real_access(p, mode))
+    with pytest.raises(ValueError, match=r"cannot read class folder\(s\) .*/b"):
+        load_splits(tmp_path / "d")
+
+
 def test_eval_transform_resize_and_crop():
     img = Image.new("RGB", (64, 48))
     t = EvalTransform(Preprocessing(resolution=32, crop_pct=0.875, interpolation="bilinear"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -31,9 +32,12 @@ DIGITS = "digits"
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, palette, RGBA/LA and CMYK become RGB (alpha is composited on white)."""
+    """Grayscale, palette, RGBA/LA and CMYK become RGB (alpha is composited on white); 16-bit
+    and 32-bit grayscale are scaled to 8 bits (PIL's own conversion clips them at 255)."""
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return Image.fromarray(_to_uint8(img), mode="L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
@@ -41,6 +45,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
         return background
     return img.convert("RGB")
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """A 16/32-bit integer or float grayscale image as 0-255: 16-bit modes (``I;16*``, and ``I``,
+    which is how PIL opens 16-bit PNGs, when a value exceeds 255) by their full range
+    65535 -> 255; float images in [0, 1] times 255; anything else clipped to 0-255."""
+    a = np.asarray(img, dtype=np.float64)
+    top = float(a.max()) if a.size else 0.0
+    if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+        a = a * (255.0 / 65535.0)
+    elif img.mode == "F" and top <= 1.0:
+        a = a * 255.0
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 
 @dataclass
@@ -161,7 +178,10 @@ def _relative(name: str, root: Path) -> str:
         return name
 
 
-def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
+def _scan_classes(root: Path, what: str = "class") -> tuple[list[Path], list[int], list[str]]:
+    """Image paths, labels and class names of ``root/<class>/**``; a class folder (or any folder
+    under one) that cannot be read is an error naming it, and empty class folders are listed by
+    :func:`empty_classes`."""
     if not root.is_dir():
         raise NotADirectoryError(f"image folder not found or not a directory: {root}")
     try:
@@ -172,13 +192,44 @@ def _scan_classes(root: Path) -> tuple[list[Path], list[int], list[str]]:
     paths: list[Path] = []
     labels: list[int] = []
     for label, d in enumerate(class_dirs):
-        try:
-            files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-        except PermissionError as e:
-            raise ValueError(f"cannot read class folder {d}: {e}; check its permissions") from e
+        files, unreadable = _walk_images(d)
+        if unreadable:
+            raise ValueError(f"cannot read {what} folder(s) {', '.join(unreadable[:5])}: permission denied or "
+                             f"unreadable; check their permissions")
+        files = sorted(f for f in files if f.is_file())
         paths += files
         labels += [label] * len(files)
     return paths, labels, names
+
+
+def _walk_images(folder: Path) -> tuple[list[Path], list[str]]:
+    """Image files under ``folder`` and the folders that could not be listed (``os.walk``
+    reports them; pathlib's rglob skips them silently, so an unreadable class read as empty)."""
+    unreadable: list[str] = []
+    files: list[Path] = []
+    for here, subdirs, names in os.walk(folder, onerror=lambda e: unreadable.append(str(e.filename)),
+                                        followlinks=True):
+        subdirs[:] = sorted(x for x in subdirs if not x.startswith("."))
+        files += [Path(here) / n for n in names if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+    if not os.access(folder, os.R_OK | os.X_OK) and str(folder) not in unreadable:
+        unreadable.append(str(folder))
+    return files, unreadable
+
+
+def empty_classes(split: Split) -> list[str]:
+    """Class names with no image in ``split``."""
+    counts = [0] * len(split.class_names)
+    for label in split.labels:
+        counts[label] += 1
+    return [name for name, n in zip(split.class_names, counts) if n == 0]
+
+
+def _refuse_empty(split: Split, root: object) -> None:
+    empty = empty_classes(split)
+    if empty:
+        raise ValueError(f"class folder(s) with no images under {root}: {', '.join(empty[:10])}"
+                         f"{' ...' if len(empty) > 10 else ''}; add images ({', '.join(IMAGE_EXTENSIONS)}) "
+                         f"or remove the folder(s): an empty class would be a class the model never sees")
 
 
 def _check(split: Split, what: str, root: object) -> None:
@@ -229,9 +280,19 @@ def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, 
     return _subset(full, train), _subset(full, val)
 
 
+#: Names of a held-out folder beside ``DIR/train``, in the order they are looked for.
+VAL_DIRS = ("val", "valid", "validation", "test")
+
+
+def _val_dir(root: Path) -> Path | None:
+    return next((root / n for n in VAL_DIRS if (root / n).is_dir()), None)
+
+
 def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
-    """``(train, val)`` from ``digits``, ``DIR/train`` + ``DIR/val`` (or ``validation``), or
-    one ``DIR/<class>/*`` folder split by a seeded ``val_fraction``."""
+    """``(train, val)`` from ``digits``; ``DIR/train`` with ``DIR/val`` (or ``valid``,
+    ``validation``, ``test``) as the splits; ``DIR/train`` alone, or one ``DIR/<class>/*``
+    folder, split by a seeded ``val_fraction``. The layout used is logged; a class folder with
+    no images is refused."""
     if str(data) == DIGITS:
         return load_digits_split(val_fraction, seed)
     root = Path(data)
@@ -239,8 +300,10 @@ def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> t
         raise NotADirectoryError(
             f"data folder not found: {root} (expected DIR/train/<class>/*, DIR/<class>/* or 'digits')"
         )
-    val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    val_dir = _val_dir(root)
     if (root / "train").is_dir() and val_dir is not None:
+        log.info("data %s: training on %s, validating on %s (the folders' own splits)", root, root / "train",
+                 val_dir)
         train = Split(*_scan_classes(root / "train"))
         val_paths, val_labels, val_names = _scan_classes(val_dir)
         if val_names != train.class_names:
@@ -249,9 +312,24 @@ def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> t
                 f"{train.class_names} vs {val_names}; use the same class sub-folders in both"
             )
         val = Split(val_paths, val_labels, val_names)
+        _check(train, "train", root)
+        _refuse_empty(train, root / "train")
+        missing = empty_classes(val)
+        if missing:
+            log.warning("%s has no images for class(es) %s: their validation accuracy cannot be measured",
+                        val_dir, ", ".join(missing[:10]))
     else:
-        full = Split(*_scan_classes(root))
-        _check(full, "whole", root)
+        source = root
+        if (root / "train").is_dir():
+            source = root / "train"
+            log.info("data %s: training classes from %s, %.0f%% of each class held out for validation "
+                     "(no val/valid/validation/test folder beside it)", root, source, 100 * val_fraction)
+        else:
+            log.info("data %s: one folder per class, %.0f%% of each class held out for validation", root,
+                     100 * val_fraction)
+        full = Split(*_scan_classes(source))
+        _check(full, "whole", source)
+        _refuse_empty(full, source)
         tr, va = _seeded_split(len(full), full.labels, val_fraction, seed)
         train, val = _subset(full, tr), _subset(full, va)
     _check(train, "train", root)
@@ -260,12 +338,18 @@ def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> t
 
 
 def load_eval_split(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> Split:
-    """The split ``effnet eval`` scores: digits' val split, ``DIR/val``, or the whole ``DIR``
+    """The split ``effnet eval`` scores: digits' val split, ``DIR/val`` (or ``valid``,
+    ``validation``, ``test``), or the whole ``DIR``
     when it has no train/val sub-folders (a folder of held-out images)."""
     if str(data) == DIGITS:
         return load_digits_split(val_fraction, seed)[1]
     root = Path(data)
-    val_dir = next((root / n for n in ("val", "validation") if (root / n).is_dir()), None)
+    val_dir = _val_dir(root)
+    if val_dir is not None:
+        log.info("data %s: evaluating on %s", root, val_dir)
+    elif (root / "train").is_dir():
+        raise ValueError(f"{root} has a train folder but no {'/'.join(VAL_DIRS)} folder to evaluate on; pass "
+                         f"{root / 'train'} to score the training images themselves")
     split = Split(*_scan_classes(val_dir if val_dir is not None else root))
     if len(split) == 0:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
