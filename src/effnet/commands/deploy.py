@@ -15,11 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         description="Export a model, load the export back with its own runtime (ONNX Runtime, "
                     "torch.jit.load, torch.export.load), compare its outputs with eager PyTorch on random "
                     "and real images, and only then write OUT (plus OUT.json: input shape, preprocessing, "
-                    "class names, verification). A failed verification writes nothing.",
+                    "class names, verification). A failed verification writes nothing. OUT is never the weight "
+                    "file, and an existing OUT is replaced only with --overwrite.",
     )
     p.add_argument("weights", metavar="WEIGHTS",
                    help="an effnet weight file (.safetensors), or a registered model name (random weights)")
-    p.add_argument("out", metavar="OUT", help="output file (.onnx, .pt, .pt2)")
+    p.add_argument("out", metavar="OUT", help="output file (.onnx, .pt, .pt2); never WEIGHTS itself")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT (and OUT.json) if they exist")
     p.add_argument("--format", metavar="FORMAT", default=None,
                    help="onnx, torchscript or exported-program (default: from OUT's suffix, else onnx)")
     p.add_argument("--resolution", type=int, default=None, metavar="PX",
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="real images to verify on (default: scikit-image's sample photos when installed)")
     p.add_argument("--tolerance", type=float, default=None,
                    help="largest accepted error (default 1e-4, 1e-2 with --half)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset, 7 or newer (default 17)")
     p.add_argument("--dynamo", action="store_true",
                    help="ONNX through torch.export (the dynamo exporter) instead of the TorchScript-based one")
     p.set_defaults(func=cmd_export)
@@ -46,7 +48,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     fmt = args.format or _SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "onnx")
     result = export(args.weights, args.out, fmt, resolution=args.resolution, dynamic_batch=args.dynamic_batch,
                     batch_size=args.batch_size, half=args.half, fast=args.fast, images=args.images,
-                    tolerance=args.tolerance, opset=args.opset, dynamo=args.dynamo)
+                    tolerance=args.tolerance, opset=args.opset, dynamo=args.dynamo,
+                    overwrite=args.overwrite)
     meta = result.metadata
     _out(f"{result.path}: {meta['model']} as {result.format}, input {meta['input']['name']} "
          f"{meta['input']['shape']} {meta['input']['dtype']}")

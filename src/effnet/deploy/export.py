@@ -42,8 +42,9 @@ import torch
 from torch import nn
 
 from effnet import registry
-from effnet.files import commit
+from effnet.files import check_output, commit
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
+from effnet.scaling.limits import activation_bytes, check_memory
 from effnet.specs.base import MIN_INPUT_SIZE
 from effnet.weights import create_model, load_model
 
@@ -253,6 +254,20 @@ def _program_runner(path: Path) -> tuple[Runner, str]:
 
 
 # --- the front door -----------------------------------------------------------------------------
+#: The oldest ONNX opset whose export ONNX Runtime loads and runs (checked: 7, 9, 11, 13, 17;
+#: opset 5 gives INVALID_GRAPH).
+MIN_OPSET = 7
+
+
+def _max_opset() -> int:
+    try:
+        import onnx
+
+        return int(onnx.defs.onnx_opset_version())
+    except ImportError:  # the export itself says that onnx is missing
+        return 10**6
+
+
 def _output_path(out: str | Path, format: str) -> Path:
     out = Path(out)
     if out.is_dir():
@@ -297,6 +312,7 @@ def export(
     opset: int = 17,
     dynamo: bool = False,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Export ``weights`` to ``out`` in ``format`` and verify it against eager PyTorch.
 
@@ -312,6 +328,8 @@ def export(
     installed). ``tolerance``: default 1e-4, or 1e-2 with ``half`` (see the module docstring
     for the error measure). ``dynamo``: ONNX through ``torch.export`` instead of the
     TorchScript-based exporter (same result here, about 5x slower to export B0).
+    ``overwrite``: replace an existing ``out`` (and its ``.json``); without it an existing file
+    is refused before any work, and ``out`` may never be the weight file itself.
 
     Returns an :class:`ExportResult`; raises ``RuntimeError`` (nothing written) when the export
     differs from eager PyTorch by more than the tolerance.
@@ -324,7 +342,13 @@ def export(
         raise ValueError(f"unsupported format {format!r}: expected one of {', '.join(FORMATS)}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if format == "onnx" and not MIN_OPSET <= opset <= _max_opset():
+        raise ValueError(f"--opset {opset}: ONNX Runtime runs opsets {MIN_OPSET} to {_max_opset()} of this "
+                         f"export; choose one in that range (default 17)")
     path = _output_path(out, format)
+    sources = [weights] if isinstance(weights, (str, Path)) and Path(weights).exists() else []
+    check_output(path, inputs=[*sources, *(images or [])], overwrite=overwrite)
+    check_output(path.parent / f"{path.name}.json", inputs=sources, overwrite=overwrite)
     if format == "onnx":  # fail before the (long) export when the runtime is missing
         for module in ("onnx", "onnxruntime"):
             try:
@@ -340,6 +364,12 @@ def export(
     reference, recorded, class_names, described = _load_source(weights)
     resolution = _check_resolution(recorded.resolution if resolution is None else resolution)
     prep = dataclasses.replace(recorded, resolution=resolution)
+    spec = getattr(reference, "spec", None)
+    if spec is not None:
+        # Refused before the export allocates: a huge --resolution would run for minutes, then
+        # die in the allocator (verification runs the reference and the export at batch 3).
+        check_memory(activation_bytes(spec, resolution, max(batch_size, 3 if dynamic_batch else 1)),
+                     f"export at {resolution} px", "pass a smaller --resolution")
     tolerance = (HALF_TOLERANCE if half else TOLERANCE) if tolerance is None else tolerance
     in_channels = getattr(getattr(reference, "spec", None), "in_channels", 3)
     if in_channels != 3:
