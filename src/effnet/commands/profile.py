@@ -33,7 +33,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for on, off in (("latency", "no_latency"), ("memory", "no_memory")):
         if getattr(args, on) and getattr(args, off):
             raise ValueError(f"--{on} and --{off.replace('_', '-')} contradict each other; give one of them")
+    for option, value, least in (("--batch", args.batch, 1), ("--runs", args.runs, 1), ("--threads", args.threads, 1),
+                                 ("--resolution", args.resolution, 32)):
+        if value is not None and value < least:
+            raise ValueError(f"{option} {value}: expected at least {least}")
     model = args.name if args.spec is None else ModelSpec.load(args.spec)
+    if args.memory or args.latency:  # these run the real network: refuse a size that cannot fit
+        from effnet.registry import get_spec
+        from effnet.scaling.limits import activation_bytes, check_memory
+
+        spec = model if isinstance(model, ModelSpec) else get_spec(model)
+        res = args.resolution or spec.resolution
+        check_memory(activation_bytes(spec, res, args.batch, training=args.memory),
+                     f"measuring at {res} px, batch {args.batch},", "pass a smaller --resolution or --batch")
     # Counts are instant (meta device); the real network is built and run only for --latency/--memory.
     p = profile_model(model, args.resolution, memory=args.memory, timing=args.latency,
                       batch=args.batch, runs=args.runs, threads=args.threads)

@@ -70,7 +70,7 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
         members = [a for a in typing.get_args(tp) if a is not type(None)]
         if typing.get_origin(tp) in (typing.Union, types.UnionType):
             tp = str if str in members else members[0]
-        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=f.metadata.get("help", ""))
+        kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=_help_text(f))
         if f.name in METAVARS:
             kw["metavar"] = METAVARS[f.name]
         if "choices" in f.metadata:
@@ -88,6 +88,16 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
         else:
             raise TypeError(f"{config_cls.__name__}.{f.name}: no command-line form for type {tp!r}")
         parser.add_argument(_option_name(f.name), *ALIASES.get(f.name, ()), **kw)
+
+
+def _help_text(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
+    """A field's help, with the recipe names spelled out where it refers to the RECIPES table."""
+    text = f.metadata.get("help", "")
+    if "RECIPES" in text:
+        from effnet.train.config import RECIPES
+
+        text = text.replace("(RECIPES)", f"({', '.join(RECIPES)})").replace("RECIPES", ", ".join(RECIPES))
+    return text
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,6 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _run_training(args: argparse.Namespace) -> RunResult:
     from effnet.train import resolve_config, train
 
+    check_arguments(args)
     if getattr(args, "resume", None):
         # A resumed run continues with its recorded config.yaml: anything else given would be
         # silently ignored, so say so instead.
@@ -172,7 +183,9 @@ def _run_training(args: argparse.Namespace) -> RunResult:
             raise ValueError(f"--resume {args.resume} continues with the run's recorded config (config.yaml), "
                              f"so {', '.join(ignored)} would be ignored: drop them, or start a new run")
         return train(resolve_config(), resume=args.resume)
-    return train(build_config(args))
+    cfg = build_config(args)
+    check_training_memory(cfg)
+    return train(cfg)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -180,11 +193,19 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from effnet.train import evaluate
     from effnet.train.evaluate import describe_path, describe_preprocessing
 
+    check_arguments(args)
+    if args.confusion:
+        from effnet.files import check_output
+
+        check_output(args.confusion, inputs=[args.weights], overwrite=args.overwrite)
+    check_inference_memory(args.weights, args.resolution, args.batch_size, args.device)
+    # The confusion PNG is drawn after the scores are printed: a failed side file never loses them.
     r = evaluate(args.weights, args.data, batch_size=args.batch_size, device=args.device,
-                 confusion_png=args.confusion, workers=args.workers, resolution=args.resolution,
+                 confusion_png=None, workers=args.workers, resolution=args.resolution,
                  fast=args.fast, int8=args.int8)
     if args.json:
-        print(json.dumps(r.__dict__, indent=2))
+        print(json.dumps(r.__dict__, indent=2), flush=True)
+        _write_confusion(r, args.confusion)
         return 0
     print(f"preprocessing: {describe_preprocessing(Preprocessing.from_dict(r.preprocessing))}")
     print(f"inference: {describe_path(r.path)}")
@@ -193,11 +214,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r.count} images: top-1 {r.top1:.2f}%  top-5 {r.top5:.2f}%  loss {r.loss:.4f}")
     for name, acc in r.per_class.items():
         print(f"  {name:>20s}  {acc:6.2f}%")
-    if r.confusion_png:
-        print(f"confusion matrix: {r.confusion_png}")
     if r.skipped:
         print(f"skipped {len(r.skipped)} unreadable image(s): {', '.join(r.skipped[:10])}")
+    sys.stdout.flush()
+    if _write_confusion(r, args.confusion):
+        print(f"confusion matrix: {args.confusion}")
     return 0
+
+
+def _write_confusion(r: object, path: str | None) -> bool:
+    """The confusion matrix PNG of an evaluation, drawn once its scores are out."""
+    if not path:
+        return False
+    import torch
+
+    from effnet.viz.plots import plot_confusion
+
+    plot_confusion(torch.tensor(r.confusion), list(r.class_names), path)  # type: ignore[attr-defined]
+    return True
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -205,6 +239,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from effnet.train import predict
     from effnet.train.evaluate import describe_path, describe_preprocessing
 
+    check_arguments(args)
+    check_inference_memory(args.weights, args.resolution, 1, args.device)
     preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution,
                     fast=args.fast, int8=args.int8)
     if args.json:
@@ -221,6 +257,115 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 1 if any(p.error for p in preds) else 0
 
 
+# --- argument checks (each message names the option as typed) --------------------------------------
+#: Options of train/eval/predict with a lower bound: (dest, option, least, what it counts).
+_LOWER_BOUNDS = (
+    ("image_size", "--image-size", 32, "px (the network reduces by 32)"),
+    ("eval_size", "--eval-size", 32, "px (the network reduces by 32)"),
+    ("resolution", "--resolution", 32, "px (the network reduces by 32)"),
+    ("train_subset", "--subset", 1, "image(s)"),
+    ("batch_size", "--batch-size", 1, "image(s) per batch"),
+    ("workers", "--workers", 0, "loader process(es); 0 decodes in the main process"),
+    ("topk", "--topk", 1, "class(es)"),
+    ("epochs", "--epochs", 1, "epoch(s)"),
+    ("accum_steps", "--accum-steps", 1, "micro-batch(es) per step"),
+    ("threads", "--threads", 1, "thread(s)"),
+    ("mixup_alpha", "--mixup-alpha", 0, "(0 turns mixup off)"),
+    ("cutmix_alpha", "--cutmix-alpha", 0, "(0 turns CutMix off)"),
+    ("lr_per_256", "--lr", 0, "(the learning rate per 256 images)"),
+    ("weight_decay", "--weight-decay", 0, ""),
+)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse option values that would be silently replaced (``--image-size 0`` trained at the
+    spec's size) or fail deep inside torch with its own wording (``--batch-size 0``)."""
+    for dest, option, least, unit in _LOWER_BOUNDS:
+        value = getattr(args, dest, None)
+        if value is None or isinstance(value, bool):
+            continue
+        strict = dest == "lr_per_256"
+        if value < least or (strict and value <= least):
+            bound = f"more than {least}" if strict else f"at least {least}"
+            raise ValueError(f"{option} {value:g}: expected {bound} {unit}".rstrip())
+    if getattr(args, "device", None) is not None:
+        check_device(args.device)
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` that this PyTorch can use, else one line
+    saying why (a CPU-only build, no visible GPU, an index out of range)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise ValueError(f"{option} {name}: this PyTorch ({torch.__version__}) is a CPU-only build; use "
+                             f"--device cpu, or install a CUDA build of PyTorch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"{option} {name}: no CUDA device is visible (check the driver and "
+                             f"CUDA_VISIBLE_DEVICES); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{option} {name}: only {count} CUDA device(s) are visible (cuda:0 to "
+                             f"cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {name}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def _free_memory(device: str) -> int | None:
+    """Free memory of the device a command will run on (None: unknown, no check)."""
+    import torch
+
+    from effnet.scaling.limits import available_memory_bytes
+
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        index = torch.device(device).index if device.startswith("cuda") else None
+        return int(torch.cuda.mem_get_info(index or 0)[0])
+    return available_memory_bytes()
+
+
+def check_inference_memory(weights: str, resolution: int | None, batch: int, device: str) -> None:
+    """Refuse a ``--resolution`` whose activations cannot fit, before the model is loaded."""
+    if resolution is None:
+        return
+    from effnet.scaling.limits import activation_bytes, check_memory
+    from effnet.weights.format import read_spec
+
+    spec, _ = read_spec(weights)
+    check_memory(activation_bytes(spec, resolution, batch), f"inference at {resolution} px (batch {batch})",
+                 "pass a smaller --resolution", _free_memory(device))
+
+
+def check_training_memory(cfg: TrainConfig) -> None:
+    """Refuse a run whose training activations at its largest image size cannot fit."""
+    from effnet.registry import get_spec
+    from effnet.scaling import scale
+    from effnet.scaling.limits import activation_bytes, check_memory
+    from effnet.specs.base import ModelSpec
+    from effnet.weights.format import read_spec
+
+    if cfg.weights:
+        spec = read_spec(cfg.weights)[0]
+    else:
+        spec = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
+        if cfg.width != 1.0 or cfg.depth != 1.0:
+            spec = scale(spec, width=cfg.width, depth=cfg.depth)
+    size = cfg.image_size or spec.train_resolution or spec.resolution
+    if cfg.progressive is not None:
+        size = max(size, int(cfg.progressive.image_size.end))
+    check_memory(activation_bytes(spec, size, cfg.batch_size, training=True),
+                 f"training {spec.name} at {size} px, batch {cfg.batch_size},",
+                 "pass a smaller --image-size or --batch-size", _free_memory(cfg.device))
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from effnet.train.config import RECIPES, TrainConfig
 
@@ -235,34 +380,42 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--pretrained", action="store_true", default=argparse.SUPPRESS,
                    help="start from --model's published ImageNet weights (downloaded once, cached; see "
                         "`effnet pretrained`)")
-    t.add_argument("--stages", type=int, default=argparse.SUPPRESS, help="progressive stages")
+    t.add_argument("--stages", type=int, default=argparse.SUPPRESS, metavar="N",
+                   help="progressive learning: number of stages (with --progressive)")
     t.add_argument("--sizes", type=int, nargs=2, metavar=("MIN", "MAX"), default=argparse.SUPPRESS,
-                   help="progressive image sizes")
+                   help="progressive learning: image size of the first and the last stage")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights on data")
-    e.add_argument("--weights", required=True)
-    e.add_argument("--data", default="digits", help="'digits' (its val split), DIR/val or DIR/<class>/*")
-    e.add_argument("--batch-size", type=int, default=64)
-    e.add_argument("--workers", type=int)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--confusion", metavar="PNG", help="write the confusion matrix as a PNG")
+    e.add_argument("--weights", required=True, metavar="FILE|RUN_DIR",
+                   help="an effnet weight file, or a run folder (its best.safetensors)")
+    e.add_argument("--data", default="digits",
+                   help="'digits' (its val split), DIR/val|valid|validation|test or DIR/<class>/*")
+    e.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
+    e.add_argument("--workers", type=int, metavar="N",
+                   help="image-decoding processes (default: the CPU count, up to 8; 0: in this process)")
+    e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default auto: CUDA if available)")
+    e.add_argument("--confusion", metavar="PNG",
+                   help="also write the confusion matrix as a PNG, after the scores (an existing file only "
+                        "with --overwrite)")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --confusion file")
     e.add_argument("--resolution", type=int, metavar="PX",
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     _add_speed_options(e, "the int8 model is calibrated on the first batches of --data; prints its top-1 "
                           "agreement with fp32")
-    e.add_argument("--json", action="store_true")
+    e.add_argument("--json", action="store_true", help="print the scores as one JSON object")
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of images")
-    p.add_argument("images", nargs="+")
-    p.add_argument("--weights", required=True)
-    p.add_argument("--topk", type=int, default=5)
-    p.add_argument("--device", default="auto")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP)")
+    p.add_argument("--weights", required=True, metavar="FILE|RUN_DIR",
+                   help="an effnet weight file, or a run folder (its best.safetensors)")
+    p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to print per image (default 5)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default auto: CUDA if available)")
     p.add_argument("--resolution", type=int, metavar="PX",
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     _add_speed_options(p, "the int8 model is calibrated on the given images")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the predictions as a JSON list")
     p.set_defaults(func=cmd_predict)
 
 
