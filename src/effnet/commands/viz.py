@@ -48,7 +48,7 @@ def _labels(weights: list[str], labels: list[str] | None) -> list[str]:
 def cam_images(
     images: list[str | Path], weights: list[str | Path], out: str | Path, *, methods: tuple[str, ...] = ("cam",),
     target: int | str | None = None, view: str = "full", layer: str | None = None, topk: int = 3,
-    labels: list[str] | None = None, compare: bool = False, device: str = "cpu",
+    labels: list[str] | None = None, compare: bool = False, device: str = "cpu", overwrite: bool = False,
 ) -> CamReport:
     """Maps of each image under each model (a weight file each) and method, drawn over the
     original images into ``out``: ``<image>_<methods>.png`` per image (a column per method), or,
@@ -59,6 +59,7 @@ def cam_images(
     from tqdm import tqdm
 
     from effnet.data.datasets import DECODE_ERRORS, decode
+    from effnet.files import check_output
     from effnet.preprocessing import Normalize
     from effnet.viz.cam import CAM_METHODS, VIEWS, image_cam, plot_cams, resolve_class
     from effnet.weights import load_model
@@ -100,7 +101,21 @@ def cam_images(
     out = Path(out)
     tag = "_".join(methods)
     grid: list[list[ImageCam]] = []
+    # The files to write, named and checked before any map is drawn: never over an input image or
+    # weight file, nor over an earlier figure unless overwrite.
     used: set[str] = set()
+    planned: list[Path] = []
+    for path, _ in ([] if compare else decoded):
+        stem = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
+        used.add(stem)
+        planned.append(out / f"{stem}_{tag}.png")
+    if compare:
+        planned.append(out / f"compare_{tag}.png")
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {out} is a file; expected a folder for the maps")
+    for target_file in planned:
+        check_output(target_file, inputs=[*images, *weights], overwrite=overwrite)
+    files = iter(planned)
     work = len(decoded) * len(models) * len(methods)
     with tqdm(total=work, desc="cam", unit="map", disable=work < 4, file=sys.stderr) as bar:
         for path, img in decoded:
@@ -115,16 +130,14 @@ def cam_images(
                     bar.update()
             grid.append(row)
             if not compare:
-                stem = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
-                used.add(stem)
                 # One model: each panel title already names its method, and the figure title the model.
                 cols = [] if len(models) == 1 else [f"{lab} {m}" for lab in names for m in methods]
-                report.files.append(plot_cams(out / f"{stem}_{tag}.png", [row], col_labels=cols,
+                report.files.append(plot_cams(next(files), [row], col_labels=cols,
                                               title=f"{path.name}: {', '.join(names)}"))
     if compare:
         cols = [f"{lab}" if len(methods) == 1 else f"{lab}: {m}" for lab in names for m in methods]
         cols = cols if len(models) > 1 else []  # one model: the panel titles name the method
-        report.files.append(plot_cams(out / f"compare_{tag}.png", grid, row_labels=[p.name for p, _ in decoded],
+        report.files.append(plot_cams(next(files), grid, row_labels=[p.name for p, _ in decoded],
                                       col_labels=cols))
     return report
 
@@ -141,7 +154,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
     methods = ("cam", "gradcam") if args.method == "both" else (args.method,)
     rep = cam_images(args.images, weights, args.out, methods=methods, target=args.cls, view=args.view,
                      layer=args.layer, topk=args.topk, labels=args.labels, compare=bool(args.compare or args.grid),
-                     device=args.device)
+                     device=args.device, overwrite=args.overwrite)
     if args.json:
         print(json.dumps({
             "maps": [{"image": img, "model": model, "method": method, "view": c.view,
@@ -224,8 +237,11 @@ def read_points(sources: list[str | Path], dataset: str = "") -> list[ResultPoin
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
+    from effnet.files import check_output
     from effnet.viz.figures import plot_results
 
+    for fmt in args.format:  # checked before the sources are read: never over a source or an earlier figure
+        check_output(Path(args.out).with_suffix(f".{fmt}"), inputs=args.sources, overwrite=args.overwrite)
     points = read_points(args.sources, args.dataset or "")
     files = plot_results(args.out, points, paper=not args.no_paper, title=args.title or "",
                          formats=tuple(args.format))
@@ -260,7 +276,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         "evaluation centre crop, as effnet predict sees it, mapped back onto the image")
     c.add_argument("--layer", help="Grad-CAM at this module (e.g. stages.4) instead of the last feature map")
     c.add_argument("--topk", type=int, default=3)
-    c.add_argument("--out", default="cam", metavar="DIR", help="output folder (default ./cam)")
+    c.add_argument("--out", default="cam", metavar="DIR",
+                   help="output folder (default ./cam); a map already there is replaced only with --overwrite")
+    c.add_argument("--overwrite", action="store_true", help="replace maps that exist in --out")
     c.add_argument("--device", default="cpu")
     c.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave idle)")
     c.add_argument("--json", action="store_true", help="print the predictions, peaks and files as JSON")
@@ -275,7 +293,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("sources", nargs="*", metavar="SOURCE",
                    help="run folder, results folder/results.json, or JSON points file")
     p.add_argument("--out", default="effnet_plot", metavar="PATH",
-                   help="output path without suffix; one file per --format (default effnet_plot)")
+                   help="output path without suffix; one file per --format (default effnet_plot); an "
+                        "existing file is replaced only with --overwrite, a SOURCE never")
+    p.add_argument("--overwrite", action="store_true", help="replace figures that exist")
     p.add_argument("--format", nargs="+", default=["png", "svg"], choices=("png", "svg", "pdf"))
     p.add_argument("--no-paper", action="store_true", help="leave out the published curves")
     p.add_argument("--dataset", help="data set name for results.json files (they do not record it)")
