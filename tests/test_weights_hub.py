@@ -1,7 +1,8 @@
 """Download-and-cache of published weights, against a loopback HTTP server (never the network).
 
-The served file is the real timm ``tf_efficientnet_b0`` reference checkpoint (shared/reference),
-saved as the ``.pth`` timm publishes, so a fetched model is checked against timm's own logits.
+The served file is the timm ``tf_efficientnet_b0`` reference checkpoint (tests/fixtures: timm's
+exact keys and shapes, seeded weights), saved as the ``.pth`` timm publishes, so a fetched model
+is checked against timm's own logits.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import effnet
 from effnet.weights import hub
 from effnet.weights.hub import Checksum, PretrainedSource, fetch_pretrained
+from fixtures.references import peer_state_dict, reference_io
 
 NAME = "efficientnet_b0"
 #: As timm names its release files: ``<model>-<first 8 hex digits of the SHA-256>.pth``.
@@ -62,17 +63,17 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
-def checkpoint(shared_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> bytes:
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> bytes:
     """The reference timm checkpoint as the bytes of a torch.save'd state dict."""
     path = tmp_path_factory.mktemp("ckpt") / FILE
-    torch.save(load_file(str(shared_dir / "reference" / "timm_tf_efficientnet_b0.safetensors")), path)
+    torch.save(peer_state_dict("timm_tf_efficientnet_b0"), path)
     return path.read_bytes()
 
 
 @pytest.fixture(scope="module")
-def timm_io(shared_dir: Path) -> dict[str, torch.Tensor]:
+def timm_io() -> dict[str, torch.Tensor]:
     """timm's input batch and logits for the served checkpoint."""
-    return load_file(str(shared_dir / "reference" / "timm_tf_efficientnet_b0.io.safetensors"))
+    return reference_io("timm_tf_efficientnet_b0")
 
 
 @pytest.fixture
@@ -108,7 +109,7 @@ def test_download_verify_convert_then_offline(server: _Server, checkpoint: bytes
     model = effnet.create_model(NAME, pretrained=True).eval()
     assert model.spec.padding == "same" and server.hits == 1
     with torch.no_grad():  # the fetched model is timm's (tolerance: see test_weights_convert)
-        torch.testing.assert_close(model(timm_io["input"]), timm_io["logits"], rtol=0, atol=2e-6)
+        torch.testing.assert_close(model(timm_io["input"]), timm_io["logits"], rtol=0, atol=1e-5)
     assert _files(cache) == [f"{NAME}.timm.safetensors"]  # only the converted file is kept
     server.close()  # offline from here on: the cache answers
     again = effnet.create_model(NAME, pretrained=True, num_classes=10)
