@@ -87,7 +87,7 @@ def test_malformed_options_are_refused_by_the_parser(capsys, argv, message):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--epochs", "0"], "epochs: expected >= 1, got 0"),
+    (["--epochs", "0"], "--epochs 0: expected at least 1 epoch(s)"),
     (["--recipe", "paper_v2", "--model", "efficientnet_b0"], "there is none for 'efficientnet_b0'"),
     (["--progressive", "huge"], "progressive: expected 'model', 'on', 'off'"),
     (["--stages", "3"], "--stages/--sizes need progressive learning: add --progressive on"),

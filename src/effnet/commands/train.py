@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from effnet.data.progressive import ProgressiveSpec
     from effnet.train import RunResult
-    from effnet.train.config import TrainConfig
+    from effnet.train.config import Resolved, TrainConfig
 
 #: Established spellings kept beside the derived ``--field-name`` (both work).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -44,6 +44,10 @@ METAVARS: dict[str, str | tuple[str, ...]] = {
     "progressive": "PRESET", "train_subset": "N", "save_every_steps": "N", "dist_timeout_minutes": "MINUTES",
     "crop_scale": ("MIN", "MAX"), "extra": "KEY=VALUE",
 }
+
+
+#: Options whose default is the recipe's: their help lists each recipe's value.
+RECIPE_DEPENDENT = ("epochs", "batch_size", "lr_per_256", "image_size")
 
 
 def _option_name(field_name: str) -> str:
@@ -93,6 +97,10 @@ def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> Non
 def _help_text(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
     """A field's help, with the recipe names spelled out where it refers to the RECIPES table."""
     text = f.metadata.get("help", "")
+    if f.name in RECIPE_DEPENDENT:
+        from effnet.train.config import recipe_defaults
+
+        text += f" (default by recipe: {recipe_defaults(f.name)})".replace("%", "%%")
     if "RECIPES" in text:
         from effnet.train.config import RECIPES
 
@@ -114,7 +122,12 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
     """The :class:`TrainConfig` of a new run: ``--recipe`` with the given options on top,
     ``--pretrained`` turned into a weights file, ``--stages``/``--sizes`` applied to the
     progressive ranges."""
-    from effnet.train import resolve_config
+    return resolve_args(args).cfg
+
+
+def resolve_args(args: argparse.Namespace) -> Resolved:
+    """:func:`build_config` with where each value came from (``effnet.train.config.resolve``)."""
+    from effnet.train.config import resolve
 
     overrides = config_overrides(args)
     if getattr(args, "pretrained", False):
@@ -123,10 +136,23 @@ def build_config(args: argparse.Namespace) -> TrainConfig:
         from effnet.weights.hub import fetch_pretrained
 
         overrides["weights"] = str(fetch_pretrained(overrides["model"]))
-    cfg = resolve_config(overrides.pop("recipe", None), **overrides)
-    cfg.progressive = _adjust_progressive(cfg.progressive, getattr(args, "stages", None),
-                                          getattr(args, "sizes", None))
-    return cfg
+    resolved = resolve(overrides.pop("recipe", None), **overrides)
+    cfg = resolved.cfg
+    if getattr(args, "pretrained", False):
+        resolved.sources["weights"] = "flag (--pretrained)"
+    progressive = _adjust_progressive(cfg.progressive, getattr(args, "stages", None), getattr(args, "sizes", None))
+    if progressive is not cfg.progressive:
+        cfg.progressive = progressive
+        resolved.sources["progressive"] = "flag (--stages/--sizes)"
+    return resolved
+
+
+def describe_config(resolved: Resolved) -> list[str]:
+    """``--dry-run``'s lines: every field's value and where it came from."""
+    d = resolved.cfg.to_dict()
+    width = max(map(len, d))
+    return [f"  {_option_name(k)[2:]:<{width}}  {json.dumps(v) if isinstance(v, (dict, list)) else v}"
+            f"  [{resolved.sources.get(k, 'default')}]" for k, v in d.items()]
 
 
 def _adjust_progressive(spec: ProgressiveSpec | None, stages: int | None,
@@ -152,14 +178,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from effnet.train import Interrupted
 
+    if getattr(args, "dry_run", False):
+        check_arguments(args)
+        if getattr(args, "resume", None):
+            raise ValueError("--dry-run shows a new run's settings; a resumed run's are in its config.yaml")
+        resolved = resolve_args(args)
+        if resolved.summary:
+            print(resolved.summary)
+        print(f"resolved configuration (recipe {resolved.cfg.recipe}; [where each value comes from]):")
+        print("\n".join(describe_config(resolved)))
+        print("dry run: nothing was trained and no run folder was created")
+        return 0
     try:
         with logging_redirect_tqdm():  # log lines print above the progress bar, not through it
             result = _run_training(args)
     except Interrupted as e:
-        # Stopped by SIGINT/SIGTERM at a safe point: the message carries the resume command;
-        # the exit status says which signal (130, 143), as a shell expects.
-        if e.is_main:
-            print(f"effnet train: {e}", file=sys.stderr)
+        # Stopped by SIGINT/SIGTERM at a safe point: the loop has logged the message with the
+        # resume command (printing it again would show it twice); the exit status says which
+        # signal (130, 143), as a shell expects.
         return e.exit_code
     if not result.is_main:
         return 0  # in a torchrun job, rank 0 reports
@@ -175,17 +211,24 @@ def _run_training(args: argparse.Namespace) -> RunResult:
 
     check_arguments(args)
     if getattr(args, "resume", None):
-        # A resumed run continues with its recorded config.yaml: anything else given would be
-        # silently ignored, so say so instead.
-        ignored = [_option_name(k) for k in config_overrides(args)]
+        # A resumed run continues with its recorded config.yaml, changing at most the learning rate
+        # and the epochs; anything else given would be silently ignored, so say so instead.
+        from effnet.train.loop import RESUME_CHANGES
+
+        given = config_overrides(args)
+        changes = {k: v for k, v in given.items() if k in RESUME_CHANGES}
+        ignored = [ALIASES.get(k, (_option_name(k),))[0] for k in given if k not in RESUME_CHANGES]
         ignored += [f"--{k}" for k in ("pretrained", "stages", "sizes") if getattr(args, k, None)]
         if ignored:
             raise ValueError(f"--resume {args.resume} continues with the run's recorded config (config.yaml), "
-                             f"so {', '.join(ignored)} would be ignored: drop them, or start a new run")
-        return train(resolve_config(), resume=args.resume)
-    cfg = build_config(args)
-    check_training_memory(cfg)
-    return train(cfg)
+                             f"changing only --lr and --epochs, so {', '.join(ignored)} would be ignored: drop "
+                             f"them, or start a new run")
+        return train(resolve_config(), resume=args.resume, resume_changes=changes)
+    resolved = resolve_args(args)
+    if resolved.summary:
+        print(resolved.summary, flush=True)
+    check_training_memory(resolved.cfg)
+    return train(resolved.cfg)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -202,7 +245,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     # The confusion PNG is drawn after the scores are printed: a failed side file never loses them.
     r = evaluate(args.weights, args.data, batch_size=args.batch_size, device=args.device,
                  confusion_png=None, workers=args.workers, resolution=args.resolution,
-                 fast=args.fast, int8=args.int8)
+                 fast=args.fast, int8=args.int8, runtime=args.runtime)
     if args.json:
         print(json.dumps(r.__dict__, indent=2), flush=True)
         _write_confusion(r, args.confusion)
@@ -242,7 +285,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_arguments(args)
     check_inference_memory(args.weights, args.resolution, 1, args.device)
     preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution,
-                    fast=args.fast, int8=args.int8)
+                    fast=args.fast, int8=args.int8, runtime=args.runtime)
     if args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2))
     else:
@@ -376,10 +419,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    f"the recipe's value (--recipe: {', '.join(RECIPES)} or a YAML file).")
     add_config_options(t, TrainConfig)
     t.add_argument("--resume", metavar="RUN_DIR", default=argparse.SUPPRESS,
-                   help="continue a run where its last checkpoint left off (with its recorded config)")
+                   help="continue a run where its last checkpoint left off (with its recorded config; only "
+                        "--lr and --epochs may be changed)")
     t.add_argument("--pretrained", action="store_true", default=argparse.SUPPRESS,
                    help="start from --model's published ImageNet weights (downloaded once, cached; see "
                         "`effnet pretrained`)")
+    t.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS,
+                   help="print the resolved configuration, each value with where it came from (recipe, data, "
+                        "weights, flag, default), and exit without training or creating the run folder")
     t.add_argument("--stages", type=int, default=argparse.SUPPRESS, metavar="N",
                    help="progressive learning: number of stages (with --progressive)")
     t.add_argument("--sizes", type=int, nargs=2, metavar=("MIN", "MAX"), default=argparse.SUPPRESS,
@@ -420,6 +467,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_speed_options(parser: argparse.ArgumentParser, int8_note: str) -> None:
+    parser.add_argument("--runtime", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="CPU runtime of the fp32 model: torch, or effnet's verified ONNX export (cached "
+                             "beside the weights) on onnxruntime / openvino. Default auto: with --fast, the "
+                             "fastest here (timed once and recorded; printed); otherwise the model as loaded")
     speed = parser.add_mutually_exclusive_group()
     speed.add_argument("--fast", action="store_true",
                        help="run effnet.optimize's fp32 copy (BatchNorm folded, channels-last): same results, faster")

@@ -204,6 +204,26 @@ def read_splits(cfg: TrainConfig) -> tuple[Split, Split]:
     return train_split, val_split
 
 
+#: The run's training and validation files, for ``effnet eval RUN_DIR`` and its overlap warning.
+SPLIT_FILE = "split.json"
+
+
+def write_split(path: Path, cfg: TrainConfig, train_split: Split, val_split: Split) -> None:
+    """Record which images the run trains and validates on: the file lists relative to the data
+    folder (an in-memory set such as digits: the seed and fraction that re-create the split)."""
+    import json
+
+    record: dict[str, Any] = {"data": cfg.data if cfg.data == DIGITS else str(Path(cfg.data).resolve()),
+                              "val_fraction": cfg.val_fraction, "seed": cfg.seed, "train_subset": cfg.train_subset,
+                              "class_names": train_split.class_names}
+    if cfg.data != DIGITS:
+        root = Path(cfg.data).resolve()
+        for key, split in (("train", train_split), ("val", val_split)):
+            record[key] = [[str(Path(item).resolve().relative_to(root)), label]
+                           for item, label in zip(split.items, split.labels)]
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+
+
 def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = None) -> EfficientNet:
     """The network to train: ``spec`` when given (a trial's candidate, or the architecture a
     resumed run recorded, whose weights come from the resume state); else, with ``weights``, the
@@ -224,12 +244,21 @@ def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = Non
         wf = read_weights(cfg.weights)
         log.info("initial weights %s (%s, source %s); model/width/depth options are ignored",
                  cfg.weights, wf.spec.name, wf.source or "unknown")
+        model = model_from_weights(wf, what=f"weights {cfg.weights}", num_classes=num_classes, **overrides)
         if num_classes != wf.spec.num_classes:
-            log.info("new %d-class head (the weights have %d classes)", num_classes, wf.spec.num_classes)
-        return model_from_weights(wf, what=f"weights {cfg.weights}", num_classes=num_classes, **overrides)
+            # A zero head starts every image at loss ln(C) (Kolesnikov et al. 2020, BiT, section 3.3).
+            # The TF initialiser's +-1/sqrt(C) is made for 1000 classes: for 3 it gives logits of
+            # several units from 1280 pretrained features, and the first epochs (loss 3 instead of
+            # ln 3 = 1.1) are spent undoing it.
+            nn.init.zeros_(model.classifier.weight)
+            nn.init.zeros_(model.classifier.bias)
+            log.info("new %d-class head, initialised to zero (the weights have %d classes)", num_classes,
+                     wf.spec.num_classes)
+        return model
     base = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
     if cfg.width != 1.0 or cfg.depth != 1.0:
-        base = scale(base, width=cfg.width, depth=cfg.depth)
+        # Named by its multipliers only: the input size is the run's (image_size), not the spec's.
+        base = scale(base, width=cfg.width, depth=cfg.depth, name=f"{base.name}_w{cfg.width:g}_d{cfg.depth:g}")
     return build(base.replace(num_classes=num_classes, **overrides))
 
 
@@ -263,8 +292,7 @@ def prepare_model(cfg: TrainConfig, d: distributed.Dist, device: torch.device,
     what a step calls."""
     if cfg.freeze_backbone:
         # Fine-tune only the classifier; the backbone (incl. its BatchNorm statistics) stays fixed.
-        for name, p in model.named_parameters():
-            p.requires_grad_(name.startswith("classifier."))
+        log.info("%s", freeze_backbone(model))
     if cfg.sync_bn and d.enabled:
         model = distributed.convert_sync_batchnorm(model, device)
     elif cfg.sync_bn:
@@ -285,10 +313,33 @@ def prepare_model(cfg: TrainConfig, d: distributed.Dist, device: torch.device,
     return model, ema, forward
 
 
+def freeze_backbone(model: nn.Module) -> str:
+    """Train only the classifier: every other parameter stops taking gradients. Returns the line
+    that says what is frozen (the loop also keeps the backbone's BatchNorm statistics fixed)."""
+    frozen: dict[str, int] = {}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        keep = name.startswith("classifier.")
+        p.requires_grad_(keep)
+        total += p.numel()
+        if keep:
+            trainable += p.numel()
+        else:
+            top = name.split(".")[0]
+            frozen[top] = frozen.get(top, 0) + p.numel()
+    return (f"frozen backbone: {total - trainable:,} of {total:,} parameters frozen "
+            f"({', '.join(frozen)}, with their BatchNorm statistics); training {trainable:,} in the classifier")
+
+
+def peak_lr(cfg: TrainConfig, global_batch: int) -> float:
+    """The linear scaling rule on ``global_batch``, counted as at least ``lr_batch_floor``."""
+    return scaled_lr(cfg.lr_per_256, max(global_batch, cfg.lr_batch_floor))
+
+
 def make_schedule(cfg: TrainConfig, d: distributed.Dist, data: Data) -> Schedule:
     global_batch = cfg.batch_size * d.world * cfg.accum_steps
     steps_per_epoch = max(1, data.batches_per_epoch // cfg.accum_steps)
-    return Schedule(global_batch, scaled_lr(cfg.lr_per_256, global_batch), steps_per_epoch)
+    return Schedule(global_batch, peak_lr(cfg, global_batch), steps_per_epoch)
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
@@ -339,6 +390,8 @@ def set_up(cfg: TrainConfig, d: distributed.Dist, run_dir: Path | None, saved: d
 
     # ===== data =====
     train_split, val_split = read_splits(cfg)
+    if d.is_main and run_dir is not None and saved is None:
+        write_split(run_dir / SPLIT_FILE, cfg, train_split, val_split)
 
     # ===== model =====
     if saved is not None:
@@ -364,9 +417,11 @@ def set_up(cfg: TrainConfig, d: distributed.Dist, run_dir: Path | None, saved: d
     # ===== restore =====
     if saved is not None:
         restore(run, saved)
-    log.info("run folder %s: %s (%d params) on %s, %d train / %d val images, %d classes, %d epochs, "
+    sizes = sorted({s.image_size for s in data.stages})
+    log.info("run folder %s: %s (%d params) at %s px on %s, %d train / %d val images, %d classes, %d epochs, "
              "batch %d x %d, peak lr %.4g, %d CPU thread(s)", run_dir or "none (nothing is saved)", model.spec.name,
-             sum(p.numel() for p in model.parameters()), device, len(train_split), len(val_split),
+             sum(p.numel() for p in model.parameters()), "-".join(map(str, sizes)) if len(sizes) < 3
+             else f"{sizes[0]}-{sizes[-1]}", device, len(train_split), len(val_split),
              len(data.class_names), cfg.epochs, cfg.batch_size, cfg.accum_steps, schedule.peak_lr, threads)
     if d.enabled:
         log.info("distributed: %d processes (%s); global batch %d = %d per process x %d processes x %d "
