@@ -126,6 +126,16 @@ def test_v2_resolutions_and_dropout_are_official(name):
     assert (spec.train_resolution, spec.resolution, spec.dropout) == OFFICIAL_V2[name]
 
 
+@pytest.mark.parametrize("name", sorted(OFFICIAL_V1) + sorted(OFFICIAL_V2))
+def test_batchnorm_momentum_is_the_official_one_in_pytorch_convention(name):
+    """TF's BatchNormalization momentum is the weight of the old running statistic, PyTorch's
+    the weight of the new one: TF m is PyTorch 1 - m. Official values: V1 (tensorflow/tpu
+    efficientnet_builder.py) batch_norm_momentum=0.99; V2 (google/automl efficientnetv2/hparams.py
+    base_config.model) bn_momentum=0.9, overridden by no V2 config. V2 trained with 0.01."""
+    tf_momentum = 0.9 if name in OFFICIAL_V2 else 0.99
+    assert get_spec(name).bn_momentum == pytest.approx(1 - tf_momentum)
+
+
 #: The baselines (ResNet / MobileNet, effnet.specs.baselines), named as torchvision names them.
 BASELINE_NAMES = {"resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2"}
 

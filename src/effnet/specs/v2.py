@@ -14,8 +14,12 @@ from __future__ import annotations
 from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
 
 # What every V2 table shares: the 1280-channel head (Table 4, stage 7), stochastic depth with
-# survival 0.8 (official hparams ``survival_prob=0.8``) and rounding without the 10% rule.
-_V2_COMMON = dict(head_channels=1280, drop_path_rate=0.2, round_limit=0.0)
+# survival 0.8 (official hparams ``survival_prob=0.8``), rounding without the 10% rule, and
+# BatchNorm momentum 0.1: google/automl ``efficientnetv2/hparams.py`` ``base_config.model``
+# sets ``bn_momentum=0.9`` in TF's convention (the weight of the *old* running statistic), which
+# no V2 config overrides; PyTorch weights the new batch statistic, so 1 - 0.9 = 0.1. (V1's
+# official code uses 0.99, i.e. 0.01, the ModelSpec default.)
+_V2_COMMON = dict(head_channels=1280, drop_path_rate=0.2, round_limit=0.0, bn_momentum=0.1)
 
 # EfficientNetV2 Table 4 (= official ``v2_s_block``); stem conv3x3 of 24 channels (stage 0).
 EFFICIENTNETV2_S = ModelSpec(
