@@ -1,6 +1,9 @@
 """Architecture parity: effnet vs timm vs torchvision, trainable parameters and MACs.
 
-    /tmp/peers/bin/python benchmarks/parity.py [--resolution N] [--out parity.json]
+    python benchmarks/parity.py [--resolution N] [--out parity.json]
+
+with torchvision and / or timm importable (each needs a torch that matches its build; a library
+that does not import is skipped, with the reason).
 
 Every model in ``effnet.list_models()`` is built on the meta device (no memory, no weights) in
 each library that has it, and compared on
@@ -18,6 +21,7 @@ Exit status 1 when any count differs, so the script can gate CI.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -72,13 +76,20 @@ def main(argv: list[str] | None = None) -> int:
 
     import effnet
 
+    missing = {}
+    for lib in LIBS[1:]:
+        try:
+            importlib.import_module(lib)
+        except Exception as e:  # torchvision built for another torch fails with more than ImportError
+            missing[lib] = f"{type(e).__name__}: {e}"
+            print(f"skipped {lib}: {missing[lib]}", file=sys.stderr)
     names = args.models or [n for n in effnet.list_models() if peer_name("timm", n, speed=False)]
     rows, mismatches = [], []
     for name in names:
         res = args.resolution or effnet.get_spec(name).resolution
         row: dict[str, object] = {"model": name, "resolution": res}
         for lib in LIBS:
-            peer = peer_name(lib, name, speed=False)
+            peer = None if lib in missing else peer_name(lib, name, speed=False)
             row[f"{lib}_name"] = peer
             row[f"{lib}_params"], row[f"{lib}_macs"] = count(lib, name, res) if peer else (None, None)
         for key in ("params", "macs"):
@@ -102,8 +113,10 @@ def main(argv: list[str] | None = None) -> int:
               f"| {fmt(r['timm_params'], 1e6):>8}M | {fmt(r['torchvision_params'], 1e6):>10}"
               f"{'M' if r['torchvision_params'] else ' '} "
               f"| {fmt(r['effnet_macs'], 1e9):>12} | {fmt(r['timm_macs'], 1e9):>9} "
-              f"| {fmt(r['torchvision_macs'], 1e9):>11} | {r['timm_name']:<20} | {'yes' if r['match'] else 'NO':<5} |")
+              f"| {fmt(r['torchvision_macs'], 1e9):>11} | {r['timm_name'] or '-':<20} | {'yes' if r['match'] else 'NO':<5} |")
     print("\nparameters: trainable, in millions; GMACs: forward pass, batch 1, at `res` (flop_counter / 2)")
+    if missing:
+        print(f"not compared (did not import): {', '.join(missing)}")
     print("exact integer counts are compared; " + (
         "all match" if not mismatches else f"{len(mismatches)} MISMATCH(ES):\n  " + "\n  ".join(mismatches)))
     if args.out:
