@@ -14,7 +14,7 @@ import effnet  # noqa: E402
 from effnet.lab import fit, search, solve_phi, study  # noqa: E402
 from effnet.profile import count_flops  # noqa: E402
 
-TINY = dict(data="digits", epochs=1, train_subset=128, batch_size=32, progress=False)
+TINY = dict(data="digits", epochs=1, image_size=32, train_subset=128, batch_size=32, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,14 @@ def test_grid_search_writes_table_json_plot_and_resumes_without_retraining(tmp_p
     assert rep.best is not None and rep.best.top1 == max(r.top1 for r in rep.rows)
     saved = json.loads((out / "results.json").read_text())
     assert saved["best"]["alpha"] == rep.best.alpha and len(saved["rows"]) == rep.candidates
+    # What was measured: data, trial size, recipe, epochs, seed; FLOPs at both sizes.
+    p = saved["protocol"]
+    assert (p["data"], p["image_size"], p["recipe"], p["epochs"], p["seed"]) == ("digits", 32, "digits", 1, 0)
+    for r in saved["rows"]:
+        assert r["flops_trial"] == count_flops(effnet.compound_scale(base, 1.0, r["alpha"], r["beta"], r["gamma"]),
+                                               r["image_size"])
+        assert len(r["curve"]) == 1 and r["status"] == "improving"  # one epoch cannot show convergence
+    assert any("1 epoch(s) per trial" in w for w in saved["warnings"])
     assert (out / "search.png").stat().st_size > 10_000
     table = (out / "table.txt").read_text()
     assert f"--alpha {rep.best.alpha:g} --beta {rep.best.beta:g} --gamma {rep.best.gamma:g}" in table

@@ -155,6 +155,7 @@ def _hand_step_ms(spec: ModelSpec, size: int, batch: int) -> float:
     return 1e3 * statistics.median(times)
 
 
+@pytest.mark.slow  # compares wall-clock times: meaningful only on a machine nothing else is loading
 def test_step_time_follows_the_real_cost_of_the_architecture():
     from effnet.search.run import StepBudget, measure
 

@@ -80,6 +80,8 @@ class EfficientNet(nn.Module):
         self.feature_info = self._feature_info()
         self.grad_checkpointing = False
         self._init_weights()
+        if spec.extra.get(ZERO_INIT_LAST, False):
+            zero_init_last(self)
 
     # --- construction helpers ------------------------------------------------------------
     def _new_classifier(self, num_classes: int) -> nn.Module:
@@ -265,6 +267,36 @@ def _checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return checkpoint(block, x, use_reentrant=False)
     return checkpoint(block, x, use_reentrant=False,
                       context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(block)))
+
+
+#: ``ModelSpec.extra`` key: start every residual branch at zero (:func:`zero_init_last`).
+ZERO_INIT_LAST = "zero_init_last"
+
+
+def zero_init_last(model: nn.Module) -> int:
+    """Set the scale (gamma) of the last BatchNorm of every residual branch to zero, so that each
+    residual block starts as the identity (Goyal et al. 2017, "Accurate, Large Minibatch SGD",
+    section 5.1; timm's ``zero_init_last``). Returns how many branches were zeroed.
+
+    The official EfficientNet code does not do this, so the registered models keep gamma = 1;
+    effnet's short training trials (the scaling lab, the architecture search) switch it on with
+    ``spec.extra["zero_init_last"] = True``. Measured on digits (3 epochs, 32 px): B0 at half
+    depth scaled 4x in FLOPs by depth reached 20% top-1 with gamma = 1 and 94% with this, the
+    unscaled base 91% either way; so a short trial without it penalises depth for how it
+    starts, not for what depth buys."""
+    count = 0
+    for stage in getattr(model, "stages", []):
+        for block in stage:
+            # MBConv/Fused-MBConv add their input only when the shape is kept; ResNet blocks always
+            # add a shortcut (identity or projection).
+            if not (getattr(block, "has_skip", False) or hasattr(block, "shortcut")):
+                continue
+            norms = [m for name, m in block.named_modules()
+                     if isinstance(m, nn.BatchNorm2d) and not name.startswith("shortcut")]
+            if norms:
+                nn.init.zeros_(norms[-1].weight)
+                count += 1
+    return count
 
 
 def build(spec: ModelSpec) -> EfficientNet:

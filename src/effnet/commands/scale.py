@@ -32,9 +32,15 @@ def _training_options(p: argparse.ArgumentParser, out: str) -> None:
                    help="shrink (or grow) the base's width first, e.g. 0.5 for a quick run on a CPU")
     p.add_argument("--base-depth", type=float, default=1.0, help="the same for the base's depth")
     p.add_argument("--data", default="digits", help="'digits' (default) or an image folder")
-    p.add_argument("--epochs", type=int, default=2, help="training epochs per candidate (default 2)")
-    p.add_argument("--image-size", type=int, help="the base's training size (default: 32 for digits, else "
+    p.add_argument("--epochs", type=int, default=4,
+                   help="training epochs per candidate (default 4; fewer cannot show whether a trial converged)")
+    p.add_argument("--image-size", type=int, help="the base's training size (default: 64 for digits, else "
                                                   "the base's resolution); candidates scale it with their resolution")
+    p.add_argument("--validate", type=int, default=0, metavar="K",
+                   help="retrain K candidates (the proxy's best half and random others) for --validate-epochs and "
+                        "report the Kendall tau between the two rankings (default 0: off)")
+    p.add_argument("--validate-epochs", type=int, default=None,
+                   help="epochs of the validation retraining (default 3x --epochs)")
     p.add_argument("--recipe", help="training recipe name or YAML (default: digits for digits, else paper_v1)")
     p.add_argument("--batch-size", type=int, help="training batch size (default: the recipe's)")
     p.add_argument("--train-subset", type=int, help="train on the first N training images only")
@@ -102,7 +108,8 @@ def cmd_scale_search(args: argparse.Namespace) -> int:
     rep = search(_base(args), data=args.data, epochs=args.epochs, phi=args.search_phi, step=args.step,
                  tolerance=args.tolerance, image_size=args.image_size, storage=args.storage, study=args.study,
                  workers=args.workers, prune=args.prune, out=args.out, recipe=args.recipe,
-                 progress=not args.no_progress, **_overrides(args))
+                 progress=not args.no_progress, validate=args.validate, validate_epochs=args.validate_epochs,
+                 **_overrides(args))
     return _show(args, rep, format_table(rep))
 
 
@@ -114,7 +121,8 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
     _quiet_optuna()
     rep = study(_base(args), data=args.data, flops=args.flops, strategies=args.strategies, epochs=args.epochs,
                 image_size=args.image_size, storage=args.storage, study_name=args.study, workers=args.workers,
-                out=args.out, recipe=args.recipe, progress=not args.no_progress, **_overrides(args))
+                out=args.out, recipe=args.recipe, progress=not args.no_progress, validate=args.validate,
+                validate_epochs=args.validate_epochs, **_overrides(args))
     return _show(args, rep, format_study(rep))
 
 

@@ -20,7 +20,7 @@ def cmd_search(args: argparse.Namespace) -> int:
               workers=args.workers, out=args.out, target_flops=args.target_flops,
               target_latency_ms=args.target_latency_ms, step_batch=args.step_batch, step_steps=args.step_steps,
               step_threads=args.step_threads, device=args.device, seed=args.seed, recipe=args.recipe,
-              progress=not args.json, **overrides)
+              progress=not args.json, validate=args.validate, validate_epochs=args.validate_epochs, **overrides)
     if args.json:
         print(json.dumps(rep.to_dict()))
         return 0
@@ -40,9 +40,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", required=True, help="v2-s, v2-b0, b0 or a space YAML file")
     p.add_argument("--data", default="digits", help="'digits' or an image folder")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should reach")
-    p.add_argument("--epochs", type=int, default=1, help="proxy training epochs per candidate (default 1)")
+    p.add_argument("--epochs", type=int, default=4,
+                   help="proxy training epochs per candidate (default 4; fewer cannot show whether a trial converged)")
     p.add_argument("--image-size", type=int, default=None,
-                   help="proxy image size (default 32 on digits, else the base's training size)")
+                   help="proxy image size (default 64 on digits, else the base's training size)")
+    p.add_argument("--validate", type=int, default=0, metavar="K",
+                   help="retrain K finished candidates (the best half by reward and random others) for "
+                        "--validate-epochs and report the Kendall tau between the proxy's ranking and the longer one")
+    p.add_argument("--validate-epochs", type=int, default=None,
+                   help="epochs of the validation retraining (default 3x --epochs)")
     p.add_argument("--reward", choices=REWARDS, default="v2",
                    help="v2: A*S^-0.07*P^-0.05; v1/v1-hard: MnasNet's ACC*(cost/T)^w; pareto: A, S, P front")
     p.add_argument("--target-flops", type=float, default=B0_TARGET_FLOPS, help="v1's T in FLOPs (default 400M)")

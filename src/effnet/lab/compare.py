@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.lab import store
+from effnet.lab import engine, store
 from effnet.lab.budget import base_spec, trial_budget
 from effnet.specs.base import ModelSpec
 
@@ -104,6 +104,13 @@ class StudyRow:
     image_size: int
     top1: float
     seconds: float
+    flops_trial: int = 0  # at the size it trained at (``flops`` is at its nominal ``resolution``)
+    curve: list[float] = field(default_factory=list)
+    status: str = engine.IMPROVING
+
+    @property
+    def key(self) -> str:
+        return "baseline" if self.strategy == "baseline" else f"{self.strategy}@{self.multiple:g}"
 
 
 @dataclass
@@ -114,47 +121,65 @@ class StudyReport:
     rows: list[StudyRow]
     candidates: int
     files: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    validation: engine.Validation | None = None
+
+    def summary(self) -> list[str]:
+        """What the study can conclude: per FLOPs multiple, the best strategy, and whether the
+        candidates it beat had converged (a winner among unconverged points is provisional)."""
+        out = []
+        base = next((r for r in self.rows if r.strategy == "baseline"), None)
+        for m in sorted({r.multiple for r in self.rows if r.strategy != "baseline"}):
+            at = sorted((r for r in self.rows if r.strategy != "baseline" and r.multiple == m), key=lambda r: -r.top1)
+            best = at[0]
+            gap = f", {best.top1 - at[1].top1:+.2f} over {at[1].strategy}" if len(at) > 1 else ""
+            line = f"at {m:g}x FLOPs: {best.strategy} best ({best.top1:.2f}%{gap})"
+            if any(r.status != engine.CONVERGED for r in at):
+                line += "; provisional: " + ", ".join(r.strategy for r in at if r.status != engine.CONVERGED) + \
+                        " still improving, so more epochs may reorder them"
+            out.append(line)
+        if base is not None:
+            far = [r for r in self.rows if r.strategy != "baseline" and base.top1 - r.top1 > 10]
+            for r in far:
+                out.append(f"{r.key}: {base.top1 - r.top1:.1f} points under the baseline"
+                           + (" and still improving: a training shortfall at this budget, not a property of the "
+                              "strategy" if r.status != engine.CONVERGED else " though converged"))
+        saturated = [r for r in self.rows if r.top1 >= 99.0]
+        if len(saturated) >= 2:
+            out.append(f"{len(saturated)} model(s) at >= 99% top-1: the data set is too easy to separate them at "
+                       "this size; differences below the validation noise (~1 point) are not findings")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "storage": self.storage, "base": self.base, "candidates": self.candidates,
-                "rows": [asdict(r) for r in self.rows], "files": self.files}
-
-
-@dataclass
-class _StudyJob:
-    storage: str
-    study_name: str
-    settings: dict[str, Any]
-    candidates: list[store.Candidate]
-    budget: dict[str, Any]
-    specs: dict[str, dict[str, Any]]  # candidate key -> scaled spec (as a dict: picklable, exact)
-    base_resolution: int
-
-    def open(self) -> Any:
-        return store.open_study(self.storage, self.study_name, self.settings)
-
-    def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
-        from effnet.lab.budget import TrialBudget
-
-        budget = TrialBudget.from_dict(self.budget)
-        spec = ModelSpec.from_dict(self.specs[cand.key])
-        return budget.train(spec, budget.scaled_size(spec.resolution / self.base_resolution))
+        return {"study": self.study, "storage": self.storage, "base": self.base, "protocol": self.protocol,
+                "warnings": self.warnings, "candidates": self.candidates,
+                "rows": [{**asdict(r), "key": r.key} for r in self.rows], "summary": self.summary(),
+                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
 
 
 def study(
     base: str | ModelSpec = "efficientnet_b0", *, data: str = "digits", flops: tuple[float, ...] = (2.0,),
-    strategies: tuple[str, ...] = DEFAULT_STRATEGIES, epochs: int = 2, image_size: int | None = None,
+    strategies: tuple[str, ...] = DEFAULT_STRATEGIES, epochs: int = 4, image_size: int | None = None,
     storage: str | None = None, study_name: str | None = None, workers: int = 1, tolerance: float = 0.05,
-    out: str | Path = "scale_study", recipe: str | None = None, progress: bool = True, **overrides: Any,
+    out: str | Path = "scale_study", recipe: str | None = None, progress: bool = True, validate: int = 0,
+    validate_epochs: int | None = None, **overrides: Any,
 ) -> StudyReport:
     """Scale ``base`` by each of ``strategies`` to each FLOPs multiple in ``flops`` (matched
     within ``tolerance``), train those models and the baseline under one budget, and write
     ``results.json``, ``table.txt`` and ``study.png`` (accuracy against FLOPs, a line per
-    strategy) into ``out``. Storage, resume and workers as :func:`effnet.lab.search`."""
+    strategy) into ``out``. Storage, resume, workers and ``validate`` as
+    :func:`effnet.lab.search`."""
     if not flops:
         raise ValueError("flops: give at least one FLOPs multiple, e.g. 2")
     if not strategies:
         raise ValueError("strategies: give at least one strategy")
+    if validate and validate < 2:
+        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+    too_big = [m for m in flops if not 0 < m <= MAX_MULTIPLE]
+    if too_big:
+        raise ValueError(f"flops: FLOPs multiples are ratios to the base, in (0, {MAX_MULTIPLE:g}]; got "
+                         f"{', '.join(f'{m:g}' for m in too_big)} (e.g. --flops 2,4)")
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
     matched = [solve_phi(spec, s, m, tolerance=tolerance) for s in strategies for m in flops]
@@ -164,27 +189,42 @@ def study(
     candidates = [store.Candidate("baseline", {"phi": 0.0}, {"strategy": "baseline", "multiple": 1.0,
                                                              "flops": base_flops, "flops_ratio": 1.0})]
     specs = {"baseline": spec.to_dict()}
+    sizes = {"baseline": budget.image_size}
     for m in matched:
         key = f"{m.strategy}@{m.multiple:g}"
         candidates.append(store.Candidate(key, {"phi": m.phi}, {"strategy": m.strategy, "multiple": m.multiple,
                                                                "flops": m.flops, "flops_ratio": m.flops_ratio}))
         specs[key] = m.spec.to_dict()
+        sizes[key] = budget.scaled_size(m.spec.resolution / spec.resolution)
     out = Path(out)
     storage = storage or store.default_storage(out)
     study_name = study_name or f"study-{spec.name}"
     settings = {"kind": "scale-study", "base": budget.base_id, "flops": sorted(flops),
                 "strategies": sorted(strategies), "tolerance": tolerance, **budget.settings}
-    job = _StudyJob(storage, study_name, settings, candidates, budget.to_dict(), specs, spec.resolution)
+    job = engine.SpecJob(storage, study_name, settings, candidates, budget.to_dict(), specs, sizes)
     job.open()
+    for w in budget.warnings():
+        log.warning("%s", w)
     log.info("scaling study of %s: %d model(s) (%s at %s x FLOPs, and the baseline), %d epoch(s) each",
              spec.name, len(candidates), ", ".join(strategies), ", ".join(f"{m:g}" for m in flops), epochs)
     store.run_workers(job, workers, progress)
-    return _report(job, spec, out)
+    rep = _report(job, spec, budget)
+    if validate and len(rep.rows) == rep.candidates:
+        scores = {r.key: r.top1 for r in rep.rows}
+        chosen = engine.pick_for_validation(scores, validate, seed=0)
+        rep.validation = engine.validate(
+            budget, storage=storage, study_name=study_name, settings=settings,
+            chosen=[(k, k, ModelSpec.from_dict(specs[k]), sizes[k], scores[k]) for k in chosen],
+            epochs=validate_epochs or engine.VALIDATE_FACTOR * epochs, workers=workers, progress=progress)
+    return _write(rep, out)
 
 
-def _report(job: _StudyJob, base: ModelSpec, out: Path) -> StudyReport:
-    from effnet.viz.plots import plot_strategies
+#: Largest FLOPs multiple a study accepts: a ratio to the base, not a FLOPs count (1e9 would
+#: ask for a model a billion times the base's cost).
+MAX_MULTIPLE = 64.0
 
+
+def _report(job: engine.SpecJob, base: ModelSpec, budget: Any) -> StudyReport:
     done = store.results(job.open())
     rows = []
     for c in job.candidates:
@@ -193,27 +233,45 @@ def _report(job: _StudyJob, base: ModelSpec, out: Path) -> StudyReport:
             continue
         s = ModelSpec.from_dict(job.specs[c.key])
         u = t.user_attrs
+        curve = [float(v) for v in u.get("curve", [])]
         rows.append(StudyRow(
             strategy=c.attrs["strategy"], multiple=c.attrs["multiple"], phi=c.params["phi"],
             depth=s.depth / base.depth, width=s.width / base.width, resolution=s.resolution,
             flops=c.attrs["flops"], flops_ratio=c.attrs["flops_ratio"], params=int(u.get("params", 0)),
             image_size=int(u.get("image_size", 0)), top1=float(t.value if t.value is not None else math.nan),
-            seconds=float(u.get("seconds", math.nan)),
+            seconds=float(u.get("seconds", math.nan)), flops_trial=int(u.get("flops_trained", 0)), curve=curve,
+            status=engine.convergence(curve),
         ))
-    rep = StudyReport(job.study_name, job.storage, base.name, rows, len(job.candidates))
+    return StudyReport(job.study_name, job.storage, base.name, rows, len(job.candidates),
+                       protocol={**budget.protocol(), "flops_at": "nominal resolution (flops) and trial size "
+                                                                  "(flops_trial)"},
+                       warnings=budget.warnings())
+
+
+def _write(rep: StudyReport, out: Path) -> StudyReport:
+    from effnet.viz.plots import plot_strategies
+
     out.mkdir(parents=True, exist_ok=True)
-    if rows:
-        baseline = next((r for r in rows if r.strategy == "baseline"), None)
+    if rep.rows:
+        baseline = next((r for r in rep.rows if r.strategy == "baseline"), None)
         lines: dict[str, list[tuple[float, float]]] = {}
-        for r in rows:
+        for r in rep.rows:
             if r.strategy != "baseline":
                 lines.setdefault(r.strategy, []).append((r.flops, r.top1))
+        # A strategy with an unconverged point is named with a * in the legend.
+        lines = {k + ("*" if any(r.strategy == k and r.status != engine.CONVERGED for r in rep.rows) else ""): v
+                 for k, v in lines.items()}
         if baseline is not None:
             for pts in lines.values():
                 pts.append((baseline.flops, baseline.top1))
+        tau = ""
+        if rep.validation is not None and not math.isnan(rep.validation.tau):
+            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+        p = rep.protocol
         plot_strategies(out / "study.png", {k: sorted(v) for k, v in lines.items()},
                         baseline=(baseline.flops, baseline.top1) if baseline else None,
-                        title=f"{base.name} scaled at matched FLOPs")
+                        title=f"{rep.base} scaled at matched FLOPs: {p.get('epochs')} epoch(s) at "
+                              f"{p.get('image_size')} px on {p.get('data')} (* still improving){tau}")
         rep.files["png"] = str(out / "study.png")
     store.save_report(out, format_study(rep), rep)
     return rep
@@ -221,12 +279,20 @@ def _report(job: _StudyJob, base: ModelSpec, out: Path) -> StudyReport:
 
 def format_study(rep: StudyReport) -> str:
     head = (f"{'strategy':<10} {'FLOPs x':>7} {'phi':>7}  {'depth':>5} {'width':>5} {'res':>4}  {'FLOPs':>8} "
-            f"{'x meas':>6}  {'params':>7}  {'px':>4}  {'top-1':>6}  {'train s':>7}")
-    lines = [head, "-" * len(head)]
+            f"{'x meas':>6}  {'@trial':>8}  {'params':>7}  {'px':>4}  {'top-1':>7}  {'train s':>7}  curve (top-1 per epoch)")
+    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
     for r in rep.rows:
+        curve = " ".join(f"{v:.0f}" for v in r.curve)
         lines.append(f"{r.strategy:<10} {r.multiple:7g} {r.phi:7.3f}  {r.depth:5.2f} {r.width:5.2f} "
-                     f"{r.resolution:4d}  {r.flops / 1e6:7.1f}M {r.flops_ratio:6.3f}  {r.params / 1e6:6.2f}M  "
-                     f"{r.image_size:4d}  {r.top1:6.2f}  {r.seconds:7.1f}")
+                     f"{r.resolution:4d}  {r.flops / 1e6:7.1f}M {r.flops_ratio:6.3f}  {r.flops_trial / 1e6:7.1f}M  "
+                     f"{r.params / 1e6:6.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  "
+                     f"{r.seconds:7.1f}  {curve}")
     if len(rep.rows) < rep.candidates:
         lines.append(f"{len(rep.rows)}/{rep.candidates} model(s) done so far: run the same command to go on")
+    if rep.rows:
+        lines.append("")
+        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
+        lines += rep.summary()
+    if rep.validation is not None:
+        lines += rep.validation.lines()
     return "\n".join(lines)

@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.lab import store
+from effnet.lab import engine, store
 from effnet.lab.budget import base_spec, trial_budget
-from effnet.scaling import compound_scale
+from effnet.scaling import ALPHA, BETA, GAMMA, compound_scale
 from effnet.specs.base import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class SearchRow:
     """One grid point's outcome (``state`` "complete" or "pruned"; a pruned point's top-1 is
-    its last reported epoch's)."""
+    its last reported epoch's). ``flops`` is at the nominal size (``resolution``, what the grid
+    matches), ``flops_trial`` at the size the point trained at; ``curve`` its per-epoch top-1 and
+    ``status`` whether it had stopped improving (:func:`effnet.lab.engine.convergence`)."""
 
     key: str
     alpha: float
@@ -44,6 +46,9 @@ class SearchRow:
     epochs: int
     seconds: float
     step_ms: float
+    flops_trial: int = 0
+    curve: list[float] = field(default_factory=list)
+    status: str = engine.IMPROVING
 
 
 @dataclass
@@ -61,6 +66,9 @@ class SearchReport:
     epochs_trained: int
     pruned: int
     files: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    validation: engine.Validation | None = None
 
     @property
     def epochs_saved(self) -> int:
@@ -80,10 +88,12 @@ class SearchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "storage": self.storage, "base": self.base, "phi": self.phi,
+                "protocol": self.protocol, "warnings": self.warnings,
                 "candidates": self.candidates, "epochs_per_candidate": self.epochs_per_candidate,
                 "epochs_trained": self.epochs_trained, "epochs_saved": self.epochs_saved, "pruned": self.pruned,
                 "best": asdict(self.best) if self.best else None, "command": self.command(),
-                "rows": [asdict(r) for r in self.rows], "files": self.files}
+                "rows": [asdict(r) for r in self.rows],
+                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
 
 
 def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
@@ -103,32 +113,41 @@ def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> lis
     ]
 
 
+#: EfficientNet section 3.3's answer for B0, retrained beside the search's own best by --validate.
+PAPER_POINT = (ALPHA, BETA, GAMMA)
+
+
 def search(
-    base: str | ModelSpec = "efficientnet_b0", *, data: str = "digits", epochs: int = 2, phi: float = 1.0,
+    base: str | ModelSpec = "efficientnet_b0", *, data: str = "digits", epochs: int = 4, phi: float = 1.0,
     step: float = 0.05, tolerance: float = 0.1, image_size: int | None = None, storage: str | None = None,
     study: str | None = None, workers: int = 1, prune: bool = False, out: str | Path = "scale_search",
-    recipe: str | None = None, progress: bool = True, **overrides: Any,
+    recipe: str | None = None, progress: bool = True, validate: int = 0, validate_epochs: int | None = None,
+    **overrides: Any,
 ) -> SearchReport:
     """Grid-search alpha, beta, gamma for ``base`` (a registered name or a spec file) on
     ``data`` (``digits`` or an image folder): train every grid point for ``epochs`` and
     report validation top-1 against FLOPs. Writes ``results.json``, ``table.txt`` and
     ``search.png`` into ``out`` and returns the report.
 
-    - ``image_size``: the base's training size (default: 32 for digits, else the base's
-      resolution); a point trains at ``image_size * gamma^phi``.
+    - ``image_size``: the base's training size (default: 64 for digits, else the base's
+      resolution); a point trains at ``image_size * gamma^phi`` (with a progressive recipe,
+      its size range is scaled by gamma^phi).
     - ``storage``/``study``: an Optuna storage URL (default ``sqlite:///OUT/study.db``) and
       study name (default from the base and phi). The same command again resumes; another
       worker (``workers`` here, or the same command on another machine with the same URL)
       shares the grid.
     - ``prune``: successive halving (Optuna's ``SuccessiveHalvingPruner``) stops points
       whose accuracy after an epoch is in the lower part of those seen at that epoch.
+    - ``validate``: retrain that many points (the best half and random others, plus the
+      paper's (1.2, 1.1, 1.15) when in the grid) for ``validate_epochs`` (default 3x
+      ``epochs``) and report the Kendall tau between the two rankings.
     - ``recipe`` and ``overrides``: the training recipe and any TrainConfig field
       (``batch_size``, ``train_subset``, ``seed``...), the same for every point.
     """
-    if epochs < 1:
-        raise ValueError(f"epochs: expected >= 1, got {epochs}")
     if workers < 1:
         raise ValueError(f"workers: expected >= 1, got {workers}")
+    if validate and validate < 2:
+        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
     candidates = grid_candidates(spec, phi, step, tolerance)
@@ -137,13 +156,35 @@ def search(
     study = study or f"scale-{spec.name}-phi{phi:g}"
     settings = {"kind": "scale-search", "base": budget.base_id, "phi": phi, "step": step,
                 "tolerance": tolerance, "prune": prune, **budget.settings}
-    job = _Job(storage, study, settings, candidates, budget.to_dict(), _base_arg(base, spec, out), phi, prune,
-               str(out), spec.name)
+    specs, sizes = {}, {}
+    for c in candidates:
+        a, b, g = c.params["alpha"], c.params["beta"], c.params["gamma"]
+        specs[c.key] = compound_scale(spec, phi, a, b, g).replace(name=f"{spec.name}_{c.key}").to_dict()
+        sizes[c.key] = budget.scaled_size(g**phi)
+    job = engine.SpecJob(storage, study, settings, candidates, budget.to_dict(), specs, sizes, prune)
     job.open()  # the settings check happens once, before any worker starts
+    for w in budget.warnings():
+        log.warning("%s", w)
     log.info("scale search %s: %d grid point(s), %d epoch(s) each at %d px x gamma^%g, study %r in %s",
              spec.name, len(candidates), epochs, budget.image_size, phi, study, storage)
     store.run_workers(job, workers, progress)
-    return report(job)
+    rep = report(job, _base_arg(base, spec, out), phi, str(out), spec.name, write=False)
+    if validate and rep.complete:
+        scores = {r.key: r.top1 for r in rep.rows if r.state == "complete"}
+        chosen = engine.pick_for_validation(scores, validate, seed=0)
+        paper = next((r.key for r in rep.rows if (r.alpha, r.beta, r.gamma) == PAPER_POINT), None)
+        if paper is not None and paper not in chosen and paper in scores:
+            chosen.append(paper)
+        by_key = {r.key: r for r in rep.rows}
+        rep.validation = engine.validate(
+            budget, storage=storage, study_name=study, settings=settings,
+            chosen=[(k, _label(by_key[k]), ModelSpec.from_dict(specs[k]), sizes[k], scores[k]) for k in chosen],
+            epochs=validate_epochs or engine.VALIDATE_FACTOR * epochs, workers=workers, progress=progress)
+    return _write(rep, job, Path(out), spec.name)
+
+
+def _label(r: SearchRow) -> str:
+    return f"({r.alpha:g}, {r.beta:g}, {r.gamma:g})"
 
 
 def _base_arg(base: str | ModelSpec, spec: ModelSpec, out: Path) -> str:
@@ -157,37 +198,9 @@ def _base_arg(base: str | ModelSpec, spec: ModelSpec, out: Path) -> str:
     return str(path)
 
 
-@dataclass
-class _Job:
-    """Everything a worker process needs (picklable: workers are spawned)."""
-
-    storage: str
-    study_name: str
-    settings: dict[str, Any]
-    candidates: list[store.Candidate]
-    budget: dict[str, Any]
-    base: str
-    phi: float
-    prune: bool
-    out: str
-    base_name: str
-
-    def open(self) -> Any:
-        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune)
-
-    def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
-        from effnet.lab.budget import TrialBudget
-
-        budget = TrialBudget.from_dict(self.budget)
-        a, b, g = cand.params["alpha"], cand.params["beta"], cand.params["gamma"]
-        spec = compound_scale(budget.spec, self.phi, a, b, g).replace(name=f"{budget.spec.name}_{cand.key}")
-        size = budget.scaled_size(g**self.phi)
-        return budget.train(spec, size, trial if self.prune else None)
-
-
-def report(job: _Job) -> SearchReport:
-    """Read the study back into rows; write the JSON, table and plot."""
-    from effnet.viz.plots import plot_accuracy_flops
+def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str, write: bool = True) -> SearchReport:
+    """Read the study back into rows (and, with ``write``, write the JSON, table and plot)."""
+    from effnet.lab.budget import TrialBudget
 
     study = job.open()
     done = store.results(study)
@@ -197,6 +210,7 @@ def report(job: _Job) -> SearchReport:
         if key not in by_key:
             continue
         c, u = by_key[key], t.user_attrs
+        curve = [float(v) for v in u.get("curve", [])]
         rows.append(SearchRow(
             key=key, alpha=c.params["alpha"], beta=c.params["beta"], gamma=c.params["gamma"],
             state="complete" if t.state.name == "COMPLETE" else "pruned",
@@ -205,25 +219,40 @@ def report(job: _Job) -> SearchReport:
             flops_ratio_predicted=float(c.attrs["flops_ratio_predicted"]), params=int(u.get("params", 0)),
             image_size=int(u.get("image_size", 0)), epochs=int(u.get("epochs_trained", 0)),
             seconds=float(u.get("seconds", math.nan)), step_ms=float(u.get("step_ms", math.nan)),
+            flops_trial=int(u.get("flops_trained", 0)), curve=curve, status=engine.convergence(curve),
         ))
     rows.sort(key=lambda r: (r.alpha, r.beta, r.gamma))
     complete = [r for r in rows if r.state == "complete"]
     best = max(complete, key=lambda r: (r.top1, -r.flops)) if complete else None
+    budget = TrialBudget.from_dict(job.budget)
     rep = SearchReport(
-        study=job.study_name, storage=job.storage, base=job.base, phi=job.phi, rows=rows, best=best,
+        study=job.study_name, storage=job.storage, base=base, phi=phi, rows=rows, best=best,
         candidates=len(job.candidates), epochs_per_candidate=int(job.budget["epochs"]),
         epochs_trained=sum(r.epochs for r in rows), pruned=sum(r.state == "pruned" for r in rows),
+        protocol={**budget.protocol(), "flops_at": "nominal resolution (flops) and trial size (flops_trial)"},
+        warnings=budget.warnings(),
     )
-    folder = Path(job.out)
+    return _write(rep, job, Path(out), base_name) if write else rep
+
+
+def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str) -> SearchReport:
+    from effnet.viz.plots import plot_accuracy_flops
+
     folder.mkdir(parents=True, exist_ok=True)
-    if rows:
-        points = [{"label": f"({r.alpha:g}, {r.beta:g}, {r.gamma:g})", "flops": r.flops, "top1": r.top1,
-                   "pruned": r.state == "pruned"} for r in rows]
-        marked = {"label": f"best ({best.alpha:g}, {best.beta:g}, {best.gamma:g})", "flops": best.flops,
+    best = rep.best
+    if rep.rows:
+        points = [{"label": _label(r) + engine.mark(r.status), "flops": r.flops, "top1": r.top1,
+                   "pruned": r.state == "pruned"} for r in rep.rows]
+        marked = {"label": f"best {_label(best)}{engine.mark(best.status)}", "flops": best.flops,
                   "top1": best.top1} if best else None
+        tau = ""
+        if rep.validation is not None and not math.isnan(rep.validation.tau):
+            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+        unconverged = sum(r.status != engine.CONVERGED for r in rep.rows)
         plot_accuracy_flops(folder / "search.png", points, best=marked,
-                            title=f"{job.base_name}: grid of (alpha, beta, gamma) at phi={job.phi:g}, "
-                                  f"{job.budget['epochs']} epoch(s) each on {job.budget['data']}")
+                            title=f"{base_name}: grid of (alpha, beta, gamma) at phi={rep.phi:g}, "
+                                  f"{job.budget['epochs']} epoch(s) each at {job.budget['image_size']} px on "
+                                  f"{job.budget['data']}; * still improving ({unconverged}){tau}")
         rep.files["png"] = str(folder / "search.png")
     store.save_report(folder, format_table(rep), rep)
     return rep
@@ -231,21 +260,29 @@ def report(job: _Job) -> SearchReport:
 
 def format_table(rep: SearchReport) -> str:
     head = (f"{'alpha':>5} {'beta':>5} {'gamma':>5}  {'FLOPs x pred':>12} {'x meas':>7}  {'FLOPs':>8}  "
-            f"{'params':>8}  {'px':>4}  {'top-1':>6}  {'epochs':>6}  {'train s':>7}  {'step ms':>7}  state")
-    lines = [head, "-" * len(head)]
+            f"{'@trial':>8}  {'params':>8}  {'px':>4}  {'top-1':>7}  {'epochs':>6}  {'train s':>7}  {'step ms':>7}  "
+            "state")
+    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
     for r in rep.rows:
         mark = "  <- best" if rep.best is not None and r.key == rep.best.key else ""
         lines.append(f"{r.alpha:5.2f} {r.beta:5.2f} {r.gamma:5.2f}  {r.flops_ratio_predicted:12.3f} "
-                     f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.params / 1e6:7.2f}M  {r.image_size:4d}  "
-                     f"{r.top1:6.2f}  {r.epochs:6d}  {r.seconds:7.1f}  {r.step_ms:7.1f}  {r.state}{mark}")
+                     f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.flops_trial / 1e6:7.1f}M  "
+                     f"{r.params / 1e6:7.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  {r.epochs:6d}  "
+                     f"{r.seconds:7.1f}  {r.step_ms:7.1f}  {r.state}{mark}")
     lines.append("")
     lines.append(f"{len(rep.rows)}/{rep.candidates} grid point(s) done, {rep.pruned} pruned; "
                  f"{rep.epochs_trained} training epoch(s) of {rep.candidates * rep.epochs_per_candidate} "
                  f"for the full grid ({rep.epochs_saved} saved by pruning)" if rep.complete else
                  f"{len(rep.rows)}/{rep.candidates} grid point(s) done so far: run the same command to go on")
+    if rep.rows:
+        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
     if rep.best is not None:
         lines.append(f"best: alpha={rep.best.alpha:g} beta={rep.best.beta:g} gamma={rep.best.gamma:g} "
                      f"(top-1 {rep.best.top1:.2f}%)")
+        caveat = engine.winner_line("the best point", rep.best.status)
+        if caveat:
+            lines.append(caveat)
         lines.append(f"scale with it: {rep.command()}")
+    if rep.validation is not None:
+        lines += rep.validation.lines()
     return "\n".join(lines)
-

@@ -43,6 +43,10 @@ log = logging.getLogger(__name__)
 #: Trial user attributes the lab writes.
 KEY = "effnet.candidate"
 HOST, PID = "effnet.host", "effnet.pid"
+#: Where the worker's PID means something (boot id and PID namespace: containers on one host
+#: share a hostname and may reuse PIDs), when that process started (a reused PID has another
+#: start time), and a random token of the worker process (unique even when all else collides).
+MACHINE, STARTED, TOKEN = "effnet.machine", "effnet.proc_start", "effnet.token"
 DUPLICATE_OF = "effnet.duplicate_of"
 ERROR = "effnet.error"
 #: Sampled searches: the failed trial a re-queued one trains again; a trial given up because
@@ -59,6 +63,17 @@ GRACE_S = 120
 
 class StudyError(ValueError):
     """A study cannot be opened or resumed as asked (bad URL, other settings)."""
+
+
+class TrialFailed(RuntimeError):
+    """A trial's training raised: the search stops with that reason (a bad data folder, recipe
+    or option would fail every candidate the same way; running the command again cannot help
+    until the cause is fixed)."""
+
+
+#: A sampled search stops after this many failed trials in a row (one failure may belong to
+#: one candidate, e.g. out of memory; several in a row are the search's own cause).
+MAX_FAILURES_IN_A_ROW = 3
 
 
 @dataclass(frozen=True)
@@ -122,7 +137,8 @@ def _storage(url: str, heartbeat: int) -> Any:
         raise AssertionError("unreachable")
     except (ImportError, ModuleNotFoundError) as e:
         raise StudyError(f"cannot open the study storage {url}: its database driver is not installed ({e}); "
-                         "install it (psycopg2-binary for PostgreSQL, pymysql for MySQL)") from e
+                         "install it (PostgreSQL: psycopg for postgresql://, psycopg2-binary for postgresql+psycopg2://; "
+                         "MySQL: pymysql)") from e
     except Exception as e:  # sqlalchemy's OperationalError/ArgumentError: unreachable, bad URL
         reason = str(e).splitlines()[0]
         raise StudyError(f"cannot open the study storage {url}: {reason}; check the URL, that the "
@@ -186,14 +202,75 @@ def open_study(
 
 
 # --- the work queue ---------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def machine_id() -> str:
+    """This process's view of PIDs: hostname, kernel boot id and PID namespace. Two workers
+    can judge each other's PIDs only when all three match (containers on one host share the
+    hostname and the boot id but not the PID namespace)."""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    return f"{socket.gethostname()}|{_read('/proc/sys/kernel/random/boot_id')}|{pidns}"
+
+
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22), or ""
+    where /proc does not tell; a PID reused by a newer process has another start time."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[-1].split()[19] if stat else ""
+
+
+_TOKEN: tuple[int, str] | None = None
+
+
+def process_token() -> str:
+    """A random token of this worker process (a forked child gets its own)."""
+    global _TOKEN
+    if _TOKEN is None or _TOKEN[0] != os.getpid():
+        import secrets
+
+        _TOKEN = (os.getpid(), secrets.token_hex(8))
+    return _TOKEN[1]
+
+
+def _claim(trial: optuna.Trial) -> None:
+    """Record which worker process runs ``trial``."""
+    trial.set_user_attr(HOST, socket.gethostname())
+    trial.set_user_attr(PID, os.getpid())
+    trial.set_user_attr(MACHINE, machine_id())
+    trial.set_user_attr(STARTED, process_start(os.getpid()))
+    trial.set_user_attr(TOKEN, process_token())
+
+
+def _alive(pid: int, started: str = "") -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+        pass
+    # The PID exists; it is the same process only if it started when the worker did.
+    return not started or not process_start(pid) or process_start(pid) == started
+
+
+def worker_gone(attrs: Mapping[str, Any], here: str | None = None) -> bool:
+    """Whether the worker recorded in a RUNNING trial's ``attrs`` is known to be dead: it ran
+    where this process can see its PID (same :func:`machine_id`), is not this process, and
+    that PID is gone or belongs to a process started at another time. Elsewhere only the
+    heartbeat can tell."""
+    pid = attrs.get(PID)
+    if attrs.get(MACHINE) != (here or machine_id()) or not isinstance(pid, int):
+        return False
+    if attrs.get(TOKEN) == process_token() and pid == os.getpid():
+        return False
+    return not _alive(pid, str(attrs.get(STARTED) or ""))
 
 
 def recover_dead(study: optuna.Study) -> list[int]:
@@ -203,10 +280,9 @@ def recover_dead(study: optuna.Study) -> list[int]:
     from optuna.trial import TrialState
 
     failed = []
-    host = socket.gethostname()
+    here = machine_id()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        pid = t.user_attrs.get(PID)
-        if t.user_attrs.get(HOST) == host and isinstance(pid, int) and pid != os.getpid() and not _alive(pid):
+        if worker_gone(t.user_attrs, here):
             with contextlib.suppress(Exception):  # another worker may have failed it already
                 study.tell(t.number, state=TrialState.FAIL)
                 failed.append(t.number)
@@ -275,8 +351,7 @@ def take(study: optuna.Study, candidates: list[Candidate]) -> tuple[optuna.Trial
                 return None
             key = free[0]
             trial.set_user_attr(KEY, key)
-        trial.set_user_attr(HOST, socket.gethostname())
-        trial.set_user_attr(PID, os.getpid())
+        _claim(trial)
         if key not in by_key:
             trial.set_user_attr(ERROR, f"candidate {key!r} is not in this run's list")
             _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a trial")
@@ -316,9 +391,19 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial) -> Iterator[None]:
     stop = threading.Event()
 
     def beat() -> None:
+        failing = False
         while not stop.is_set():
-            with contextlib.suppress(Exception):  # a missed beat is not worth killing the trial
+            try:
                 storage.record_heartbeat(trial._trial_id)
+                if failing:
+                    log.info("heartbeat of trial %d recorded again", trial.number)
+                failing = False
+            except Exception as e:  # a missed beat is not worth killing the trial, but say so
+                if not failing:
+                    log.warning("heartbeat of trial %d not recorded (%s: %s): if this lasts more than %d s, other "
+                                "machines will take the trial for dead and train its candidate again", trial.number,
+                                type(e).__name__, e, GRACE_S)
+                failing = True
             stop.wait(interval)
 
     thread = threading.Thread(target=beat, name=f"effnet-heartbeat-{trial.number}", daemon=True)
@@ -339,8 +424,9 @@ def work(study: optuna.Study, candidates: list[Candidate], evaluate: Evaluate,
     """Train queued candidates until the queue is empty. Returns how many this worker trained.
 
     ``optuna.TrialPruned`` from ``evaluate`` records the trial as PRUNED (its last reported
-    value kept); another exception records it as FAIL with the error and moves on (it is
-    queued again by the next run). Ctrl-C/SIGTERM (``KeyboardInterrupt``, including
+    value kept); another exception records it as FAIL with the error and stops the worker with
+    :class:`TrialFailed` naming it (every candidate of a fixed list trains the same way, so
+    the next would most likely fail alike). Ctrl-C/SIGTERM (``KeyboardInterrupt``, including
     effnet's ``Interrupted``) fails the running trial, so the next run trains it again, and
     stops the worker.
     """
@@ -348,7 +434,10 @@ def work(study: optuna.Study, candidates: list[Candidate], evaluate: Evaluate,
     done = 0
     while (taken := take(study, candidates)) is not None:
         trial, cand = taken
-        _run_one(study, trial, f"candidate {cand.key}", lambda t=trial, c=cand: evaluate(t, c))
+        error = _run_one(study, trial, f"candidate {cand.key}", lambda t=trial, c=cand: evaluate(t, c))
+        if error is not None:
+            raise TrialFailed(f"candidate {cand.key} failed: {error}; fix the cause, then run the same command "
+                              "again (finished candidates are kept)")
         done += 1
         if on_done is not None:
             on_done()
@@ -426,8 +515,7 @@ def take_sampled(study: optuna.Study, trials: int) -> optuna.Trial | None:
             return None
         with _quiet():
             trial = _retrying(study.ask, "take a trial")
-        trial.set_user_attr(HOST, socket.gethostname())
-        trial.set_user_attr(PID, os.getpid())
+        _claim(trial)
         key = trial.user_attrs.get(KEY)
         earlier = _earlier_claim(study, trial, key) if key is not None else None
         if earlier is not None:  # two workers re-queued the same dead trial: one trains it
@@ -453,18 +541,23 @@ def work_sampled(study: optuna.Study, trials: int, evaluate: SampledEvaluate,
     pruning and signals are recorded as by :func:`work`."""
     if trials < 1:
         raise ValueError(f"trials: expected >= 1, got {trials}")
-    done = 0
+    done, errors = 0, []
     while (trial := take_sampled(study, trials)) is not None:
-        _run_one(study, trial, f"trial {trial.number}", lambda t=trial: evaluate(t))
-        done += 1
+        error = _run_one(study, trial, f"trial {trial.number}", lambda t=trial: evaluate(t))
+        errors = [*errors, error] if error is not None else []
+        if len(errors) >= MAX_FAILURES_IN_A_ROW:
+            raise TrialFailed(f"{len(errors)} trials in a row failed, the last with: {error}; fix the cause, then "
+                              "run the same command again (finished trials are kept)")
+        done += error is None
         if on_done is not None:
             on_done()
     return done
 
 
 def _run_one(study: optuna.Study, trial: optuna.Trial, label: str,
-             fn: Callable[[], tuple[Any, dict[str, Any]]]) -> None:
-    """Train one taken trial under a heartbeat and record its outcome (see :func:`work`)."""
+             fn: Callable[[], tuple[Any, dict[str, Any]]]) -> str | None:
+    """Train one taken trial under a heartbeat and record its outcome (see :func:`work`);
+    the error when its training raised, else ``None``."""
     import optuna
     from optuna.trial import TrialState
 
@@ -482,12 +575,15 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, label: str,
         raise
     except Exception as e:
         log.error("%s failed: %s: %s", label, type(e).__name__, e)
-        trial.set_user_attr(ERROR, f"{type(e).__name__}: {e}")
+        error = f"{type(e).__name__}: {e}"
+        trial.set_user_attr(ERROR, error)
         _retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "record a failed trial")
+        return error
     else:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         _retrying(lambda t=trial, v=value: study.tell(t, v), "record a trial")
+    return None
 
 
 class SampledJob(Protocol):
@@ -575,8 +671,13 @@ def run_workers(job: Job | SampledJob, workers: int = 1, progress: bool = True) 
         bar.close()
     failed = [p.exitcode for p in procs if p.exitcode]
     if failed:
-        log.warning("%d worker process(es) ended with an error (exit codes %s); their unfinished candidates "
-                    "are trained by the next run", len(failed), failed)
+        from optuna.trial import TrialState
+
+        errors = [t.user_attrs[ERROR] for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+                  if t.user_attrs.get(ERROR) not in (None, STOPPED)]
+        raise TrialFailed(f"{len(failed)} worker process(es) stopped with an error (exit codes {failed})"
+                          + (f", the last trial error: {errors[-1]}" if errors else "")
+                          + "; fix the cause, then run the same command again (finished candidates are kept)")
 
 
 def results(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
@@ -602,6 +703,22 @@ def save_report(folder: Path, table: str, report: Any) -> None:
     report.files.update(json=str(folder / "results.json"), table=str(folder / "table.txt"))
     atomic_write(folder / "table.txt", lambda tmp: Path(tmp).write_text(table + "\n"))
     atomic_write(folder / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(report.to_dict(), indent=2)))
+
+
+def first_writer(open_fresh: Callable[[], optuna.Study], name: str, value: Any) -> Any:
+    """The study's user attribute ``name``: set to ``value`` unless another process set it
+    first, and read back. Each writer records its claim under ``name#TOKEN`` with its time; the
+    earliest claim is the value, so two processes measuring the same thing together (the
+    architecture search's S0 and P0) agree on one of the two, the first stored."""
+    study = open_fresh()
+    known = study.user_attrs.get(name)
+    if known is not None:
+        return known
+    study.set_user_attr(f"{name}#{process_token()}", {"at": time.time(), "value": value})
+    claims = sorted((c["at"], k, c["value"]) for k, c in open_fresh().user_attrs.items() if k.startswith(f"{name}#"))
+    chosen = claims[0][2]
+    study.set_user_attr(name, chosen)  # every writer writes the same, the earliest claim
+    return chosen
 
 
 def prune_check(trial: optuna.Trial, epoch: int, value: float, attrs: dict[str, Any]) -> None:

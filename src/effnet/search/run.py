@@ -6,7 +6,7 @@ study's sampler, measures it (training step time S on the device in use, paramet
 trains it briefly under one :class:`~effnet.lab.budget.TrialBudget` for its accuracy A, and
 records all of them with the reward. The study (Optuna's, through :mod:`effnet.lab.store`, the
 scaling search's machinery) owns every trial: re-running the command resumes, workers share it,
-a killed worker's candidate is trained again (STYLE 16). The base network's S0 and P0 are
+a killed worker's candidate is trained again. The base network's S0 and P0 are
 measured once per study and kept in the study, so every trial, resumed run and worker divides
 by the same numbers.
 """
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.lab import store
+from effnet.lab import engine, store
 from effnet.lab.budget import trial_budget
 from effnet.search.reward import B0_TARGET_FLOPS, mnas_hard, mnas_soft, pareto_front, v2_reward
 from effnet.search.space import SearchSpace, load_space
@@ -70,6 +70,9 @@ class TrialRow:
     choices: dict[str, Any]
     is_base: bool = False
     on_front: bool = False
+    curve: list[float] = field(default_factory=list)
+    status: str = engine.IMPROVING
+    flops_trial: int = 0
 
 
 @dataclass
@@ -89,6 +92,9 @@ class SearchReport:
     best: TrialRow | None
     front: list[int] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    validation: engine.Validation | None = None
 
     @property
     def complete(self) -> bool:
@@ -96,10 +102,11 @@ class SearchReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "storage": self.storage, "space": self.space, "space_size": self.space_size,
-                "reward": self.reward, "trials": self.trials, "base_step_ms": self.base_step_ms,
-                "base_params": self.base_params, "base_flops": self.base_flops,
+                "reward": self.reward, "trials": self.trials, "protocol": self.protocol, "warnings": self.warnings,
+                "base_step_ms": self.base_step_ms, "base_params": self.base_params, "base_flops": self.base_flops,
                 "best": asdict(self.best) if self.best else None, "front": self.front,
-                "rows": [asdict(r) for r in self.rows], "files": self.files}
+                "rows": [asdict(r) for r in self.rows],
+                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
 
 
 def arch_string(spec: ModelSpec) -> str:
@@ -222,23 +229,22 @@ def _base_metrics(job: _Job, study: Any) -> dict[str, Any]:
     log.info("measuring the base %s (training step time at %d px, batch %d, %s)", job.space.base.name,
              budget.image_size, job.step.batch, job.step.device)
     m = measure(job.space.base, budget.image_size, job.step, job.target_kind)
-    known = store.open_study(job.storage, job.study_name, job.settings).user_attrs.get(BASE)
-    if known is not None:  # another process measured it meanwhile: use the one the study has
-        return known
-    study.set_user_attr(BASE, m)
+    # Another process may have measured it meanwhile: the first one recorded wins, for all.
+    chosen = store.first_writer(lambda: store.open_study(job.storage, job.study_name, job.settings), BASE, m)
     point = job.space.base_params()
-    if point is not None and not study.trials:
+    if chosen == m and point is not None and not study.trials:
         study.enqueue_trial(point, user_attrs={IS_BASE: True, store.KEY: "base"})
-    return m
+    return chosen
 
 
 def run(
-    space: str | Path | SearchSpace, *, data: str = "digits", trials: int = 20, epochs: int = 1,
+    space: str | Path | SearchSpace, *, data: str = "digits", trials: int = 20, epochs: int = 4,
     image_size: int | None = None, reward: str = "v2", storage: str | None = None, study: str | None = None,
     sampler: str = "tpe", prune: bool = False, workers: int = 1, out: str | Path = "arch_search",
     target_flops: float = B0_TARGET_FLOPS, target_latency_ms: float | None = None, step_batch: int = 16,
     step_warmup: int = 2, step_steps: int = 5, step_threads: int = 1, device: str = "auto",
-    seed: int | None = None, recipe: str | None = None, progress: bool = True, **overrides: Any,
+    seed: int | None = None, recipe: str | None = None, progress: bool = True, validate: int = 0,
+    validate_epochs: int | None = None, **overrides: Any,
 ) -> SearchReport:
     """Search ``space`` (a :class:`SearchSpace`, ``v2-s``, ``v2-b0``, ``b0`` or a YAML file) on
     ``data`` (``digits`` or an image folder) until the study has ``trials`` finished trials.
@@ -249,12 +255,16 @@ def run(
       (A, S and P as three objectives; the report's front is the non-dominated trials).
     - ``epochs``, ``image_size``, ``recipe``, ``overrides`` (TrainConfig fields such as
       ``train_subset``, ``batch_size``): the proxy training every candidate gets (default size:
-      32 px on digits, else the base's training size).
+      64 px on digits, else the base's training size).
     - ``step_*``, ``device``: how S is measured (median of ``step_steps`` training steps after
       ``step_warmup`` on a fixed batch of ``step_batch``, ``step_threads`` CPU threads).
     - ``storage``/``study``/``workers``/``prune``: as for ``effnet scale search`` (default storage
       ``sqlite:///OUT/study.db``; the same command resumes; successive halving on top-1).
     - ``sampler``: ``tpe``, ``random`` or ``nsga2``; ``seed`` seeds it.
+    - ``validate``: retrain that many finished candidates (the best half by reward and random
+      others) for ``validate_epochs`` (default 3x ``epochs``) and report the Kendall tau between
+      the proxy's ranking and the longer one (on the same reward, recomputed with the longer
+      top-1).
 
     Writes ``best.yaml`` (the best candidate's spec), ``table.txt``, ``results.json`` and
     ``search.png`` into ``out`` (and ``front/`` in Pareto mode) and returns the report.
@@ -266,6 +276,11 @@ def run(
     for name, value in (("trials", trials), ("epochs", epochs), ("workers", workers)):
         if value < 1:
             raise ValueError(f"{name}: expected >= 1, got {value}")
+    if validate and validate < 2:
+        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+    if not target_flops > 0 or (target_latency_ms is not None and not target_latency_ms > 0):
+        raise ValueError(f"target: expected a positive --target-flops / --target-latency-ms, got "
+                         f"{target_latency_ms if target_latency_ms is not None else target_flops:g}")
     if prune and reward == "pareto":
         raise ValueError("prune: the Pareto mode has three objectives and cannot be pruned; use reward v2 or v1")
     the_space = load_space(space)  # refused here, before anything is measured or trained
@@ -289,25 +304,52 @@ def run(
     log.info("base %s: training step %.1f ms, %d parameters; searching %d trial(s), %d epoch(s) each at %d px, "
              "reward %s, study %r in %s", the_space.base.name, base["step_time_ms"], base["params"], trials, epochs,
              budget.image_size, reward, study_name, storage)
+    for w in budget.warnings():
+        log.warning("%s", w)
     started = time.time()
     store.run_workers(job, workers, progress)
     log.info("search took %.1f s", time.time() - started)
-    return report(job)
+    rep = report(job, write=False)
+    if validate and rep.complete and rep.reward != "pareto":
+        rep.validation = _validate(job, rep, validate, validate_epochs or engine.VALIDATE_FACTOR * epochs, workers,
+                                   progress)
+    return _write(rep, job, Path(job.out))
+
+
+def _validate(job: _Job, rep: SearchReport, k: int, epochs: int, workers: int, progress: bool) -> engine.Validation:
+    """Retrain ``k`` finished candidates longer and rank them again by the same reward, with
+    each candidate's S and P as measured and the longer run's top-1 as A."""
+    from effnet.lab.budget import TrialBudget
+
+    budget = TrialBudget.from_dict(job.budget)
+    done = {f"trial{r.number}": r for r in rep.rows if r.state == "complete"}
+    chosen = engine.pick_for_validation({key: r.reward for key, r in done.items()}, k, seed=0)
+    items = [(key, f"#{done[key].number} {done[key].arch}", job.space.candidate(done[key].choices),
+              budget.image_size, done[key].top1) for key in chosen]
+    # Ranked on top-1: S and P are the same measurements in both runs, so the reward's order
+    # changes only through A; a tau on top-1 is the proxy's own fidelity.
+    return engine.validate(budget, storage=job.storage, study_name=job.study_name, settings=job.settings,
+                           chosen=items, epochs=epochs, workers=workers, progress=progress)
 
 
 def _row(t: Any, space: SearchSpace) -> TrialRow:
     u = t.user_attrs
     spec = space.candidate(t.params)
     top1 = float(u.get("top1", math.nan))
+    curve = [float(v) for v in u.get("curve", [])]
     return TrialRow(number=t.number, state=t.state.name.lower(), top1=top1, step_ms=float(u["step_time_ms"]),
                     params=int(u["params"]), flops=int(u["flops"]), reward=float(u.get("reward", math.nan)),
                     v2_reward=float(u.get("v2_reward", math.nan)), epochs=int(u.get("epochs_trained", 0)),
                     seconds=float(u.get("seconds", math.nan)), arch=arch_string(spec), choices=dict(t.params),
-                    is_base=bool(u.get(IS_BASE, False)))
+                    is_base=bool(u.get(IS_BASE, False)), curve=curve, status=engine.convergence(curve),
+                    flops_trial=int(u.get("flops_trained", 0)))
 
 
-def report(job: _Job) -> SearchReport:
+def report(job: _Job, write: bool = True) -> SearchReport:
     """Read the study back into rows; write best.yaml, the table, results.json and the plot."""
+    from effnet.lab.budget import TrialBudget
+
+    budget = TrialBudget.from_dict(job.budget)
     study = job.open()
     base = study.user_attrs.get(BASE, {})
     rows = [_row(t, job.space) for t in store.finished_trials(study) if "step_time_ms" in t.user_attrs and t.params]
@@ -325,8 +367,8 @@ def report(job: _Job) -> SearchReport:
     rep = SearchReport(study=job.study_name, storage=job.storage, space=job.space.name, space_size=job.space.size,
                        reward=job.reward, trials=job.trials, base_step_ms=float(base.get("step_time_ms", math.nan)),
                        base_params=int(base.get("params", 0)), base_flops=int(base.get("flops", 0)), rows=rows,
-                       best=best, front=front)
-    return _write(rep, job, Path(job.out))
+                       best=best, front=front, protocol=budget.protocol(), warnings=budget.warnings())
+    return _write(rep, job, Path(job.out)) if write else rep
 
 
 def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
@@ -343,14 +385,18 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
         rep.files["front"] = str(folder / "front")
     if rep.rows:
         pareto = job.reward == "pareto"
-        points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward, "label": f"#{r.number}",
+        tau = ""
+        if rep.validation is not None and not math.isnan(rep.validation.tau):
+            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+        points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward,
+                   "label": f"#{r.number}{engine.mark(r.status)}",
                    "pruned": r.state == "pruned", "front": r.on_front, "base": r.is_base,
                    "best": rep.best is not None and r.number == rep.best.number} for r in rep.rows]
         budget = job.budget
         plot_search(folder / "search.png", points, base_step_ms=rep.base_step_ms, pareto=pareto,
                     ylabel="validation top-1 (%)" if pareto else f"reward ({rep.reward})",
                     title=f"{rep.space} search on {budget['data']}: {len(rep.rows)} trial(s), {budget['epochs']} "
-                          f"epoch(s) at {budget['image_size']} px")
+                          f"epoch(s) at {budget['image_size']} px (* still improving){tau}")
         rep.files["png"] = str(folder / "search.png")
     store.save_report(folder, format_table(rep), rep)
     return rep
@@ -359,11 +405,11 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
 def format_table(rep: SearchReport) -> str:
     head = (f"{'trial':>5}  {'state':<8}  {'top-1':>6}  {'S ms':>7}  {'S/S0':>5}  {'params':>7}  {'P/P0':>5}  "
             f"{'FLOPs':>8}  {'reward':>7}  architecture (per stage: op kernel e=expand s=SE x=layers)")
-    lines = [head, "-" * len(head)]
+    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
     for r in sorted(rep.rows, key=lambda r: r.number):
         marks = [m for m, on in (("base", r.is_base), ("front", r.on_front),
                                  ("best", rep.best is not None and r.number == rep.best.number)) if on]
-        lines.append(f"{r.number:5d}  {r.state:<8}  {r.top1:6.2f}  {r.step_ms:7.1f}  "
+        lines.append(f"{r.number:5d}  {r.state:<8}  {r.top1:5.1f}{engine.mark(r.status):1}  {r.step_ms:7.1f}  "
                      f"{r.step_ms / rep.base_step_ms:5.2f}  {r.params / 1e6:6.2f}M  {r.params / rep.base_params:5.2f}  "
                      f"{r.flops / 1e6:7.1f}M  {r.reward:7.2f}  {r.arch}{'  <- ' + ', '.join(marks) if marks else ''}")
     lines.append("")
@@ -373,9 +419,16 @@ def format_table(rep: SearchReport) -> str:
                  f"{len(rep.rows)}/{rep.trials} trial(s) finished so far: run the same command to go on")
     if rep.reward == "pareto":
         lines.append(f"Pareto front (max top-1, min S, min P): trials {rep.front}")
+    if rep.rows:
+        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
     if rep.best is not None:
         lines.append(f"best: trial {rep.best.number} (reward {rep.best.reward:.2f}, top-1 {rep.best.top1:.2f}%): "
                      f"{rep.best.arch}")
+        caveat = engine.winner_line("the best trial", rep.best.status)
+        if caveat:
+            lines.append(caveat)
         if "best" in rep.files:
             lines.append(f"train it: effnet train --spec {rep.files['best']}")
+    if rep.validation is not None:
+        lines += rep.validation.lines()
     return "\n".join(lines)

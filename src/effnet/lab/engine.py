@@ -1,0 +1,223 @@
+"""The one engine under every study of the lab and the architecture search.
+
+A study trains candidates under one :class:`~effnet.lab.budget.TrialBudget` in an Optuna
+study (:mod:`effnet.lab.store`). What must be the same for all of them is written once here:
+
+- :class:`SpecJob`: a fixed list of candidates, each a spec trained at a size (the grid of
+  ``effnet scale search``, the strategies of ``effnet scale study``, and the validation
+  retraining of any study, the architecture search's included);
+- :func:`convergence`: whether a trial's learning curve had stopped improving;
+- :func:`pick_for_validation`, :func:`validate` and :func:`kendall_tau`: how well the short
+  trials' ranking predicts the ranking under a longer budget;
+- :func:`winner_line` and :func:`protocol_lines`: what a table may claim about its winner and
+  the budget it was measured under.
+
+The grid, strategy and architecture jobs on top (:mod:`effnet.lab.search`,
+:mod:`effnet.lab.compare`, :mod:`effnet.search.run`) only say which candidates exist and how
+their rows read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from effnet.lab import store
+from effnet.lab.budget import TrialBudget
+from effnet.specs.base import ModelSpec
+
+log = logging.getLogger(__name__)
+
+#: A trial is "converged" when its best top-1 over the last ``CONVERGENCE_WINDOW`` epochs beats
+#: its best before them by at most ``CONVERGENCE_GAIN`` points. Two epochs, so one noisy epoch
+#: neither makes nor breaks it; one point, the size of the epoch-to-epoch noise of a small
+#: validation set (digits has 360 images: one image is 0.28 points).
+CONVERGENCE_WINDOW = 2
+CONVERGENCE_GAIN = 1.0
+CONVERGED, IMPROVING = "converged", "improving"
+#: How tables mark an unconverged candidate.
+UNCONVERGED_MARK = "*"
+#: ``--validate K``: the validation budget's epochs as a multiple of the proxy's.
+VALIDATE_FACTOR = 3
+
+
+def convergence(curve: Sequence[float], window: int = CONVERGENCE_WINDOW, min_gain: float = CONVERGENCE_GAIN) -> str:
+    """``"converged"`` when the best of the last ``window`` values of ``curve`` (per-epoch
+    validation top-1) exceeds the best before them by at most ``min_gain``; else
+    ``"improving"``. A curve of ``window`` epochs or fewer cannot show that it stopped
+    improving, so it counts as improving."""
+    if window < 1:
+        raise ValueError(f"window: expected >= 1, got {window}")
+    values = [float(v) for v in curve]
+    if len(values) <= window:
+        return IMPROVING
+    gain = max(values[-window:]) - max(values[:-window])
+    return IMPROVING if gain > min_gain else CONVERGED
+
+
+def mark(status: str) -> str:
+    return "" if status == CONVERGED else UNCONVERGED_MARK
+
+
+def kendall_tau(proxy: Sequence[float], longer: Sequence[float]) -> float:
+    """Kendall's tau-b (ties counted as in scipy.stats.kendalltau) between the proxy scores of
+    some candidates and their scores under a longer budget: 1 when the proxy orders them as
+    the longer training does, -1 when reversed, about 0 when its order is noise. NaN for fewer
+    than two candidates."""
+    from scipy.stats import kendalltau
+
+    if len(proxy) != len(longer):
+        raise ValueError(f"kendall_tau: {len(proxy)} proxy scores but {len(longer)} longer ones")
+    if len(proxy) < 2:
+        return math.nan
+    return float(kendalltau(list(proxy), list(longer)).statistic)
+
+
+def pick_for_validation(scores: Mapping[str, float], k: int, seed: int = 0) -> list[str]:
+    """``k`` candidates to retrain: the proxy's best ceil(k/2) (a search's answer is among
+    them) and the rest drawn at random from the others (a ranking judged on its top alone
+    would miss a proxy that orders the rest by noise). Seeded: every run picks the same."""
+    if k < 2:
+        raise ValueError(f"validate: expected >= 2 candidates (a rank correlation needs two), got {k}")
+    ranked = sorted(scores, key=lambda key: (-scores[key], key))
+    top = ranked[: math.ceil(k / 2)]
+    rest = ranked[len(top):]
+    return top + random.Random(seed).sample(rest, min(len(rest), k - len(top)))
+
+
+@dataclass
+class SpecJob:
+    """A fixed list of candidates, each a spec (as a dict: exact and picklable) trained at its
+    own size under one budget; what every worker process needs."""
+
+    storage: str
+    study_name: str
+    settings: dict[str, Any]
+    candidates: list[store.Candidate]
+    budget: dict[str, Any]
+    specs: dict[str, dict[str, Any]]
+    sizes: dict[str, int]
+    prune: bool = False
+
+    def open(self) -> Any:
+        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune)
+
+    def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
+        budget = TrialBudget.from_dict(self.budget)
+        return budget.train(ModelSpec.from_dict(self.specs[cand.key]), self.sizes[cand.key],
+                            trial if self.prune else None)
+
+
+@dataclass(frozen=True)
+class ValidatedRow:
+    key: str
+    label: str
+    proxy: float
+    longer: float
+    curve: list[float]
+    status: str
+    proxy_rank: int
+    longer_rank: int
+
+
+@dataclass
+class Validation:
+    """The proxy ranking checked against a longer budget on ``rows``."""
+
+    study: str
+    epochs: int
+    proxy_epochs: int
+    rows: list[ValidatedRow]
+    requested: int
+    tau: float
+
+    @property
+    def complete(self) -> bool:
+        return len(self.rows) == self.requested
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"study": self.study, "epochs": self.epochs, "proxy_epochs": self.proxy_epochs,
+                "candidates": self.requested, "kendall_tau": None if math.isnan(self.tau) else self.tau,
+                "rows": [asdict(r) for r in self.rows]}
+
+    def lines(self) -> list[str]:
+        out = [f"validation: {len(self.rows)}/{self.requested} candidate(s) retrained for {self.epochs} epoch(s) "
+               f"(the proxy trained {self.proxy_epochs})"]
+        head = f"  {'candidate':<28} {'proxy':>6} {'rank':>4}  {'longer':>6} {'rank':>4}"
+        out += [head]
+        for r in sorted(self.rows, key=lambda r: r.proxy_rank):
+            out.append(f"  {r.label[:28]:<28} {r.proxy:6.2f} {r.proxy_rank:4d}  {r.longer:6.2f}{mark(r.status):1} "
+                       f"{r.longer_rank:3d}")
+        tau = "n/a (fewer than 2 retrained)" if math.isnan(self.tau) else f"{self.tau:.2f}"
+        out.append(f"rank fidelity: Kendall tau {tau} between the proxy's ranking and the longer one over "
+                   f"{len(self.rows)} candidate(s) (1: same order; 0: the proxy's order is noise)")
+        return out
+
+
+def _ranks(values: Sequence[float]) -> list[int]:
+    order = sorted(range(len(values)), key=lambda i: -values[i])
+    ranks = [0] * len(values)
+    for r, i in enumerate(order, 1):
+        ranks[i] = r
+    return ranks
+
+
+def validate(
+    budget: TrialBudget, *, storage: str, study_name: str, settings: Mapping[str, Any],
+    chosen: Sequence[tuple[str, str, ModelSpec, int, float]], epochs: int, workers: int = 1, progress: bool = True,
+) -> Validation:
+    """Retrain ``chosen`` (key, label, spec, image size, proxy score) for ``epochs`` in their own
+    study (``study_name``; resumable and shared like any other) and compare the orders."""
+    longer = budget.longer(epochs)
+    name = f"{study_name}-validate{epochs}"
+    job = SpecJob(storage, name, {**settings, "kind": f"{settings.get('kind', 'study')}-validate",
+                                  **longer.settings},
+                  [store.Candidate(key, {}, {}) for key, *_ in chosen], longer.to_dict(),
+                  {key: spec.to_dict() for key, _, spec, _, _ in chosen}, {key: size for key, _, _, size, _ in chosen})
+    job.open()
+    log.info("validating the proxy: %d candidate(s) retrained for %d epoch(s) in study %r", len(chosen), epochs, name)
+    store.run_workers(job, workers, progress)
+    done = store.results(job.open())
+    have = [(key, label, proxy, done[key]) for key, label, _, _, proxy in chosen
+            if key in done and done[key].value is not None]
+    proxies = [p for _, _, p, _ in have]
+    longs = [float(t.value) for *_, t in have]
+    pr, lr = _ranks(proxies), _ranks(longs)
+    rows = [ValidatedRow(key, label, p, float(t.value), list(t.user_attrs.get("curve", [])),
+                         convergence(t.user_attrs.get("curve", [])), pr[i], lr[i])
+            for i, (key, label, p, t) in enumerate(have)]
+    return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs))
+
+
+def winner_line(what: str, status: str) -> str:
+    """The caveat a summary must carry when it names a winner that had not converged."""
+    if status == CONVERGED:
+        return ""
+    return (f"note: {what} was still improving when its trial ended ({UNCONVERGED_MARK} in the table): "
+            "at this budget the ranking is provisional; give more --epochs or check it with --validate K")
+
+
+def unconverged_line(statuses: Sequence[str]) -> str:
+    n = sum(s != CONVERGED for s in statuses)
+    if not n:
+        return "every candidate converged (its last epochs gained <= " \
+               f"{CONVERGENCE_GAIN:g} point over the ones before)"
+    return (f"{UNCONVERGED_MARK} {n}/{len(statuses)} candidate(s) still improving at the end of their trial "
+            f"(last {CONVERGENCE_WINDOW} epochs gained > {CONVERGENCE_GAIN:g} point): their top-1 is a lower bound")
+
+
+def protocol_lines_from(protocol: Mapping[str, Any], warnings: Sequence[str]) -> list[str]:
+    """A report's protocol (:meth:`TrialBudget.protocol`) as one line, then a ``warning:`` line
+    for each way its budget is too small."""
+    p = protocol
+    if not p:
+        return []
+    lines = [f"protocol: {p['data']}, {p['epochs']} epoch(s) per trial at {p['image_size']} px (base), recipe "
+             f"{p['recipe']}{' (progressive)' if p.get('progressive') else ''}, seed {p['seed']}, "
+             f"EMA {'on' if p['ema'] else 'off'}, residual branches "
+             f"{'zero-initialised' if p['zero_init_last'] else 'as the official models'}"]
+    return lines + [f"warning: {w}" for w in warnings]
