@@ -18,11 +18,13 @@ the generator is plain argparse like every other sub-command, forty lines to rea
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -237,6 +239,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from effnet.train.evaluate import describe_path, describe_preprocessing
 
     check_arguments(args)
+    if args.run and args.weights:
+        raise ValueError(f"give the run folder {args.run} or --weights {args.weights}, not both")
+    args.weights = args.weights or args.run
+    if not args.weights:
+        raise ValueError("what to evaluate: a run folder (effnet eval RUN_DIR) or --weights FILE|RUN_DIR")
     if args.confusion:
         from effnet.files import check_output
 
@@ -283,10 +290,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from effnet.train.evaluate import describe_path, describe_preprocessing
 
     check_arguments(args)
+    if args.out:
+        from effnet.files import check_output
+
+        if Path(args.out).suffix.lower() not in (".csv", ".json"):
+            raise ValueError(f"--out {args.out}: expected a .csv or .json file name")
+        check_output(args.out, inputs=[args.weights, *args.images], overwrite=args.overwrite)
     check_inference_memory(args.weights, args.resolution, 1, args.device)
     preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution,
                     fast=args.fast, int8=args.int8, runtime=args.runtime)
-    if args.json:
+    if args.out:
+        write_predictions(preds, args.out)
+        failed = sum(p.error is not None for p in preds)
+        print(f"{len(preds)} image(s): predictions written to {args.out}"
+              + (f" ({failed} unreadable, with their error)" if failed else ""))
+    elif args.json:
         print(json.dumps([p.__dict__ for p in preds], indent=2))
     else:
         if preds:
@@ -298,6 +316,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 continue
             print(p.image + ": " + ", ".join(f"{name} {prob:.3f}" for name, prob in p.top))
     return 1 if any(p.error for p in preds) else 0
+
+
+def write_predictions(preds: list, path: str) -> None:
+    """``predict``'s results as CSV (image, class_1, prob_1 ... class_k, prob_k, error) or as a
+    JSON list (``Prediction`` fields), by the file's extension."""
+    from effnet.files import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="") as f:
+            if path.lower().endswith(".json"):
+                json.dump([p.__dict__ for p in preds], f, indent=2)
+                return
+            k = max((len(p.top) for p in preds), default=0)
+            w = csv.writer(f)
+            w.writerow(["image", *[c for i in range(1, k + 1) for c in (f"class_{i}", f"prob_{i}")], "error"])
+            for p in preds:
+                cells = [c for name, prob in p.top for c in (name, f"{prob:.6f}")]
+                w.writerow([p.image, *cells, *[""] * (2 * k - len(cells)), p.error or ""])
+
+    atomic_write(path, write)
 
 
 # --- argument checks (each message names the option as typed) --------------------------------------
@@ -434,10 +472,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("eval", help="top-1/top-5, per-class accuracy and confusion matrix of weights on data")
-    e.add_argument("--weights", required=True, metavar="FILE|RUN_DIR",
+    e.add_argument("run", nargs="?", metavar="RUN_DIR",
+                   help="a training run folder: its best weights on its recorded validation split")
+    e.add_argument("--weights", metavar="FILE|RUN_DIR",
                    help="an effnet weight file, or a run folder (its best.safetensors)")
-    e.add_argument("--data", default="digits",
-                   help="'digits' (its val split), DIR/val|valid|validation|test or DIR/<class>/*")
+    e.add_argument("--data",
+                   help="'digits' (its val split), DIR/val|valid|validation|test or DIR/<class>/* (default: "
+                        "a run's recorded validation split, else digits); classes are matched by name")
     e.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     e.add_argument("--workers", type=int, metavar="N",
                    help="image-decoding processes (default: the CPU count, up to 8; 0: in this process)")
@@ -454,7 +495,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="top-k classes of images")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, WebP)")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR",
+                   help="image files (JPEG, PNG, WebP), or folders searched recursively for them")
     p.add_argument("--weights", required=True, metavar="FILE|RUN_DIR",
                    help="an effnet weight file, or a run folder (its best.safetensors)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to print per image (default 5)")
@@ -463,6 +505,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
     _add_speed_options(p, "the int8 model is calibrated on the given images")
     p.add_argument("--json", action="store_true", help="print the predictions as a JSON list")
+    p.add_argument("--out", metavar="FILE.csv|FILE.json",
+                   help="write the predictions to a CSV (image, class_1, prob_1, ..., error) or JSON file")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=cmd_predict)
 
 

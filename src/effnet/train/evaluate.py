@@ -35,6 +35,7 @@ class EvalResult:
     preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
     path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
     int8_agreement: float | None = None  # with int8: the fraction of images where int8's top-1 = fp32's
+    trained_on: int = 0  # images of the evaluated split that the run (its split.json) trained on
 
 
 def default_device(device: str = "auto") -> torch.device:
@@ -159,7 +160,7 @@ def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[st
 
 
 def evaluate(
-    weights: str | Path, data: str | Path = "digits", *, batch_size: int = 64, workers: int | None = None,
+    weights: str | Path, data: str | Path | None = None, *, batch_size: int = 64, workers: int | None = None,
     device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
     resolution: int | None = None, fast: bool = False, int8: bool = False, calibration_batches: int = 4,
 ) -> EvalResult:
@@ -173,21 +174,31 @@ def evaluate(
     rounding); ``int8`` its int8 CPU model, calibrated on the first ``calibration_batches``
     batches of ``data`` (only their activation ranges are used, never labels), and sets
     ``EvalResult.int8_agreement``: how often int8's top-1 equals the fp32 model's.
+
+    ``data=None``: for a training run's weights (a run folder, or a file in one), the run's own
+    validation split as it recorded it (``split.json``); else ``digits``. Scoring images the run
+    trained on logs a warning with their count (``EvalResult.trained_on``). The data's classes
+    are matched to the model's by name (a subset is fine); classes the model does not know are
+    refused, listing both.
     """
     dev = default_device("cpu" if int8 and device == "auto" else device)
     path = _inference_path(fast, int8, dev)
     model, names = _load(weights, dev)
-    split = load_eval_split(data, val_fraction, seed)
-    # Map the folder's classes onto the model's by name when the file knows its class names.
-    if set(split.class_names) <= set(names) and split.class_names != names:
-        remap = [names.index(c) for c in split.class_names]
-        split = Split(split.items, [remap[y] for y in split.labels], names)
-    elif len(split.class_names) > len(names):
-        raise ValueError(
-            f"{data} has {len(split.class_names)} classes but the model in {weights} predicts {len(names)}"
-        )
+    record = run_record(weights)
+    if data is None and record is not None:
+        split, data = recorded_val_split(record), record["data"]
+        log.info("evaluating on the run's recorded validation split: %d images of %s", len(split), data)
+    else:
+        data = "digits" if data is None else data
+        split = load_eval_split(data, val_fraction, seed)
+    trained_on = 0 if record is None else overlap_with_training(record, data, split, val_fraction, seed)
+    if trained_on:
+        log.warning("%d of the %d images evaluated were in the run's training split: these scores are not "
+                    "held-out (evaluate the run's own validation split with `effnet eval %s`)", trained_on,
+                    len(split), Path(weights).parent if Path(weights).is_file() else weights)
+    split = match_classes(split, names, getattr(model, "class_names", None) is not None, data, weights)
     prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
-    log.info("evaluating %s with: %s", weights, describe_preprocessing(prep))
+    log.debug("evaluating %s with: %s", weights, describe_preprocessing(prep))
     ds = DecodedDataset(split, EvalTransform(prep), prep.resolution)
     if workers is None:
         workers = 0 if str(data) == "digits" else min(torch.get_num_threads(), 8)
@@ -204,7 +215,7 @@ def evaluate(
 
             agreement = top1_agreement(model, fast_model, _images(loader, normalize, dev))
         model = fast_model
-    log.info("inference path: %s", describe_path(path))
+    log.debug("inference path: %s", describe_path(path))
     loss, top1, top5, confusion = score(model, loader, normalize, dev, len(names), split, skips)
     totals = confusion.sum(1)
     per_class = {names[i]: 100.0 * confusion[i, i].item() / totals[i].item()
@@ -214,7 +225,91 @@ def evaluate(
     if confusion_png is not None:
         png = str(plot_confusion(confusion, names, Path(confusion_png)))
     return EvalResult(top1, top5, loss, int(totals.sum()), per_class, confusion.tolist(), names,
-                      sorted(skips.skipped), png, prep.to_dict(), path, agreement)
+                      sorted(skips.skipped), png, prep.to_dict(), path, agreement, trained_on)
+
+
+def match_classes(split: Split, names: list[str], named: bool, data: object, weights: object) -> Split:
+    """``split`` relabelled to the model's class indices, matched by name. Every class of the
+    data must be one of the model's (a subset is fine); a model without recorded class names is
+    matched by index, which needs the same count."""
+    if not named:
+        if len(split.class_names) != len(names):
+            raise ValueError(f"{data} has {len(split.class_names)} classes but the model in {weights} predicts "
+                             f"{len(names)} and records no class names to match them by")
+        log.warning("the model in %s records no class names: %s's classes %s are scored by index", weights, data,
+                    split.class_names)
+        return Split(split.items, split.labels, names)
+    unknown = [c for c in split.class_names if c not in names]
+    if unknown:
+        raise ValueError(f"the classes of {data} do not match the model's: {unknown} are not among the model's "
+                         f"classes; data classes: {split.class_names}; model classes ({len(names)}): "
+                         f"{names[:50]}{' ...' if len(names) > 50 else ''}")
+    remap = [names.index(c) for c in split.class_names]
+    return Split(split.items, [remap[y] for y in split.labels], names)
+
+
+def run_record(weights: str | Path) -> dict | None:
+    """The ``split.json`` of the training run ``weights`` belongs to (a run folder or a file in
+    one); for a run from before that file, its ``config.yaml``'s data, seed and fraction (the
+    split is drawn again from them); None outside a run folder."""
+    import json
+
+    import yaml
+
+    path = Path(weights)
+    folder = path if path.is_dir() else path.parent
+    if (folder / "split.json").is_file():
+        return json.loads((folder / "split.json").read_text())
+    if (folder / "config.yaml").is_file() and (folder / "best.safetensors").is_file():
+        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+        if "data" in cfg:
+            return {"data": cfg["data"], "val_fraction": cfg.get("val_fraction", 0.2), "seed": cfg.get("seed", 0)}
+    return None
+
+
+def _redrawn(record: dict) -> tuple[Split, Split]:
+    """A recorded split without file lists, drawn again from its data, fraction and seed."""
+    from effnet.data import load_splits
+
+    return load_splits(record["data"], record["val_fraction"], record["seed"])
+
+
+def recorded_val_split(record: dict) -> Split:
+    """The validation split a run recorded: its file list, or digits' seed and fraction."""
+    if record["data"] == "digits":
+        from effnet.data import load_digits_split
+
+        return load_digits_split(record["val_fraction"], record["seed"])[1]
+    if "val" not in record:
+        return _redrawn(record)[1]
+    root = Path(record["data"])
+    items = [root / rel for rel, _ in record["val"]]
+    missing = [p for p in items if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the run's {len(items)} validation images are gone (first: "
+                                f"{missing[0]}); pass --data DIR to evaluate on a folder instead")
+    return Split(items, [label for _, label in record["val"]], record["class_names"])
+
+
+def overlap_with_training(record: dict, data: object, split: Split, val_fraction: float, seed: int) -> int:
+    """How many images of ``split`` (evaluated as ``data``) the run trained on."""
+    if record["data"] == "digits" or str(data) == "digits":
+        if record["data"] != "digits" or str(data) != "digits":
+            return 0
+        from sklearn.datasets import load_digits
+
+        from effnet.data.datasets import _seeded_split
+
+        labels = [int(t) for t in load_digits().target]
+        trained, _ = _seeded_split(len(labels), labels, record["val_fraction"], record["seed"])
+        _, evaluated = _seeded_split(len(labels), labels, val_fraction, seed)
+        return len(set(trained) & set(evaluated))
+    root = Path(record["data"])
+    if "train" in record:
+        trained = {str((root / rel).resolve()) for rel, _ in record["train"]}
+    else:
+        trained = {str(Path(p).resolve()) for p in _redrawn(record)[0].items if isinstance(p, Path)}
+    return sum(str(Path(item).resolve()) in trained for item in split.items if isinstance(item, Path))
 
 
 def _images(loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device):  # noqa: ANN202
@@ -248,12 +343,30 @@ class Prediction:
     path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
 
 
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """``paths`` with each folder replaced by the image files under it (recursively, the
+    extensions of :data:`effnet.data.IMAGE_EXTENSIONS`, sorted); files are kept as given."""
+    from effnet.data import IMAGE_EXTENSIONS
+
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not found:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under the folder {path}")
+        out += found
+    return out
+
+
 @torch.no_grad()
 def predict(
     images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto",
     resolution: int | None = None, fast: bool = False, int8: bool = False,
 ) -> list[Prediction]:
-    """Top-``k`` class names and probabilities for each image file (an unreadable one gets
+    """Top-``k`` class names and probabilities for each image file (folders are searched
+    recursively for image files, see :func:`image_files`; an unreadable one gets
     ``error`` set instead of crashing the batch), preprocessed as the file records, at
     ``resolution`` when given (FixRes, see :func:`eval_preprocessing`).
 
@@ -267,7 +380,7 @@ def predict(
     used = prep.to_dict()
     transform, normalize = EvalTransform(prep), Normalize(prep).to(dev)
     inputs: list[tuple[str, torch.Tensor | None, str | None]] = []
-    for path in images:
+    for path in image_files(images):
         try:
             img = decode(Path(path))
         except DECODE_ERRORS as e:
@@ -277,7 +390,7 @@ def predict(
     readable = [x for _, x, _ in inputs if x is not None]
     if readable and route != "plain":
         model = _optimized(model, route, readable[0], [torch.cat(readable)])
-    log.info("inference path: %s", describe_path(route))
+    log.debug("inference path: %s", describe_path(route))
     out: list[Prediction] = []
     for path, x, error in inputs:
         if x is None:
