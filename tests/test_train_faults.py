@@ -199,3 +199,127 @@ def test_a_folder_of_unreadable_images_says_how_many_where_and_why(tmp_path):
     message = str(e.value)
     assert message.startswith("evaluation: no readable image in the split: 8 unreadable image(s) under")
     assert str(data) in message and re.search(r"(cats|dogs)/\d\.jpg: UnidentifiedImageError", message)
+
+
+# --- divergence, resume changes, leftovers ---------------------------------------------------------------
+#: Plain SGD at an absurd rate: the weights blow up within the first steps of the debug job.
+DIVERGE = dict(QUICK, optimizer="sgd", lr_per_256=1e9)
+
+
+def finite(state: dict) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in state.values() if torch.is_tensor(v) and v.is_floating_point())
+
+
+def test_a_diverged_run_keeps_no_nan_state_and_resumes_with_a_lower_lr(tmp_path):
+    """The reported fault: the kept "last good" state.pt held inf BatchNorm statistics, the NaN epoch
+    became best.safetensors, and --resume refused the --lr that the message advised."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="diverged") as e:
+        train(resolve_config("debug", **DIVERGE, save_every_steps=1, out=str(run)))
+    assert not (run / "best.safetensors").exists() and not (run / "last.safetensors").exists()
+    if (run / "state.pt").exists():
+        assert "last good checkpoint is kept" in str(e.value) and "--lr" in str(e.value)
+        assert finite(torch.load(run / "state.pt", weights_only=True)["model"])
+        # The advice can be followed: a resumed run may change the learning rate.
+        result = train(resolve_config(), resume=run, resume_changes={"lr_per_256": 0.01})
+        assert result.epochs == 1 and (run / "best.safetensors").is_file()
+    else:
+        assert "nothing to resume" in str(e.value)
+
+
+def test_nan_before_the_first_checkpoint_claims_nothing_and_leaves_no_half_run(tmp_path):
+    """It said "the last good checkpoint is kept" in a folder holding only config.yaml, and the
+    next run into the folder was told to --resume, which failed with "no state.pt"."""
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="diverged") as e:
+        train(resolve_config("debug", **DIVERGE, out=str(run)))
+    assert "nothing to resume" in str(e.value) and "kept" not in str(e.value)
+    assert not (run / "config.yaml").exists() and not (run / "state.pt").exists()
+    assert train(resolve_config("debug", **QUICK, out=str(run))).epochs == 1  # no --overwrite, no --resume
+
+
+def test_a_folder_with_only_config_is_not_sent_to_resume(tmp_path):
+    """A run killed before its first checkpoint (config.yaml alone, as kill -9 leaves it)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(resolve_config("debug", **QUICK).to_yaml())
+    with pytest.raises(ValueError, match="before its first checkpoint.*--overwrite") as e:
+        train(resolve_config("debug", **QUICK, out=str(run)))
+    assert "--resume" not in str(e.value)
+    with pytest.raises(FileNotFoundError, match="stopped before its first checkpoint.*--overwrite"):
+        train(resolve_config(), resume=run)
+
+
+def test_resume_changes_only_lr_and_epochs(tmp_path):
+    run = tmp_path / "run"
+    train(resolve_config("debug", **QUICK, out=str(run)))
+    with pytest.raises(ValueError, match="only lr_per_256, epochs"):
+        train(resolve_config(), resume=run, resume_changes={"seed": 3})
+    with pytest.raises(ValueError, match="already completed 1 epoch"):
+        train(resolve_config(), resume=run, resume_changes={"epochs": 1})
+    result = train(resolve_config(), resume=run, resume_changes={"epochs": 2, "lr_per_256": 0.01})
+    assert result.epochs == 2 and epochs_in(run) == [1, 2]
+    assert yaml.safe_load((run / "config.yaml").read_text())["lr_per_256"] == 0.01
+
+
+def test_resume_removes_the_temporary_files_a_killed_checkpoint_left(tmp_path):
+    run = tmp_path / "run"
+    train(resolve_config("debug", **QUICK, out=str(run)))
+    stale = [run / ".state.pt.k1ll3d.tmp", run / ".last.safetensors.x.tmp", run / ".state.prev.pt.link"]
+    for f in stale:
+        f.write_bytes(b"half a checkpoint")
+    (run / "notes.txt").write_text("mine")
+    train(resolve_config(), resume=run, resume_changes={"epochs": 2})
+    assert not any(f.exists() for f in stale)
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_a_step_whose_batches_were_all_skipped_leaves_the_fp16_scaler_alone():
+    """GradScaler.step asserts ("did not use scaler.scale") when no micro-batch of the step ran a
+    backward (every one dropped as unreadable or too small)."""
+    from types import SimpleNamespace
+
+    from effnet.train.loop import optimizer_step
+    from effnet.train.state import Position
+
+    model = torch.nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = resolve_config("debug", grad_clip=1.0)
+    run = SimpleNamespace(cfg=cfg, optimizer=opt, model=model, ema=None, pos=Position(),
+                          scaler=torch.amp.GradScaler("cpu", enabled=True),
+                          schedule=SimpleNamespace(lr=lambda cfg, step: 0.1))
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer_step(run)  # no backward since the last step
+    assert run.pos.step == 1 and all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    # With a scaled backward the step happens as usual.
+    run.scaler.scale(model(torch.ones(1, 2)).sum()).backward()
+    optimizer_step(run)
+    assert run.pos.step == 2 and not torch.equal(before[0], model.weight)
+
+
+def test_gradient_accumulation_under_ddp_all_reduces_once_per_step(tmp_path):
+    """Each micro-batch's backward all-reduced the gradients; only the last of a step needs to."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from effnet.train.distributed import gradient_sync
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(torch.nn.Linear(4, 2))
+        calls = []
+
+        def hook(state, bucket):  # DDP's communication hook: called once per bucket all-reduce
+            calls.append(1)
+            fut = torch.futures.Future()
+            fut.set_result(bucket.buffer())
+            return fut
+
+        ddp.register_comm_hook(None, hook)
+        accum = 4
+        for i in range(accum):
+            with gradient_sync(ddp, sync=(i + 1) % accum == 0):
+                ddp(torch.randn(3, 4)).sum().backward()
+        assert len(calls) == 1
+    finally:
+        dist.destroy_process_group()

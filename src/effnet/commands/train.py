@@ -225,7 +225,7 @@ def _run_training(args: argparse.Namespace) -> RunResult:
             raise ValueError(f"--resume {args.resume} continues with the run's recorded config (config.yaml), "
                              f"changing only --lr and --epochs, so {', '.join(ignored)} would be ignored: drop "
                              f"them, or start a new run")
-        return train(resolve_config(), resume=args.resume, resume_changes=changes)
+        return train(resolve_config(), resume=args.resume, **({"resume_changes": changes} if changes else {}))
     resolved = resolve_args(args)
     if resolved.summary:
         print(resolved.summary, flush=True)

@@ -255,8 +255,18 @@ class ModelSpec:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"spec file not found: {path}")
-        text = path.read_text()
-        return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
+        import yaml
+
+        try:
+            text = path.read_text()
+            return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            # The parser's own message names "<unicode string>" and spans lines: say which file.
+            reason = " ".join(str(e).split())
+            raise ValueError(f"{path}: not a readable spec file ({type(e).__name__}: {reason}); expected a "
+                             f"YAML/JSON spec such as `effnet.get_spec(NAME).save(PATH)` writes") from e
+        except TypeError as e:  # a field of the wrong type (a list where a number belongs ...)
+            raise ValueError(f"{path}: a spec field has the wrong type ({e})") from e
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ here is a no-op and a run is the plain single-process one.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -62,6 +63,28 @@ def start(device: str, timeout_minutes: float) -> Dist:
 def stop(d: Dist) -> None:
     if d.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def gradient_sync(forward: nn.Module, sync: bool) -> contextlib.AbstractContextManager[Any]:
+    """Gradient accumulation under DDP: the micro-batches before an optimiser step's last one
+    run in ``no_sync`` (their gradients add up locally), and the last one's backward all-reduces
+    the sum once, instead of one all-reduce per micro-batch (PyTorch DDP ``no_sync`` docs)."""
+    ddp = getattr(forward, "_orig_mod", forward)  # under torch.compile, the wrapped module
+    if sync or not isinstance(ddp, nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext()
+    return ddp.no_sync()
+
+
+def average_gradients(d: Dist, model: nn.Module) -> None:
+    """Mean of every gradient over the ranks, as DDP's backward would have made it: for an
+    accumulation whose last micro-batch was skipped, so that its ``no_sync`` gradients were never
+    all-reduced (the ranks would otherwise step with different gradients and drift apart)."""
+    if not (d.enabled and dist.is_initialized()):
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad.div_(d.world)
 
 
 def barrier(d: Dist) -> None:

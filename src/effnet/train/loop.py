@@ -54,9 +54,9 @@ from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.train.evaluate import score
-from effnet.train.rundir import METRICS_FILE, open_step_log, write_metrics
+from effnet.train.rundir import METRICS_FILE, forget_unstarted, open_step_log, write_metrics
 from effnet.train.setup import Run, open_run_dir, set_up
-from effnet.train.state import read_state, rng_state, write_state
+from effnet.train.state import STATE_FILE, drop_state_at, read_state, rng_state, write_state
 from effnet.train.stop import Interrupted, StopSignals
 from effnet.viz.plots import plot_curves
 from effnet.weights.format import save_weights
@@ -154,20 +154,49 @@ def forward_backward(run: Run, augment: TrainAugment, images: torch.Tensor, labe
     loss = targets.loss(logits.float(), cfg.label_smoothing)
     loss_value = loss.item()  # one host read per micro-batch, for the guard and the log
     if not math.isfinite(loss_value):
-        raise RuntimeError(
-            f"loss is {loss_value} at epoch {run.pos.epoch + 1}, step {run.pos.step}: training diverged; the last "
-            f"good checkpoint is kept in {run.run_dir}; lower the learning rate (--lr) or use --amp off"
-        )
+        raise diverged(run, f"loss is {loss_value} at epoch {run.pos.epoch + 1}, step {run.pos.step}")
     run.scaler.scale(loss / cfg.accum_steps).backward()
     return loss_value
 
 
+def diverged(run: Run, what: str) -> RuntimeError:
+    """The error that ends a diverged run: what went non-finite, what is kept (a state is only
+    written when finite, so a state.pt there is good) and the command that goes on from it."""
+    lower = f"{run.cfg.lr_per_256 / 10:.3g}"
+    amp = " or --amp off" if run.amp_dtype == torch.float16 else ""
+    folder = run.run_dir if run.writes else None
+    if folder is None:
+        kept = f"lower the learning rate (--lr {lower}){amp}"
+    elif (folder / STATE_FILE).is_file():
+        kept = (f"the last good checkpoint is kept in {folder}; go on from it with a lower learning rate: "
+                f"effnet train --resume {shlex.quote(str(folder))} --lr {lower}{amp}")
+    else:
+        kept = (f"it diverged before its first checkpoint, so there is nothing to resume; start again with a lower "
+                f"learning rate (--lr {lower}){amp}")
+    return RuntimeError(f"{what}: training diverged; {kept}")
+
+
+def nonfinite_state(run: Run) -> list[str]:
+    """Names of the model's (and the evaluated EMA copy's) tensors holding NaN or inf."""
+    named = [("", run.model.state_dict())]
+    if run.eval_model is not run.model:
+        named.append(("ema ", run.eval_model.state_dict()))
+    return [prefix + k for prefix, state in named for k, v in state.items()
+            if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
 def optimizer_step(run: Run) -> float:
-    """One optimiser step at the scheduled learning rate, then the EMA; returns the lr."""
+    """One optimiser step at the scheduled learning rate, then the EMA; returns the lr. A step
+    whose micro-batches were all skipped (too few readable images) has no gradients: the
+    optimiser and the loss scaler are left alone (GradScaler.step asserts without a scaled
+    backward), the schedule still advances."""
     cfg, optimizer = run.cfg, run.optimizer
     lr = run.schedule.lr(cfg, run.pos.step)
     for g in optimizer.param_groups:
         g["lr"] = lr
+    if not any(p.grad is not None for g in optimizer.param_groups for p in g["params"]):
+        run.pos.step += 1
+        return lr
     if cfg.grad_clip:
         run.scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
@@ -203,6 +232,7 @@ def train_epoch(run: Run, stage: Stage, augment: TrainAugment, bar: Any) -> floa
     run.data.sampler.set_epoch(pos.epoch, start=pos.batch_in_epoch * cfg.batch_size)
     t0 = time.time() - pos.seconds
     step_sums = [0.0, 0.0]  # this rank's loss sum and images since the last optimiser step
+    unsynced = False  # gradients accumulated under DDP's no_sync, not yet all-reduced
     bar.set_description(f"epoch {pos.epoch + 1}/{cfg.epochs} stage {stage.index + 1} {stage.image_size}px")
     for images, labels, index in run.data.loader:
         # --- data: drop unreadable files (SkipLog says which and why)
@@ -212,13 +242,19 @@ def train_epoch(run: Run, stage: Stage, augment: TrainAugment, bar: Any) -> floa
             images, labels = images[~bad], labels[~bad]
         # --- forward / backward. Under DDP all ranks skip together: a rank that skipped its
         # backward would leave the others waiting in the gradient all-reduce.
+        last_micro = (pos.batch_in_epoch + 1) % cfg.accum_steps == 0
         if distributed.all_agree(d, len(labels) > 1, run.device):
-            loss = forward_backward(run, augment, images, labels)
+            with distributed.gradient_sync(run.forward, last_micro):
+                loss = forward_backward(run, augment, images, labels)
+            unsynced = not last_micro
             step_sums[0] += loss * len(labels)
             step_sums[1] += len(labels)
         pos.batch_in_epoch += 1
         # --- optimiser step (every accum_steps micro-batches), then what follows a step
         if pos.batch_in_epoch % cfg.accum_steps == 0:
+            if unsynced:  # the step's last micro-batch was skipped: all-reduce what no_sync kept local
+                distributed.average_gradients(d, run.model)
+                unsynced = False
             lr = optimizer_step(run)
             step_loss, stop = add_step_loss(run, step_sums)
             step_sums = [0.0, 0.0]
@@ -275,6 +311,10 @@ def save_state(run: Run) -> None:
     gathered) and rank 0 writes."""
     if run.run_dir is None:
         return
+    bad = nonfinite_state(run)  # on every rank (the weights are identical), so all stop together
+    if bad:  # never replace a good state with a diverged one (resuming it would only fail again)
+        raise diverged(run, f"{len(bad)} weight tensor(s) hold NaN or inf at step {run.pos.step} (first: "
+                            f"{', '.join(bad[:3])})")
     rngs = distributed.all_gather_object(run.d, rng_state())
     if not run.writes:
         return
@@ -293,6 +333,19 @@ def checkpoint(run: Run, row: dict[str, Any], preprocessing: Preprocessing) -> N
     """After an epoch: the weights first (last, and best when improved), then the resume state
     that points past them, then the metrics table and plot; rank 0 writes."""
     pos = run.pos
+    if run.run_dir is not None:
+        # Checked before anything is written: a diverged epoch must not become last/best.safetensors.
+        bad = nonfinite_state(run)
+        if bad:
+            raise diverged(run, f"after epoch {row['epoch']}, {len(bad)} weight tensor(s) hold NaN or inf (first: "
+                                f"{', '.join(bad[:3])})")
+        if not math.isfinite(row["val_loss"]):
+            # Finite weights that give NaN: a state saved mid-epoch from these same weights is no
+            # good either, and goes (the one before it is kept).
+            if run.writes:
+                drop_state_at(run.run_dir, run.pos.step)
+            distributed.barrier(run.d)
+            raise diverged(run, f"epoch {row['epoch']} ends with validation loss {row['val_loss']}")
     pos.rows.append(row)
     pos.next_epoch()
     # Better: a higher top-1, or the same top-1 at a lower loss (a small validation split
@@ -391,10 +444,12 @@ def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = T
 
 
 def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSpec | None = None,
-            keep_files: bool = True, progress: bool = True, on_epoch: EpochReport | None = None) -> RunResult:
+            keep_files: bool = True, progress: bool = True, on_epoch: EpochReport | None = None,
+            resume_changes: dict[str, Any] | None = None) -> RunResult:
     """Set up and train one run; what :func:`train` and ``run_trial`` share.
 
-    ``resume``: a run folder to continue (its saved config replaces ``cfg``). ``spec``: train
+    ``resume``: a run folder to continue (its saved config replaces ``cfg``), with the few
+    ``resume_changes`` that are safe mid-run (:data:`RESUME_CHANGES`). ``spec``: train
     this architecture instead of ``cfg``'s model. ``keep_files=False``: no run folder at all
     (nothing saved, nothing to resume). ``progress``: the progress bar. ``on_epoch``: called
     after each epoch's checkpoint with its metrics row; raising from it ends the run there
@@ -404,7 +459,7 @@ def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSp
     started = time.time()
     saved = read_state(resume) if resume is not None else None  # a damaged state.pt says what is intact
     if saved is not None:
-        cfg = TrainConfig.from_dict(saved["config"])
+        cfg = resumed_config(saved, resume_changes or {})
     was_deterministic, threads_before = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     if cfg.deterministic:
         # Before anything touches CUDA: cuBLAS reads this when it creates its handle.
@@ -419,8 +474,15 @@ def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSp
             if not d.is_main:
                 effnet_log.setLevel(logging.WARNING)  # one copy of the log: rank 0's (warnings still show)
             run_dir, lock = open_run_dir(cfg, d, resume, keep_files)
-            run = set_up(cfg, d, run_dir, saved, spec, stop)
-            train_loop(run, on_epoch, progress)
+            try:
+                run = set_up(cfg, d, run_dir, saved, spec, stop)
+                train_loop(run, on_epoch, progress)
+            except BaseException:
+                if resume is None and run_dir is not None and d.is_main:
+                    # Failed before its first checkpoint: leave no half-run that the next run is
+                    # told to --resume (there is no state to resume from).
+                    forget_unstarted(run_dir)
+                raise
             if d.enabled:
                 # Drop DDP's reducer while the process group is alive, then let every rank's last
                 # collectives finish. Freed later (when `run` goes out of scope, after
@@ -450,9 +512,32 @@ def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSp
     return result
 
 
-def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
+#: Options a resumed run may change: the learning rate (the usual cure for a diverged run) and
+#: the number of epochs (the schedule is recomputed for the new length from the current step).
+RESUME_CHANGES = ("lr_per_256", "epochs")
+
+
+def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
+    """The recorded config of a resumed run with ``changes`` (only :data:`RESUME_CHANGES`)."""
+    refused = sorted(set(changes) - set(RESUME_CHANGES))
+    if refused:
+        raise ValueError(f"a resumed run can change only {', '.join(RESUME_CHANGES)}, not {', '.join(refused)}")
+    recorded = dict(saved["config"])
+    for k, v in changes.items():
+        if recorded.get(k) != v:
+            log.warning("resume: %s changed from %s to %s", k, recorded.get(k), v)
+    cfg = TrainConfig.from_dict({**recorded, **changes})
+    if cfg.epochs <= saved["epoch"] and "epochs" in changes:
+        raise ValueError(f"--epochs {cfg.epochs}: the run has already completed {saved['epoch']} epoch(s); "
+                         f"give more to go on")
+    return cfg
+
+
+def train(cfg: TrainConfig, resume: str | Path | None = None, resume_changes: dict[str, Any] | None = None,
+          ) -> RunResult:
     """Train (or fine-tune) as ``cfg`` says; ``resume`` continues a run folder where its last
-    checkpoint left off (its saved config is used).
+    checkpoint left off (its saved config is used, with ``resume_changes``: a new ``lr_per_256``
+    or ``epochs``).
 
     Launched by ``torchrun``, every process calls this: they join one process group (NCCL on
     GPUs, Gloo on CPU), each trains on its share of every global batch of ``world x batch_size``
@@ -461,5 +546,5 @@ def train(cfg: TrainConfig, resume: str | Path | None = None) -> RunResult:
     Raises :class:`~effnet.train.stop.Interrupted` (a ``KeyboardInterrupt``) after SIGINT or
     SIGTERM, once the position is saved; its ``exit_code`` is 130 or 143.
     """
-    return execute(cfg, resume=resume)
+    return execute(cfg, resume=resume, resume_changes=resume_changes)
 

@@ -65,7 +65,16 @@ def claim(run_dir: Path, *, resume: bool, overwrite: bool) -> FileLock:
     except OSError as e:  # not writable, not a folder, ...
         raise ValueError(f"cannot use {run_dir} as a run folder: {e}") from e
     try:
+        removed_tmp = clear_temporaries(run_dir)  # the lock is ours: no live run is writing them
+        if removed_tmp:
+            log.info("removed %d temporary file(s) a killed run left in %s: %s", len(removed_tmp), run_dir,
+                     ", ".join(removed_tmp))
         earlier = [name for name in RUN_MARKERS if (run_dir / name).exists()]
+        if earlier == [CONFIG_FILE] and not resume and not overwrite:
+            raise ValueError(
+                f"run folder {run_dir} already holds a run that stopped before its first checkpoint (only "
+                f"{CONFIG_FILE}; there is nothing to resume): start it again with --overwrite, or choose another --out"
+            )
         if earlier and not resume:
             if not overwrite:
                 raise ValueError(
@@ -87,10 +96,34 @@ def clear(run_dir: Path) -> list[str]:
         if (run_dir / name).is_file():
             (run_dir / name).unlink()
             removed.append(name)
-    for name in RUN_FILES:  # atomic_write's temporaries of a killed run: .NAME.*.tmp
-        for tmp in run_dir.glob(f".{name}.*.tmp"):
-            tmp.unlink()
+    clear_temporaries(run_dir)
     return removed
+
+
+def clear_temporaries(run_dir: Path) -> list[str]:
+    """Remove what a run killed while writing leaves: atomic_write's ``.NAME.*.tmp`` files and
+    write_state's hard link; only called with the folder's lock held."""
+    removed = []
+    for name in RUN_FILES:
+        for tmp in run_dir.glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    link = run_dir / f".{PREV_STATE_FILE}.link"
+    if link.is_file():
+        link.unlink(missing_ok=True)
+        removed.append(link.name)
+    return removed
+
+
+def forget_unstarted(run_dir: Path) -> None:
+    """After a new run failed before its first checkpoint (no state, no metrics): remove the
+    files it wrote, so the folder does not look like a run to resume."""
+    if any((run_dir / name).exists() for name in (STATE_FILE, METRICS_FILE)):
+        return
+    removed = clear(run_dir)
+    if removed:
+        log.info("the run stopped before its first checkpoint: removed %s from %s (nothing to resume)",
+                 ", ".join(removed), run_dir)
 
 
 def write_metrics(path: Path, rows: Iterable[dict[str, Any]]) -> None:

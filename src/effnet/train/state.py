@@ -95,6 +95,29 @@ def write_state(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
+def drop_state_at(run_dir: Path, step: int) -> str | None:
+    """Withdraw ``state.pt`` if it was written at optimiser step ``step`` (whose weights turned
+    out to diverge: finite, but giving NaN): ``state.prev.pt`` takes its place, or, without one,
+    it is removed. Returns what is kept now (a position), or ``None`` when no state is left."""
+    path, prev = run_dir / STATE_FILE, run_dir / PREV_STATE_FILE
+    try:
+        if not path.is_file() or _load(path)["step"] != step:
+            return describe_position(_load(path)) if path.is_file() else None
+    except _DAMAGE:
+        return None
+    if prev.is_file():
+        os.replace(prev, path)
+        log.warning("the state saved at step %d holds the diverged weights: %s is back to the one before it",
+                    step, path)
+        try:
+            return describe_position(_load(path))
+        except _DAMAGE:
+            return None
+    path.unlink()
+    log.warning("the state saved at step %d holds the diverged weights: removed %s", step, path)
+    return None
+
+
 def _load(path: Path) -> dict[str, Any]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
@@ -120,6 +143,10 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         if (run_dir / PREV_STATE_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir}. {_what_is_intact(run_dir)}")
+        if (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.csv").is_file():
+            raise FileNotFoundError(f"cannot resume: the run in {run_dir} stopped before its first checkpoint (it has "
+                                    f"config.yaml but no {STATE_FILE}); start it again with --out "
+                                    f"{shlex.quote(str(run_dir))} --overwrite")
         raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir} (is it a run folder?)")
     try:
         return _load(path)

@@ -1,0 +1,212 @@
+"""Fault injection through the real command line: one case per class of fault a new user met
+(files destroyed, hangs, silently wrong results, tracebacks, raw library messages, files left
+behind). Each runs ``python -m effnet ...`` as a subprocess and checks the exit code, that the
+error is one line without a traceback, and that every file the user had is byte-identical
+afterwards. The error boundary itself (Ctrl-C, full disk, unknown errors, --debug) is checked
+in-process below."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import effnet
+from effnet.preprocessing import Preprocessing
+from effnet.weights import save_weights
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A user's folder: a tiny model's weights (32 px, 3 classes) and what they are often
+    confused with, a photo, a 16-bit PNG and a two-class image folder."""
+    root = tmp_path_factory.mktemp("user")
+    spec = effnet.scale(effnet.get_spec("efficientnet_b0"), width=0.25, depth=0.25).replace(
+        num_classes=3, resolution=32, name="tiny")
+    torch.manual_seed(0)
+    model = effnet.build(spec).eval()
+    save_weights(model, root / "w.safetensors", preprocessing=Preprocessing(resolution=32),
+                 class_names=["a", "b", "c"])
+    torch.save(model.state_dict(), root / "plain.pt")  # a torch checkpoint, not an effnet file
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["classifier.weight"].fill_(float("nan"))  # a diverged run's weights
+    save_weights(state, root / "nan.safetensors", spec=spec, preprocessing=Preprocessing(resolution=32))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "photo.png")
+    (root / "bad.yaml").write_text("name: [unclosed\n  stages: {")
+    for c in ("x", "y"):
+        (root / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (36, 36, 3), dtype=np.uint8)).save(root / "imgs" / c / f"{i}.png")
+    return root
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (hidden ones too) and its SHA-256, but the run folders the
+    train cases name (a refused run may leave its folder's lock file; what else is there is
+    checked separately)."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and not p.relative_to(root).parts[0].startswith("run_")}
+
+
+def effnet_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "effnet", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], command: str) -> str:
+    """The error line, after checking it is the only ``error:`` line and no traceback came."""
+    assert proc.returncode == 1, (proc.returncode, proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"effnet {command}: error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+#: (class, command line, words the one error line must hold). Paths are relative to the user's folder.
+CASES = [
+    # files destroyed: writing onto the input, or over an existing file without --overwrite
+    ("files destroyed", ["convert", "w.safetensors", "w.safetensors", "--source", "timm", "--model",
+                         "efficientnet_b0"], ["also an input", "w.safetensors"]),
+    ("files destroyed", ["export", "w.safetensors", "w.safetensors", "--format", "onnx"], ["also an input"]),
+    ("files destroyed", ["export", "w.safetensors", "photo.png", "--format", "onnx"],
+     ["already exists", "--overwrite"]),
+    # hangs: a size that cannot fit ran for minutes before the kernel killed it; now refused at once
+    ("hangs", ["predict", "photo.png", "--weights", "w.safetensors", "--resolution", "100000"],
+     ["100000 px", "GiB", "available"]),
+    ("hangs", ["train", "--image-size", "100000", "--out", "run_huge"], ["100000 px", "GiB", "available"]),
+    # silently wrong: accepted values that changed the result without a word
+    ("silently wrong", ["predict", "photo.png", "--weights", "w.safetensors", "--topk", "0"], ["--topk 0"]),
+    ("silently wrong", ["predict", "photo.png", "--weights", "nan.safetensors"], ["NaN", "diverged"]),
+    ("silently wrong", ["train", "--image-size", "0", "--out", "run_zero"], ["--image-size 0"]),
+    # tracebacks: a malformed YAML file, an output under a file
+    ("tracebacks", ["profile", "--spec", "bad.yaml"], ["bad.yaml"]),
+    ("tracebacks", ["export", "w.safetensors", "photo.png/model.onnx"], ["photo.png", "not a folder"]),
+    # raw library messages
+    ("raw messages", ["predict", "photo.png", "--weights", "plain.pt"], ["PyTorch", "effnet convert"]),
+    ("raw messages", ["profile", "efficientnet_b0", "--batch", "0", "--memory"], ["--batch 0"]),
+    ("raw messages", ["eval", "--weights", "w.safetensors", "--data", "imgs", "--batch-size", "0"],
+     ["--batch-size 0"]),
+    # files left behind: a run that fails before its first checkpoint leaves no half-run
+    ("files left behind", ["train", "--data", "missing_data", "--subset", "8", "--out", "run_failed"],
+     ["missing_data"]),
+]
+
+
+@pytest.mark.parametrize("kind, argv, words", CASES, ids=[f"{c[0]}: {' '.join(c[1][:2])}" for c in CASES])
+def test_a_fault_gets_one_line_and_the_users_files_are_untouched(user, kind, argv, words):
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    before = snapshot(user)
+    proc = effnet_cli(user, *argv)
+    line = one_line_error(proc, argv[0])
+    for word in words:
+        assert word in line, line
+    after = snapshot(user)
+    # Nothing the user had changed; a refused or failed command wrote nothing either (no outputs,
+    # no temporary files, no run folder to be told to --resume).
+    assert after == before, sorted(set(after.items()) ^ set(before.items()))
+    left = [p.name for p in user.rglob("*") if p.is_file() and p.relative_to(user).parts[0].startswith("run_")]
+    assert set(left) <= {"run.lock"}, left
+    assert not [p for p in user.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_cuda_on_a_cpu_only_torch_is_one_line(user):
+    if torch.version.cuda is not None:
+        pytest.skip("this torch has CUDA support")
+    line = one_line_error(effnet_cli(user, "predict", "photo.png", "--weights", "w.safetensors", "--device", "cuda"),
+                          "predict")
+    assert "CPU-only" in line and "--device cpu" in line
+
+
+@pytest.mark.slow
+def test_resume_removes_temporary_files_a_killed_checkpoint_left(user, tmp_path):
+    """kill -9 while a checkpoint was written left .state.pt.*.tmp that --resume never removed."""
+    from effnet.train import resolve_config, train
+
+    run = tmp_path / "run"
+    train(resolve_config("debug", threads=1, epochs=1, train_subset=64, batch_size=32, out=str(run)))
+    stale = run / ".state.pt.k1ll3d.tmp"
+    stale.write_bytes(b"half a state")
+    proc = effnet_cli(tmp_path, "train", "--resume", str(run), "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert not stale.exists() and (run / "best.safetensors").is_file()
+
+
+# --- the error boundary (in-process) ---------------------------------------------------------------
+def boundary(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], error: BaseException,
+             *flags: str) -> tuple[int, str]:
+    """``effnet list`` made to raise ``error``: the exit code and stderr."""
+    from effnet import cli
+    from effnet.commands import profile
+
+    def fail(args: object) -> int:
+        raise error
+
+    monkeypatch.setattr(profile, "cmd_list", fail)
+    code = cli.main([*flags, "list"])
+    return code, capsys.readouterr().err
+
+
+def test_ctrl_c_is_exit_130_and_one_line(monkeypatch, capsys):
+    code, err = boundary(monkeypatch, capsys, KeyboardInterrupt())
+    assert code == 130 and err.strip() == "effnet list: interrupted"
+
+
+def test_os_errors_are_plain_words_with_the_path(monkeypatch, capsys):
+    cases = [(errno.ENOSPC, "out/model.onnx", "no space left on the device while writing out/model.onnx"),
+             (errno.EACCES, "/root/x", "permission denied: /root/x"),
+             (errno.EISDIR, "runs", "runs is a folder; expected a file")]
+    for number, path, words in cases:
+        code, err = boundary(monkeypatch, capsys, OSError(number, os.strerror(number), path))
+        assert code == 1 and err.strip() == f"effnet list: error: {words}" or words in err, err
+
+
+def test_a_foreign_error_is_one_line_pointing_to_debug(monkeypatch, capsys):
+    code, err = boundary(monkeypatch, capsys, ZeroDivisionError("division by zero"))
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "ZeroDivisionError: division by zero" in err and "--debug" in err
+    code, err = boundary(monkeypatch, capsys, ZeroDivisionError("division by zero"), "--debug")
+    assert code == 1 and "Traceback" in err and err.strip().endswith("(run with --debug for the traceback)")
+    monkeypatch.setenv("EFFNET_DEBUG", "1")
+    code, err = boundary(monkeypatch, capsys, ZeroDivisionError("division by zero"))
+    assert "Traceback" in err
+
+
+def test_a_full_disk_while_a_library_writes_is_named_as_one(tmp_path, monkeypatch):
+    """torch and safetensors report a full disk in their own words ("file write failed"); the
+    export was blamed instead. atomic_write names the path and the cause."""
+    from effnet import files
+
+    monkeypatch.setattr(files, "_disk_full", lambda folder, margin=0: True)
+
+    def write(tmp: str) -> None:
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    with pytest.raises(OSError) as e:
+        files.atomic_write(tmp_path / "state.pt", write)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "state.pt")
+    assert list(tmp_path.iterdir()) == []  # the temporary file went too
+
+
+def test_check_output_refuses_an_input_through_a_link(tmp_path):
+    from effnet.files import check_output
+
+    src = tmp_path / "w.safetensors"
+    src.write_bytes(b"weights")
+    (tmp_path / "link.safetensors").symlink_to(src)
+    with pytest.raises(ValueError, match="also an input"):
+        check_output(tmp_path / "link.safetensors", inputs=[src], overwrite=True)
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        check_output(src, inputs=[])
+    assert check_output(src, overwrite=True) == src
