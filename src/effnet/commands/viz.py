@@ -40,9 +40,20 @@ def _labels(weights: list[str], labels: list[str] | None) -> list[str]:
         if len(labels) != len(weights):
             raise ValueError(f"--labels: expected one label per model ({len(weights)}), got {len(labels)}")
         return list(labels)
-    stems = [Path(w).stem for w in weights]
-    # Two files with one name (runs/a/best, runs/b/best): use the parent folder too.
+    stems = [_run_label(Path(w)) for w in weights]
+    # Two files with one name (runs/a/model, runs/b/model): use the parent folder too.
     return [f"{Path(w).parent.name}/{s}" if stems.count(s) > 1 else s for w, s in zip(weights, stems)]
+
+
+def _run_label(path: Path) -> str:
+    """A model's label: a training run's folder name for the run (its best weights) or
+    ``RUN/last`` for its last weights, else the file's stem."""
+    if path.is_dir():
+        return path.resolve().name
+    if path.stem in ("best", "last") and (path.parent / "config.yaml").is_file():
+        run = path.resolve().parent.name
+        return run if path.stem == "best" else f"{run}/last"
+    return path.stem
 
 
 def cam_images(

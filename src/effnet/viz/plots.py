@@ -58,19 +58,32 @@ def plot_curves(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return _save(fig, path, dpi=90)
 
 
+def text_colour(rgba: tuple[float, ...]) -> str:
+    """Black or white, whichever reads on a cell of colour ``rgba`` (0-1): white where the
+    cell's relative luminance (ITU-R BT.709 weights on the linearised sRGB channels) is below
+    0.18, about the middle grey that contrasts equally with both (WCAG contrast ratios)."""
+    def linear(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    r, g, b = (linear(c) for c in rgba[:3])
+    return "white" if 0.2126 * r + 0.7152 * g + 0.0722 * b < 0.18 else "black"
+
+
 def plot_confusion(confusion: torch.Tensor, names: list[str], path: str | Path) -> Path:
     """Confusion matrix (rows: true class, columns: predicted); counts written in the cells
     up to 20 classes, class names on the axes up to 40."""
     n = len(names)
     fig, ax = _pyplot().subplots(figsize=(max(4, 0.4 * n + 2), max(4, 0.4 * n + 2)))
-    ax.imshow(confusion.numpy(), cmap="Blues")
+    image = ax.imshow(confusion.numpy(), cmap="Blues")
     if n <= 40:
         ax.set_xticks(range(n), names, rotation=90)
         ax.set_yticks(range(n), names)
         if n <= 20:
             for i in range(n):
                 for j in range(n):
-                    ax.text(j, i, int(confusion[i, j]), ha="center", va="center", fontsize=7)
+                    value = int(confusion[i, j])
+                    ax.text(j, i, value, ha="center", va="center", fontsize=7,
+                            color=text_colour(image.cmap(image.norm(value))))
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
