@@ -26,7 +26,7 @@ _LAZY: dict[str, str] = {
     "StageSpec": "effnet.specs",
     "create_model": "effnet.weights",
     "load_model": "effnet.weights",
-    "optimize": "effnet.deploy.optimize",  # the fast inference path
+    "optimize": "effnet.deploy.runtime",  # the fast inference path (torch, ONNX Runtime, OpenVINO)
     "export": "effnet.deploy.export",  # verified ONNX / TorchScript / torch.export
     "Session": "effnet.deploy.runtime",  # a runtime session (torch, ONNX Runtime, OpenVINO)
 }
@@ -39,8 +39,7 @@ __all__ = [
 
 if TYPE_CHECKING:  # static checkers see the real names; nothing is imported at run time
     from effnet.deploy.export import export
-    from effnet.deploy.optimize import optimize
-    from effnet.deploy.runtime import Session
+    from effnet.deploy.runtime import Session, optimize
     from effnet.model import EfficientNet, build
     from effnet.registry import REGISTRY, get_spec, list_models
     from effnet.scaling import compound_scale, round_filters, round_repeats, scale

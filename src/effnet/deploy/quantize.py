@@ -14,15 +14,18 @@ ReLU6, fixed stem and head); SiLU networks with squeeze-excitation lose more acc
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-__all__ = ["Int8Model", "agreement", "quantize"]
+__all__ = ["Int8Model", "agreement", "calibration_key", "quantize", "quantize_onnx"]
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +198,11 @@ def quantize(
 
     size = (int(example_input.shape[-2]), int(example_input.shape[-1]))
     source = fold_batchnorm(static_padding(model, size))  # eval copy; static pads make it FX-traceable
+    # The engine is process-wide state: set for preparing and converting (the packed weights are
+    # made for it), then given back, so quantizing never changes what the caller had chosen.
+    previous_engine = torch.backends.quantized.engine
     torch.backends.quantized.engine = BACKEND
-    with warnings.catch_warnings():
+    with _restore_engine(previous_engine), warnings.catch_warnings():
         # torch 2.13 warns on every call that FX quantization will move to torchao; it still
         # ships and runs, and torchao is not a dependency (see the module docstring).
         for message in (r"(?s).*torchao", r"(?s).*reduce_range will be deprecated",
@@ -214,6 +220,14 @@ def quantize(
     log.info("int8: calibrated on %d batches (%d images) at %dx%d", len(batches),
              sum(len(b) for b in batches), *size)
     return int8.eval()
+
+
+@contextlib.contextmanager
+def _restore_engine(engine: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = engine
 
 
 @torch.no_grad()
@@ -235,3 +249,64 @@ def agreement(reference: nn.Module, candidate: nn.Module, batches: Iterable[torc
     if total == 0:
         raise ValueError("agreement: no images in batches")
     return same / total
+
+
+def calibration_key(batches: Iterable[torch.Tensor]) -> str:
+    """A short hash of calibration batches' values: an int8 model is a function of them."""
+    h = hashlib.sha256()
+    for b in batches:
+        h.update(str(tuple(b.shape)).encode())
+        h.update(b.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
+    """Static int8 of an fp32 ONNX model with ONNX Runtime's quantiser, QDQ format, written to ``out``.
+
+    Weights int8 per output channel (symmetric), activations uint8 per tensor with min-max ranges
+    observed on ``calibration`` (float input batches, preprocessed like real inputs). ONNX
+    Runtime's CPU provider fuses each QuantizeLinear/DequantizeLinear pair around a Conv, MatMul,
+    Add or Mul into its integer kernel; the ops between stay float (the SiLU and the SE gate's
+    sigmoid). The model is first run through ONNX Runtime's pre-processing (shape inference and
+    graph optimisation), as its quantisation guide asks.
+    """
+    import numpy as np
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from effnet.files import atomic_write
+
+    _, batches = _first_batch(calibration)
+    fp32, out = Path(fp32), Path(out)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self, name: str) -> None:
+            self.items = iter([{name: np.ascontiguousarray(b.detach().float().cpu().numpy())} for b in batches])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    import onnx
+
+    input_name = onnx.load(str(fp32), load_external_data=False).graph.input[0].name
+
+    def write(tmp: str) -> None:
+        pre = Path(tmp).with_name(Path(tmp).name + ".pre.onnx")
+        try:
+            quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            quantize_static(str(pre), tmp, Reader(input_name), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax)
+        finally:
+            pre.unlink(missing_ok=True)
+
+    atomic_write(out, write)
+    log.info("int8: %s quantised (QDQ, per-channel int8 weights) on %d calibration batch(es) -> %s",
+             fp32.name, len(batches), out)
+    return out

@@ -130,9 +130,18 @@ def _inference_path(fast: bool, int8: bool, device: torch.device) -> str:
 
 
 def _optimized(model: nn.Module, path: str, example: torch.Tensor,
-               calibration: list[torch.Tensor] | None = None) -> nn.Module:
+               calibration: list[torch.Tensor] | None = None, runtime: str = "torch",
+               weights: str | Path | None = None) -> nn.Module:
     """``model`` itself for the plain path, else :func:`effnet.deploy.optimize.optimize`'s copy
-    (fp32, or int8 calibrated on ``calibration``)."""
+    (fp32, or int8 calibrated on ``calibration``); an fp32 path on a runtime other than torch is
+    :func:`effnet.deploy.runtime.session` of the weight file (its export cached beside it)."""
+    if runtime != "torch":
+        from effnet.deploy.runtime import int8_session, session
+
+        source = weights if weights is not None else model
+        if path == "int8":  # ONNX Runtime's static int8, or its fp32 session when int8 does not pay
+            return int8_session(source, calibration or [example], resolution=int(example.shape[-1]))
+        return session(source, runtime, resolution=int(example.shape[-1]))
     if path == "plain":
         return model
     from effnet.deploy.optimize import optimize
@@ -142,8 +151,36 @@ def _optimized(model: nn.Module, path: str, example: torch.Tensor,
     return optimize(model, example, int8=int8, calibration=calibration if int8 else None)
 
 
+def _route(path: str, runtime: str, device: torch.device) -> str:
+    """The runtime an fp32 path runs on: ``auto`` picks the fastest for ``--fast`` on the CPU
+    (effnet.deploy.runtime.choose_runtime); the plain path stays the model as loaded unless a
+    runtime is named."""
+    from effnet.deploy.runtime import RUNTIMES
+
+    if runtime not in (*RUNTIMES, "auto"):
+        raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
+    if runtime not in ("torch", "auto") and device.type != "cpu":
+        raise ValueError(f"--runtime {runtime} runs on the CPU; use --device cpu (or --runtime torch on {device})")
+    if device.type != "cpu" or (runtime == "auto" and path == "plain"):
+        return "torch"
+    if path == "int8":  # int8: ONNX Runtime's static QDQ model when installed (auto), else torch's FX one
+        if runtime == "openvino":
+            raise ValueError("--int8 runs on --runtime onnxruntime or torch (openvino runs the fp32 model)")
+        if runtime == "auto":
+            from effnet.deploy.runtime import available_runtimes
+
+            return "onnxruntime" if "onnxruntime" in available_runtimes() else "torch"
+    return runtime
+
+
 def describe_path(path: str) -> str:
-    """One line naming the inference path, for the CLI to print."""
+    """One line naming the inference path (``fast:onnxruntime``: a runtime session), for the CLI."""
+    path, _, runtime = path.partition(":")
+    if runtime:
+        from effnet.deploy.runtime import describe
+
+        what = "int8 (static QDQ, calibrated on the inputs)" if path == "int8" else f"{path} fp32"
+        return f"{what} on {describe(runtime)}"
     return {
         "plain": "plain (eval-mode model as loaded)",
         "fast": "fast (effnet.optimize: BatchNorm folded, channels-last, static padding; fp32)",
@@ -163,6 +200,7 @@ def evaluate(
     weights: str | Path, data: str | Path | None = None, *, batch_size: int = 64, workers: int | None = None,
     device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
     resolution: int | None = None, fast: bool = False, int8: bool = False, calibration_batches: int = 4,
+    runtime: str = "auto",
 ) -> EvalResult:
     """Top-1/top-5, per-class accuracy and confusion matrix of a weight file on ``data`` (the
     ``digits`` val split, ``DIR/val`` or a folder of class sub-folders), preprocessed as the
@@ -183,6 +221,7 @@ def evaluate(
     """
     dev = default_device("cpu" if int8 and device == "auto" else device)
     path = _inference_path(fast, int8, dev)
+    runtime = _route(path, runtime, dev)  # ``runtime``: torch/onnxruntime/openvino/auto (effnet.deploy.runtime)
     model, names = _load(weights, dev)
     record = run_record(weights)
     if data is None and record is not None:
@@ -206,11 +245,12 @@ def evaluate(
     skips = SkipLog()
     normalize = Normalize(prep).to(dev)
     agreement = None
-    if path != "plain":
+    if path != "plain" or runtime != "torch":
         # The fp32 path only needs one example (its size); int8 calibrates on the batches.
         calibration = _calibration_batches(loader, normalize, dev, calibration_batches if path == "int8" else 1)
-        fast_model = _optimized(model, path, calibration[0][:1], calibration)
-        if path == "int8":
+        fast_model = _optimized(model, path, calibration[0][:1], calibration, runtime, weights)
+        path = fast_model.path_label(path) if runtime != "torch" else path
+        if path.partition(":")[0] == "int8":
             from effnet.deploy.quantize import agreement as top1_agreement
 
             agreement = top1_agreement(model, fast_model, _images(loader, normalize, dev))
@@ -363,7 +403,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
 @torch.no_grad()
 def predict(
     images: list[str | Path], weights: str | Path, *, topk: int = 5, device: str = "auto",
-    resolution: int | None = None, fast: bool = False, int8: bool = False,
+    resolution: int | None = None, fast: bool = False, int8: bool = False, runtime: str = "auto",
 ) -> list[Prediction]:
     """Top-``k`` class names and probabilities for each image file (folders are searched
     recursively for image files, see :func:`image_files`; an unreadable one gets
@@ -375,6 +415,7 @@ def predict(
     says which was used."""
     dev = default_device("cpu" if int8 and device == "auto" else device)
     route = _inference_path(fast, int8, dev)
+    runtime = _route(route, runtime, dev)  # ``runtime``: torch/onnxruntime/openvino/auto (effnet.deploy.runtime)
     model, names = _load(weights, dev)
     prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
     used = prep.to_dict()
@@ -388,8 +429,9 @@ def predict(
             continue
         inputs.append((str(path), normalize(transform(img)[None].to(dev)), None))
     readable = [x for _, x, _ in inputs if x is not None]
-    if readable and route != "plain":
-        model = _optimized(model, route, readable[0], [torch.cat(readable)])
+    if readable and (route != "plain" or runtime != "torch"):
+        model = _optimized(model, route, readable[0], [torch.cat(readable)], runtime, weights)
+        route = model.path_label(route) if runtime != "torch" else route
     log.debug("inference path: %s", describe_path(route))
     out: list[Prediction] = []
     for path, x, error in inputs:

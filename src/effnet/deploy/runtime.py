@@ -1,0 +1,462 @@
+"""Runtime sessions: one effnet model on the CPU runtime that runs it fastest, same outputs.
+
+A :class:`Session` is an ``nn.Module`` whose forward runs the model through one runtime:
+
+- ``"torch"``: :func:`effnet.deploy.optimize.optimize`'s traced copy (BatchNorm folded,
+  channels-last, static padding);
+- ``"onnxruntime"`` / ``"openvino"``: effnet's verified ONNX export
+  (:func:`effnet.deploy.export.export`, BatchNorm folded, dynamic batch), run by ONNX Runtime's
+  CPU provider or OpenVINO's CPU plugin (fp32 inference precision: OpenVINO would otherwise run
+  bf16 on CPUs that have it).
+
+The export is cached next to the weight file, ``W.<key>.onnx`` (+ the export's ``.json``), where
+the key hashes the weight file's bytes, the resolution and effnet's version: new weights or a new
+effnet make a new export, never a stale one. Every runtime is checked against the eager model
+the first time it runs a cached export (max |runtime - eager| / max(1, max |eager|) <= 1e-4 on
+random pixels at batch 2; the export itself is verified on random and real images by
+:func:`~effnet.deploy.export.export`), and the checks are recorded in ``W.<key>.onnx.checks.json``.
+
+``runtime="auto"`` times every runtime installed here at batch 1 (a few interleaved calls, once)
+and keeps the fastest; the choice is recorded in the same file for this thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
+           "last_choice", "optimize", "session"]
+
+log = logging.getLogger(__name__)
+
+#: The runtimes a session can use, in the order ``auto`` tries them.
+RUNTIMES = ("torch", "onnxruntime", "openvino")
+#: Largest accepted max |runtime - eager| / max(1, max |eager|) (the export's own measure).
+TOLERANCE = 1e-4
+#: ``auto``: timed batch-1 calls per runtime (after two warm-up calls), interleaved.
+AUTO_CALLS = 8
+#: int8 is kept only when its top-1 equals fp32's on at least this fraction of the calibration images.
+MIN_AGREEMENT = 0.9
+#: ... and when it is faster than the fp32 session on the largest calibration batch (median of these calls).
+INT8_SPEED_CALLS = 3
+
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXTRA = "pip install 'effnet[runtime]'"
+
+
+def available_runtimes() -> list[str]:
+    """The runtimes importable in this Python (torch always), without importing them."""
+    return [r for r in RUNTIMES if r == "torch" or importlib.util.find_spec(_MODULES[r]) is not None]
+
+
+def _check_runtime(runtime: str) -> None:
+    if runtime not in (*RUNTIMES, "auto"):
+        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
+    if runtime != "auto" and runtime not in available_runtimes():
+        raise RuntimeError(f"runtime {runtime!r} is not installed in this Python: {_EXTRA} (or pip install "
+                           f"{_MODULES[runtime]})")
+
+
+def _error(y: torch.Tensor, ref: torch.Tensor) -> float:
+    return (y.float() - ref.float()).abs().max().item() / max(1.0, ref.abs().max().item())
+
+
+class Session(nn.Module):
+    """A model on one runtime; ``session(x)`` takes an (N, 3, H, W) float32 tensor at
+    :attr:`resolution` (any batch) and returns float32 logits as a tensor.
+
+    ``class_names``, ``preprocessing`` and ``spec`` are the source model's; ``onnx_path`` is the
+    export a non-torch session runs (None for torch); ``max_error`` is the first-time check
+    against eager (None when an earlier process recorded it)."""
+
+    def __init__(self, runtime: str, run: Callable[[torch.Tensor], torch.Tensor], *, resolution: int,
+                 source: nn.Module, module: nn.Module | None = None, onnx_path: Path | None = None,
+                 threads: int | None = None, keep: Any = None) -> None:
+        super().__init__()
+        self.runtime = runtime
+        self.resolution = resolution
+        self.onnx_path = onnx_path
+        self.threads = threads
+        self.max_error: float | None = None
+        self.precision = "fp32"  # "int8": ONNX Runtime's static int8 model (int8_session)
+        self.int8_agreement: float | None = None  # int8: top-1 agreement with fp32 on the calibration images
+        self.int8_fallback: str | None = None  # why int8 was refused and this fp32 session returned
+        self.module = module  # the torch path's traced module (registered: .to/.eval reach it)
+        self.__dict__["_run"] = run  # not registered: for torch it is ``module`` itself
+        self._keep = keep  # a temporary folder that must live as long as the session
+        for name in ("class_names", "preprocessing", "spec"):
+            object.__setattr__(self, name, getattr(source, name, None))
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or tuple(x.shape[-2:]) != (self.resolution, self.resolution):
+            raise ValueError(f"{self.runtime} session: expected (N, C, {self.resolution}, {self.resolution}) input, "
+                             f"got {tuple(x.shape)} (the export is fixed to its resolution; build a session at "
+                             f"the other size)")
+        return self._run(x)
+
+    def extra_repr(self) -> str:
+        return f"runtime={self.runtime}, precision={self.precision}, resolution={self.resolution}, threads={self.threads}"
+
+    def path_label(self, asked: str) -> str:
+        """``plain:onnxruntime``, ``int8:onnxruntime`` ...: the inference path asked for (``fast``
+        when int8 fell back) and the runtime it ran on."""
+        path = "int8" if self.precision == "int8" else "fast" if asked == "int8" else asked
+        return f"{path}:{self.runtime}"
+
+
+# --- the export and its cache --------------------------------------------------------------------
+def _effnet_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("effnet")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _key(weights: Path, resolution: int) -> str:
+    """Hash of the weight file's bytes, the resolution and effnet's version."""
+    h = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    h.update(f"|{resolution}|{_effnet_version()}".encode())
+    return h.hexdigest()[:16]
+
+
+def _onnx_for(source: str | Path | nn.Module, reference: nn.Module, resolution: int,
+              cache_dir: str | Path | None) -> tuple[Path, Any]:
+    """The verified ONNX export of ``source`` at ``resolution`` (dynamic batch, BN folded): cached
+    next to a weight file, in a temporary folder for a model object. Returns (path, folder to keep)."""
+    from effnet.deploy.export import export
+
+    keep = None
+    if isinstance(source, nn.Module):
+        keep = tempfile.TemporaryDirectory(prefix="effnet-session-")
+        path = Path(keep.name) / "model.onnx"
+    else:
+        weights = Path(source)
+        folder = Path(cache_dir) if cache_dir is not None else weights.parent
+        path = folder / f"{weights.stem}.{_key(weights, resolution)}.onnx"
+        if path.is_file() and path.with_name(path.name + ".json").is_file():
+            log.info("session: cached export %s", path)
+            return path, None
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".effnet-probe-"):
+                pass  # the folder takes new files
+        except OSError as e:
+            keep = tempfile.TemporaryDirectory(prefix="effnet-session-")
+            log.warning("session: cannot write the export next to %s (%s); using %s for this process only "
+                        "(pass cache_dir to keep it)", weights, e, keep.name)
+            path = Path(keep.name) / path.name
+    model = reference if isinstance(source, nn.Module) else source
+    log.info("session: exporting %s to ONNX at %d px (verified against eager, once)", source
+             if not isinstance(source, nn.Module) else "the model", resolution)
+    export(model, path, "onnx", resolution=resolution, dynamic_batch=True, fast=True, overwrite=True)
+    return path, keep
+
+
+def _checks_path(onnx_path: Path) -> Path:
+    return onnx_path.with_name(onnx_path.name + ".checks.json")
+
+
+def _read_checks(onnx_path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(_checks_path(onnx_path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _record(onnx_path: Path, key: str, value: Any) -> None:
+    from effnet.files import atomic_write
+
+    data = _read_checks(onnx_path)
+    data[key] = value
+    text = json.dumps(data, indent=2, sort_keys=True)
+    with contextlib.suppress(OSError):  # a read-only cache only loses the record, not the session
+        atomic_write(_checks_path(onnx_path), lambda tmp: Path(tmp).write_text(text))
+
+
+# --- the runtimes -------------------------------------------------------------------------------
+def _ort_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name_in, name_out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        (y,) = sess.run([name_out], {name_in: np.ascontiguousarray(x.detach().float().cpu().numpy())})
+        return torch.from_numpy(np.asarray(y))
+
+    return run
+
+
+def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    import numpy as np
+    import openvino as ov
+
+    core = ov.Core()
+    base = core.read_model(str(path))
+    # fp32 kept (OpenVINO's CPU plugin runs bf16 where the CPU has it: ~1e-2 off, not 1e-4);
+    # one stream, latency hint: one synchronous call uses every thread.
+    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
+              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    compiled: dict[tuple[int, ...], Any] = {}
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in compiled:  # a static shape per batch size compiles to faster kernels
+            model = base.clone()
+            model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
+            compiled[shape] = core.compile_model(model, "CPU", config).create_infer_request()
+        request = compiled[shape]
+        request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())})
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data))
+
+    return run
+
+
+def _load_reference(source: str | Path | nn.Module) -> nn.Module:
+    if isinstance(source, nn.Module):
+        return source.float().eval() if source.training else source
+    from effnet.weights import load_model
+
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"weight file not found: {source} (a session is built from an effnet "
+                                f".safetensors file or a model object)")
+    return load_model(path).eval()
+
+
+def session(source: str | Path | nn.Module, runtime: str = "auto", *, resolution: int | None = None,
+            threads: int | None = None, cache_dir: str | Path | None = None) -> Session:
+    """``source`` (an effnet weight file or a model) as a :class:`Session` on ``runtime``.
+
+    ``runtime``: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest here,
+    see :func:`choose_runtime`). ``resolution``: the input side (default the model's). ``threads``:
+    intra-op threads (default torch's current count). ``cache_dir``: where a weight file's export
+    is kept (default its folder). The first run of each runtime on an export is checked against
+    the eager model (1e-4); a larger difference raises ``RuntimeError``.
+    """
+    _check_runtime(runtime)
+    reference = _load_reference(source)
+    spec = getattr(reference, "spec", None)
+    res = int(resolution or getattr(getattr(reference, "preprocessing", None), "resolution", 0)
+              or getattr(spec, "resolution", 224))
+    threads = int(threads or torch.get_num_threads())
+    onnx = None
+    if runtime == "auto":
+        runtime, onnx = _choose(source, reference, res, threads, cache_dir)
+    return _build(source, reference, runtime, res, threads, cache_dir, onnx)
+
+
+def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, res: int, threads: int,
+           cache_dir: str | Path | None, onnx: tuple[Path, Any] | None = None) -> Session:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, res, res, generator=gen)
+    if runtime == "torch":
+        from effnet.deploy.optimize import optimize
+
+        module = optimize(reference, x[:1])
+        s = Session("torch", module, resolution=res, source=reference, module=module, threads=threads)
+        checked = None  # in process, every time: a trace is built fresh
+    else:
+        onnx_path, keep = onnx or _onnx_for(source, reference, res, cache_dir)
+        runner = {"onnxruntime": _ort_runner, "openvino": _openvino_runner}[runtime](onnx_path, threads)
+        s = Session(runtime, runner, resolution=res, source=reference, onnx_path=onnx_path, threads=threads,
+                    keep=keep)
+        checked = _read_checks(onnx_path).get(runtime)
+    if checked is None:
+        with torch.no_grad():
+            err = _error(s(x), reference(x))
+        if not err <= TOLERANCE:
+            raise RuntimeError(f"{runtime} session differs from eager PyTorch by {err:.3g} (tolerance {TOLERANCE:g}); "
+                               f"use runtime='torch'")
+        s.max_error = err
+        if s.onnx_path is not None and s._keep is None:
+            _record(s.onnx_path, runtime, {"max_error": err})
+        log.info("session: %s matches eager within %.2g", runtime, err)
+    return s
+
+
+def _time_ms(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
+
+
+def choose_runtime(source: str | Path | nn.Module, *, resolution: int | None = None, threads: int | None = None,
+                   cache_dir: str | Path | None = None, reference: nn.Module | None = None) -> str:
+    """The runtime with the lowest batch-1 latency on this machine for ``source``: every installed
+    runtime timed in turn (two warm-up calls, then :data:`AUTO_CALLS` interleaved calls each,
+    median). For a weight file the answer is recorded beside its export, per thread count, and
+    reused; :func:`last_choice` tells how it was made."""
+    reference = reference if reference is not None else _load_reference(source)
+    res = int(resolution or getattr(getattr(reference, "spec", None), "resolution", 224))
+    return _choose(source, reference, res, int(threads or torch.get_num_threads()), cache_dir)[0]
+
+
+def _choose(source: str | Path | nn.Module, reference: nn.Module, res: int, threads: int,
+            cache_dir: str | Path | None) -> tuple[str, tuple[Path, Any] | None]:
+    """(choice, the export it was timed on) for :func:`choose_runtime` and :func:`session`."""
+    candidates = available_runtimes()
+    if len(candidates) == 1:
+        _LAST.update(choice="torch", timings_ms={}, cached=False)
+        return "torch", None
+    record_key = f"auto@{threads}threads"
+    onnx_path, keep = _onnx_for(source, reference, res, cache_dir)
+    recorded = _read_checks(onnx_path).get(record_key) if keep is None else None
+    if recorded and recorded.get("choice") in candidates and set(recorded.get("timings_ms", {})) == set(candidates):
+        _LAST.update(choice=recorded["choice"], timings_ms=recorded["timings_ms"], cached=True)
+        return str(recorded["choice"]), (onnx_path, keep)
+    sessions = {r: _build(source, reference, r, res, threads, cache_dir, (onnx_path, keep)) for r in candidates}
+    x = torch.randn(1, 3, res, res)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        times: dict[str, list[float]] = {r: [] for r in candidates}
+        for _ in range(2):
+            for s in sessions.values():
+                s(x)
+        for _ in range(AUTO_CALLS):
+            for r, s in sessions.items():
+                times[r].append(_time_ms(lambda s=s: s(x)))
+    finally:
+        torch.set_num_threads(before)
+    medians = {r: round(statistics.median(t), 3) for r, t in times.items()}
+    choice = min(medians, key=medians.__getitem__)
+    log.info("runtime auto: %s (batch-1 median ms: %s)", choice, medians)
+    if keep is None:
+        _record(onnx_path, record_key, {"choice": choice, "timings_ms": medians})
+    _LAST.update(choice=choice, timings_ms=medians, cached=False)
+    return choice, (onnx_path, keep)
+
+
+_LAST: dict[str, Any] = {}
+
+
+def last_choice() -> dict[str, Any]:
+    """How the last ``auto`` was decided: ``{"choice", "timings_ms", "cached"}`` (empty before any)."""
+    return dict(_LAST)
+
+
+def describe(runtime: str) -> str:
+    """The runtime's name and version, and how ``auto`` chose it when it did, for the CLI to print."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"torch": "PyTorch (effnet.optimize: BN folded, channels-last, traced)",
+             "onnxruntime": "ONNX Runtime (CPU, effnet's verified ONNX export)",
+             "openvino": "OpenVINO (CPU, fp32, effnet's verified ONNX export)"}
+    try:
+        text = f"{names[runtime]} {version(runtime)}"
+    except (KeyError, PackageNotFoundError):
+        text = names.get(runtime, runtime)
+    if _LAST.get("choice") == runtime and _LAST.get("timings_ms"):
+        times = ", ".join(f"{r} {ms:.1f} ms" for r, ms in sorted(_LAST["timings_ms"].items(), key=lambda kv: kv[1]))
+        text += f"; auto: fastest at batch 1 here ({times}{', recorded earlier' if _LAST.get('cached') else ''})"
+    return text
+
+
+def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, runtime: str = "torch",
+             int8: bool = False, calibration: Iterable[torch.Tensor] | None = None, **options: Any) -> nn.Module:
+    """``effnet.optimize``: :func:`effnet.deploy.optimize.optimize` for ``runtime="torch"`` (every
+    option of it accepted), else a :class:`Session` on effnet's verified ONNX export of ``model``
+    (``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the fastest of those installed, timed at
+    batch 1), checked against ``model`` within 1e-4. With ``int8=True`` a runtime other than torch
+    runs ONNX Runtime's static int8 model, calibrated on ``calibration`` (:func:`int8_session`)."""
+    from effnet.deploy import optimize as torch_path
+
+    if runtime == "torch":
+        return torch_path.optimize(model, example_input, int8=int8, calibration=calibration, **options)
+    _check_runtime(runtime)
+    if options:
+        raise ValueError(f"optimize: {', '.join(sorted(options))} appl{'ies' if len(options) == 1 else 'y'} to "
+                         f"runtime='torch' only; runtime={runtime!r} runs the ONNX export")
+    if example_input is None or not isinstance(example_input, torch.Tensor) or example_input.ndim != 4:
+        raise ValueError(f"optimize: runtime={runtime!r} needs an (N, C, H, W) example_input (the export's size)")
+    resolution = int(example_input.shape[-1])
+    if int8:
+        if runtime == "openvino":
+            raise ValueError("optimize: int8 runs on runtime='onnxruntime' (static QDQ) or 'torch' (FX), not openvino")
+        return int8_session(model, list(calibration) if calibration is not None else [example_input],
+                            resolution=resolution)
+    if calibration is not None:
+        raise ValueError("optimize: calibration batches are only used with int8=True")
+    return session(model, runtime, resolution=resolution)
+
+
+def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Tensor], *,
+                 resolution: int | None = None, threads: int | None = None,
+                 cache_dir: str | Path | None = None) -> Session:
+    """Static int8 of ``source`` on ONNX Runtime, calibrated on ``calibration`` (float input batches
+    preprocessed like real inputs: the user's images), or the fp32 ONNX Runtime session when int8
+    does not pay.
+
+    The verified fp32 export is quantised by :func:`effnet.deploy.quantize.quantize_onnx` (cached
+    beside it under a hash of the calibration batches). int8 is kept only if (1) its top-1 class
+    equals the eager fp32 model's on at least :data:`MIN_AGREEMENT` of the calibration images and
+    (2) it is faster than the fp32 session on the largest calibration batch; otherwise a warning
+    says which failed and the fp32 session comes back with ``int8_fallback`` set to the reason.
+    ``int8_agreement`` holds the measured agreement either way.
+    """
+    from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
+
+    _check_runtime("onnxruntime")
+    batches = [b for b in calibration]
+    if not batches or not all(isinstance(b, torch.Tensor) and b.ndim == 4 for b in batches):
+        raise ValueError("int8: calibration must be one or more (N, C, H, W) input tensors (the user's images)")
+    reference = _load_reference(source)
+    res = int(resolution or batches[0].shape[-1])
+    threads = int(threads or torch.get_num_threads())
+    onnx_path, keep = _onnx_for(source, reference, res, cache_dir)
+    fp32 = _build(source, reference, "onnxruntime", res, threads, cache_dir, (onnx_path, keep))
+    int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8-{calibration_key(batches)}.onnx")
+    if not int8_path.is_file():
+        quantize_onnx(onnx_path, int8_path, batches)
+    int8 = Session("onnxruntime", _ort_runner(int8_path, threads), resolution=res, source=reference,
+                   onnx_path=int8_path, threads=threads, keep=keep)
+    int8.precision = "int8"
+    agree = agreement(reference, int8, batches)
+    largest = max(batches, key=len)
+    times: dict[str, list[float]] = {"int8": [], "fp32": []}
+    int8(largest), fp32(largest)  # warm-up
+    for _ in range(INT8_SPEED_CALLS):
+        times["int8"].append(_time_ms(lambda: int8(largest)))
+        times["fp32"].append(_time_ms(lambda: fp32(largest)))
+    int8_ms, fp32_ms = (statistics.median(times[k]) for k in ("int8", "fp32"))
+    reason = None
+    if agree < MIN_AGREEMENT:
+        reason = (f"int8 top-1 agrees with fp32 on {agree:.1%} of the calibration images, below "
+                  f"{MIN_AGREEMENT:.0%}")
+    elif int8_ms >= fp32_ms:
+        reason = f"int8 is not faster here (batch {len(largest)}: {int8_ms:.1f} ms vs fp32 {fp32_ms:.1f} ms)"
+    if reason is not None:
+        log.warning("%s: running fp32 on ONNX Runtime instead", reason)
+        fp32.int8_fallback, fp32.int8_agreement = reason, agree
+        return fp32
+    log.info("int8 on ONNX Runtime: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 %.1f ms",
+             100 * agree, len(largest), int8_ms, fp32_ms)
+    int8.int8_agreement = agree
+    return int8
