@@ -1,4 +1,5 @@
-"""Shared fixtures: restore random state; skip `gpu` tests without CUDA; worker processes on
+"""Shared fixtures: restore random state; skip `gpu` tests without CUDA; run registry-wide
+tests on representatives by default (the whole registry under ``slow``); worker processes on
 one study (the lab and search tests)."""
 
 from __future__ import annotations
@@ -13,8 +14,25 @@ import numpy as np
 import pytest
 import torch
 
+#: Tests parametrised over the whole registry run, by default, on one model per kind of block and
+#: scaling rule: V1 MBConv with SE (B0), V2 Fused-MBConv (V2-B0), Lite (ReLU6, no SE), EdgeTPU
+#: (edge residual), TinyNet (its own rounding), the ResNet and MobileNet baselines. The rest of the
+#: registry adds no code path, only minutes; it runs under ``-m slow``.
+REPRESENTATIVES = {"efficientnet_b0", "efficientnetv2_b0", "efficientnet_lite0", "efficientnet_edgetpu_s",
+                   "tinynet_e", "resnet18", "mobilenet_v2"}
+#: test id (file::function) -> the parameter holding the model name.
+REGISTRY_WIDE = {
+    "test_export.py::test_every_registered_model_exports_to_onnx_and_torchscript": "name",
+}
 
+
+@pytest.hookimpl(tryfirst=True)  # before `-m 'not slow'` deselects by marker
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        param = REGISTRY_WIDE.get(f"{item.path.name}::{getattr(item, 'originalname', item.name)}")
+        callspec = getattr(item, "callspec", None)
+        if param and callspec and callspec.params.get(param) not in REPRESENTATIVES:
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA device")

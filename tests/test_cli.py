@@ -73,6 +73,7 @@ def test_scale_strategy_errors_name_what_is_valid(capsys):
     assert code == 1 and "only shrinks" in err and "Choose phi between" in err
 
 
+@pytest.mark.slow  # measures every grid point's FLOPs; the measured grid is tested in test_scaling_grid
 def test_scale_grid(capsys):
     # step 0.1, tolerance 0.1: a small grid, quick to measure (the B0 default is in test_scaling_grid)
     code, out, _ = run(capsys, "scale", "grid", "--step", "0.1", "--tolerance", "0.1", "--json")

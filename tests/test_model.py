@@ -11,8 +11,8 @@ from effnet.profile import count_flops, count_params
 from effnet.registry import get_spec
 from effnet.specs.paper import PAPER_TABLE_2
 
-# Trainable parameters with 1000 classes: the common PyTorch ports (torchvision / timm, PAPER.md
-# section 3); V2-XL and V2-B0/B3 as timm 1.0.31 counts them (benchmarks/reference/2026-11-21_parity.json).
+# Trainable parameters with 1000 classes: the common PyTorch ports (torchvision / timm, listed in
+# docs/paper.md section 3); V2-XL and V2-B0/B3 as timm 1.0.31 counts them (benchmarks/reference/2026-11-21_parity.json).
 PARAMS = {
     "efficientnet_b0": 5_288_548, "efficientnet_b1": 7_794_184, "efficientnet_b2": 9_109_994,
     "efficientnet_b3": 12_233_232, "efficientnet_b4": 19_341_616, "efficientnet_b5": 30_389_784,
@@ -57,7 +57,14 @@ def test_flops_match_the_papers(row):
     assert count_flops(row.model) / 1e9 == pytest.approx(row.flops_b, rel=0.05)
 
 
-@pytest.mark.parametrize("name", effnet.list_models())
+#: Counted on the meta device above like every model; their forward and backward (up to 480M
+#: parameters, several GB for L2) run only under ``slow``.
+HUGE = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_b8", "efficientnet_l2",
+        "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HUGE else n
+                                  for n in effnet.list_models()])
 def test_every_model_runs_forward_and_backward(name):
     torch.manual_seed(0)
     model = effnet.create_model(name, num_classes=7)
