@@ -1,13 +1,13 @@
 """Side-by-side speed and memory: `effnet bench` run from this checkout, results kept here.
 
     bash benchmarks/run.sh [effnet bench options]           # parity table, then this
-    /tmp/peers/bin/python benchmarks/bench.py --quick       # this alone
+    python benchmarks/bench.py --quick                      # this alone
 
 All the measuring is the library's (``effnet.bench``: interleaving, saved activations, peak
 memory in fresh subprocesses, ratios); this script only makes *this checkout's* effnet
-importable in the peers' Python (torchvision and timm are never effnet dependencies, so they
-live in /tmp/peers, which has no effnet installed) and writes the JSON to
-``benchmarks/results/bench.json`` unless ``--out`` says otherwise.
+importable in the running Python (where the peers are installed: ``pip install -e ".[bench]"``,
+plus torchvision and timm built for that torch; none is ever an effnet dependency) and writes
+the JSON to ``benchmarks/results/bench.json`` unless ``--out`` says otherwise.
 """
 
 from __future__ import annotations
