@@ -229,3 +229,17 @@ def test_cam_cli_compare_class_and_bad_input(lite0_file: Path, tmp_path: Path, c
     assert "none of the 1 image(s) could be read" in capsys.readouterr().err
     assert main(["cam", cat, "--weights", str(lite0_file), "--class", "tiger kat", "--out", str(out)]) == 1
     assert "did you mean 'tiger cat'" in capsys.readouterr().err
+
+
+def test_models_from_run_folders_are_labelled_by_the_run(tmp_path: Path) -> None:
+    from effnet.commands.viz import _labels
+
+    for run in ("ft", "other"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "config.yaml").write_text("data: digits\n")
+    ft, other = tmp_path / "ft", tmp_path / "other"
+    assert _labels([str(ft / "best.safetensors")], None) == ["ft"]
+    assert _labels([str(ft / "best.safetensors"), str(other / "best.safetensors")], None) == ["ft", "other"]
+    assert _labels([str(ft / "best.safetensors"), str(ft / "last.safetensors")], None) == ["ft", "ft/last"]
+    assert _labels([str(ft)], None) == ["ft"]  # the run folder itself
+    assert _labels([str(tmp_path / "b0.safetensors")], None) == ["b0"]  # a file outside a run: its name

@@ -190,3 +190,27 @@ def test_a_real_digits_run_is_plotted(tmp_path: Path, capsys: pytest.CaptureFixt
     out = capsys.readouterr().out
     assert f"run: top-1 {top1:.2f}%" in out and "[digits]" in out
     assert "0.66M params" in out  # the digits recipe: B0 at half width and depth, 10 classes (README)
+
+
+def test_confusion_counts_contrast_with_their_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from effnet.viz import plots
+
+    # Relative luminance by hand (sRGB linearised, BT.709 weights): Blues' darkest cell
+    # (8, 48, 107) is 0.032, its lightest (247, 251, 255) 0.95; the split is at 0.18.
+    assert plots.text_colour((8 / 255, 48 / 255, 107 / 255, 1.0)) == "white"
+    assert plots.text_colour((247 / 255, 251 / 255, 255 / 255, 1.0)) == "black"
+    assert plots.text_colour((0.5, 0.5, 0.5, 1.0)) == "black"  # linear 0.214 >= 0.18
+    assert plots.text_colour((0.4, 0.4, 0.4, 1.0)) == "white"  # linear 0.133 < 0.18
+
+    seen: dict[str, str] = {}
+    save = plots._save
+
+    def record(fig, path, dpi, fmt="png"):  # noqa: ANN001, ANN202
+        seen.update({t.get_text(): t.get_color() for t in fig.axes[0].texts})
+        return save(fig, path, dpi, fmt)
+
+    monkeypatch.setattr(plots, "_save", record)
+    plots.plot_confusion(torch.tensor([[40, 1], [2, 37]]), ["a", "b"], tmp_path / "cm.png")
+    assert seen == {"40": "white", "37": "white", "1": "black", "2": "black"}
