@@ -107,5 +107,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("table", help="the paper's Table 2 beside what effnet measures")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="a JSON list of objects")
     p.set_defaults(func=cmd_table)

@@ -15,7 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("src", help="source weights file")
     p.add_argument("out", help="output .safetensors file (never the source; an existing file only with --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--source", required=True, choices=("torchvision", "timm", "keras", "efficientnet_pytorch"))
+    p.add_argument("--source", required=True, choices=("torchvision", "timm", "keras", "efficientnet_pytorch"),
+                   help="the library the weights come from")
     p.add_argument("--model", required=True,
                    help="the source library's model name (efficientnet_b3, tf_efficientnetv2_m, "
                         "EfficientNetV2S, efficientnet-b3, efficientnet-lite0 ...); `effnet pretrained "
