@@ -148,3 +148,18 @@ def test_fit_max_params_and_latency():
 def test_fit_bad_budgets(kwargs, words):
     with pytest.raises(ValueError, match=words):
         fit("efficientnet_b0", **kwargs)
+
+
+def test_validate_retrains_candidates_longer_and_reports_kendall_tau(tmp_path, base):
+    out = tmp_path / "v"
+    rep = search(base, step=0.2, tolerance=0.2, out=out, validate=3, validate_epochs=2,
+                 **{**TINY, "train_subset": 64})
+    v = rep.validation
+    assert v is not None and v.epochs == 2 and v.proxy_epochs == 1
+    # The proxy's best, then others; the paper's (1.2, 1.1, 1.15) is not on a 0.2 grid.
+    assert v.rows and max(r.proxy for r in v.rows) == rep.best.top1
+    assert len(v.rows) == v.requested == min(3, rep.candidates)
+    assert all(len(r.curve) == 2 for r in v.rows)
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["validation"]["kendall_tau"] == pytest.approx(v.tau)
+    assert "rank fidelity: Kendall tau" in (out / "table.txt").read_text()
