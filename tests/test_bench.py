@@ -184,3 +184,64 @@ def test_bench_on_cuda_uses_bf16_autocast_cuda_graphs_and_the_cuda_allocator():
     # torch.cuda.max_memory_allocated of one step: at least the activations it saved for backward
     default = entries["effnet[default]"]["metrics"]
     assert default["peak_train_b4_mib"] >= default["saved_act_b4_mib"]
+
+
+def test_the_reference_is_effnets_fastest_fp32_path():
+    entries = {
+        "effnet[plain]": _entry("effnet", {"latency_b1_ms": 30.0}, roles=("inference",)),
+        "effnet[fast]": _entry("effnet", {"latency_b1_ms": 20.0}, roles=("inference",)),
+        "effnet[ort]": _entry("effnet", {"latency_b1_ms": 12.0}, roles=("inference",)),
+        "effnet[openvino]": _entry("effnet", {"latency_b1_ms": 15.0}, roles=("inference",)),
+        "effnet[ort-int8]": _entry("effnet", {"latency_b1_ms": 5.0}, roles=("inference",)),
+        "onnxruntime": _entry("onnxruntime", {"latency_b1_ms": 10.0}, roles=("inference",)),
+    }
+    ref = reference_of(entries)
+    assert ref["inference"] == "effnet[ort]"  # int8 is another precision, never the reference
+    assert ratios(entries, ref)["onnxruntime"] == {"latency_b1_ms": pytest.approx(1.2)}  # 12 / 10
+
+
+@pytest.mark.slow
+def test_effnet_runtime_sessions_give_the_plain_logits():
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    plain = build_runner("effnet", "plain", "tinynet_e", 64)
+    plain.module.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = plain.forward(plain.prepare(x))
+    variants = ["ort"] + (["openvino"] if __import__("importlib").util.find_spec("openvino") else [])
+    for variant in variants:
+        r = build_runner("effnet", variant, "tinynet_e", 64)
+        assert r.params == plain.params and r.roles == ("inference",)
+        y = r.forward(r.prepare(x))
+        assert (y - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item()), variant
+    r = build_runner("effnet", "ort-int8", "tinynet_e", 64)
+    assert r.module.precision == "int8" and r.forward(r.prepare(x)).shape == (2, 1000)
+
+
+@pytest.mark.slow
+def test_onnxruntime_runs_a_peers_own_export():
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    try:
+        r = build_runner("onnxruntime", "", "efficientnet_b0", 64)
+    except Unavailable as e:
+        pytest.skip(str(e))
+    lib, _, lib_model = r.lib_model.partition(":")
+    assert r.params == B0_PARAMS and r.roles == ("inference",)
+    peer = build_runner(lib, "", "efficientnet_b0", 64)  # the same seed: the same weights
+    peer.module.eval()
+    if lib == "efficientnet_pytorch":
+        peer.module.set_swish(memory_efficient=False)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = peer.forward(peer.prepare(x))
+    assert peer.lib_model == lib_model
+    assert (r.forward(x) - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
+def test_bench_with_only_missing_libraries_fails_with_a_message(monkeypatch, capsys):
+    for name in ("torchvision", "torchvision.models", "timm"):
+        monkeypatch.setitem(sys.modules, name, None)
+    code = main(["bench", "--models", "tinynet_e", "--quick", "--libs", "torchvision", "timm", "--no-progress",
+                 "--no-peak"])
+    err = capsys.readouterr().err
+    assert code == 1 and "nothing was measured" in err and "torchvision is not importable" in err

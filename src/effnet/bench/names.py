@@ -3,10 +3,16 @@ these without importing torch or any library (`effnet bench --help` must answer 
 
 from __future__ import annotations
 
-#: Every library the benchmark knows, effnet first.
-LIBRARIES = ("effnet", "torchvision", "timm", "keras", "efficientnet_pytorch")
-#: effnet's variants and what they are measured for.
-EFFNET_INFERENCE = ("plain", "fast", "int8")
+#: Every library the benchmark knows, effnet first. ``onnxruntime``: plain ONNX Runtime (default
+#: session options, the run's thread count) on a peer's own ONNX export (torchvision, else timm,
+#: else efficientnet_pytorch), the way a user deploys a peer's network.
+LIBRARIES = ("effnet", "torchvision", "timm", "keras", "efficientnet_pytorch", "onnxruntime")
+#: effnet's variants and what they are measured for: ``ort`` / ``openvino`` are
+#: effnet.deploy.runtime sessions on effnet's verified export, ``int8`` torch's FX int8,
+#: ``ort-int8`` ONNX Runtime's static QDQ int8 (effnet.deploy.runtime.int8_session).
+EFFNET_INFERENCE = ("plain", "fast", "ort", "openvino", "int8", "ort-int8")
+#: effnet's fp32 inference variants: the best measured one is effnet's side of the ratios.
+EFFNET_FP32 = ("fast", "ort", "openvino", "plain")
 EFFNET_TRAINING = ("default", "memory-saving")
 
-__all__ = ["EFFNET_INFERENCE", "EFFNET_TRAINING", "LIBRARIES"]
+__all__ = ["EFFNET_FP32", "EFFNET_INFERENCE", "EFFNET_TRAINING", "LIBRARIES"]

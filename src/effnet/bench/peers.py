@@ -68,6 +68,8 @@ class Runner:
     call: Callable[[object, bool], torch.Tensor] | None = None
     #: inference must not use ``torch.inference_mode`` (Keras reads variables in ways it refuses).
     no_grad_only: bool = False
+    #: the source network's parameter count, for runners whose module holds none (runtime sessions)
+    n_params: int | None = None
 
     @property
     def label(self) -> str:
@@ -75,7 +77,7 @@ class Runner:
 
     @property
     def params(self) -> int:
-        return count_params(self.module)
+        return self.n_params if self.n_params is not None else count_params(self.module)
 
     def forward(self, x: object, training: bool = False) -> torch.Tensor:
         return self.call(x, training) if self.call is not None else self.module(x)
@@ -95,6 +97,8 @@ def candidates(libs: tuple[str, ...] | list[str] = LIBRARIES) -> list[tuple[str,
 
 
 def roles_of(lib: str, variant: str) -> tuple[str, ...]:
+    if lib == "onnxruntime":
+        return ("inference",)
     if lib != "effnet":
         return ("inference", "training")
     return ("inference",) if variant in EFFNET_INFERENCE else ("training",)
@@ -105,7 +109,7 @@ def _import(module: str, lib: str) -> object:
         return importlib.import_module(module)
     except Exception as e:  # ImportError, or a broken install raising anything at import
         raise Unavailable(f"{lib} is not importable in this Python ({type(e).__name__}: {e}); "
-                          f"run under a Python that has it (benchmarks/run.sh uses /tmp/peers)") from e
+                          f"install it in this Python (see benchmarks/README.md)") from e
 
 
 def peer_name(lib: str, name: str, *, speed: bool = True) -> str | None:
@@ -164,6 +168,8 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
             raise Unavailable("EfficientNet.set_grad_checkpointing is not available in this effnet")
         model.set_grad_checkpointing(True)
         return runner
+    if variant in ("ort", "openvino", "ort-int8"):
+        return _effnet_session(runner, model, variant, resolution, device)
     try:
         from effnet.deploy.optimize import optimize
     except ImportError as e:
@@ -180,6 +186,76 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
         raise Unavailable(f"optimize(..., {', '.join(f'{k}=' for k in kwargs) or 'example_input'}) failed: "
                           f"{type(e).__name__}: {e}") from e
     return runner
+
+
+def _effnet_session(runner: Runner, model: nn.Module, variant: str, resolution: int,
+                    device: torch.device) -> Runner:
+    """effnet's runtime sessions (effnet.deploy.runtime) on its verified ONNX export, CPU only."""
+    if device.type != "cpu":
+        raise Unavailable(f"effnet[{variant}] runs on the CPU (ONNX Runtime / OpenVINO CPU); device is {device.type}")
+    from effnet.deploy import runtime
+
+    needs = "openvino" if variant == "openvino" else "onnxruntime"
+    if needs not in runtime.available_runtimes():
+        raise Unavailable(f"{needs} is not installed (pip install 'effnet[runtime]')")
+    params = count_params(model)
+    model = model.eval().to(memory_format=torch.contiguous_format)
+    try:
+        if variant == "ort-int8":
+            gen = torch.Generator().manual_seed(0)
+            calibration = [torch.randn(2, 3, resolution, resolution, generator=gen) for _ in range(4)]
+            # Random weights: the agreement and speed guards would judge noise, so int8 is measured as is.
+            module = runtime.int8_session(model, calibration, resolution=resolution, require_gain=False)
+        else:
+            module = runtime.session(model, "onnxruntime" if variant == "ort" else "openvino", resolution=resolution)
+    except Exception as e:  # a variant that fails here must not stop the others being measured
+        raise Unavailable(f"effnet.deploy.runtime ({variant}) failed: {type(e).__name__}: {e}") from e
+    # Sessions take contiguous NCHW (a zero-copy numpy view); no channels-last conversion.
+    return Runner("effnet", variant, runner.lib_model, module, runner.roles, n_params=params)
+
+
+def _onnxruntime(name: str, resolution: int, device: torch.device) -> Runner:
+    """Plain ONNX Runtime on a peer's own export: the first importable of torchvision, timm and
+    efficientnet_pytorch, exported by ``torch.onnx.export`` with a dynamic batch axis, run with
+    ONNX Runtime's default session options and the run's intra-op thread count."""
+    import tempfile
+    import warnings
+
+    ort = _import("onnxruntime", "onnxruntime")
+    if device.type != "cpu":
+        raise Unavailable(f"onnxruntime is measured on the CPU here; device is {device.type}")
+    reasons = []
+    for lib in ("torchvision", "timm", "efficientnet_pytorch"):
+        try:
+            peer = _BUILDERS[lib](name, resolution, torch.device("cpu"))
+            break
+        except Unavailable as e:
+            reasons.append(str(e))
+    else:
+        raise Unavailable(f"no peer to export for onnxruntime: {'; '.join(reasons)}")
+    module = peer.module.eval().to(memory_format=torch.contiguous_format)
+    if lib == "efficientnet_pytorch":
+        module.set_swish(memory_efficient=False)  # its memory-efficient swish is a custom autograd op
+    folder = tempfile.mkdtemp(prefix="effnet-bench-ort-")
+    path = os.path.join(folder, "peer.onnx")
+    x = torch.randn(1, 3, resolution, resolution)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (x,), path, input_names=["input"], output_names=["logits"], dynamo=False,
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)  # the session holds the graph
+
+    class _Plain(nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.from_numpy(session.run(None, {"input": t.numpy()})[0])
+
+    return Runner("onnxruntime", "", f"{lib}:{peer.lib_model}", _Plain(), roles_of("onnxruntime", ""),
+                  n_params=peer.params)
 
 
 def _torchvision(name: str, resolution: int, device: torch.device) -> Runner:
@@ -237,6 +313,7 @@ def _keras(name: str, resolution: int, device: torch.device) -> Runner:
 
 _BUILDERS: dict[str, Callable[[str, int, torch.device], Runner]] = {
     "torchvision": _torchvision, "timm": _timm, "keras": _keras, "efficientnet_pytorch": _efficientnet_pytorch,
+    "onnxruntime": _onnxruntime,
 }
 
 
@@ -274,7 +351,7 @@ def versions() -> dict[str, str]:
     os.environ.setdefault("KERAS_BACKEND", "torch")
     out = {"python": platform.python_version(), "torch": torch.__version__, "effnet": mine,
            "effnet_source": str(Path(__file__).resolve().parents[1])}
-    for lib in LIBRARIES[1:]:
+    for lib in (*LIBRARIES[1:], "openvino"):
         try:
             out[lib] = str(getattr(importlib.import_module(lib), "__version__", "installed"))
         except Exception:  # noqa: BLE001 - any import failure means: not usable here

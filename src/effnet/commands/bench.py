@@ -1,4 +1,4 @@
-"""`effnet bench`: effnet next to torchvision, timm, Keras 3 and efficientnet_pytorch (effnet.bench.run)."""
+"""`effnet bench`: effnet next to torchvision, timm, Keras 3, efficientnet_pytorch and ONNX Runtime (effnet.bench.run)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser(
         "bench", help="inference latency/throughput, training speed and peak memory of effnet vs the peers",
-        description="Measure effnet (plain, fast, int8; training default and memory-saving) next to every "
-                    "peer library importable in this Python, interleaved across libraries; print medians "
-                    "and the ratios effnet cost / peer cost (< 1: effnet cheaper). Peers that cannot be "
-                    "imported are listed as skipped. benchmarks/run.sh runs this under /tmp/peers, where "
-                    "torchvision and timm are importable.",
+        description="Measure effnet (plain, fast, its ONNX Runtime and OpenVINO sessions, int8 through torch and "
+                    "through ONNX Runtime; training default and memory-saving) next to every peer library "
+                    "importable in this Python (torchvision, timm, Keras 3, efficientnet_pytorch, and plain "
+                    "ONNX Runtime on a peer's own export), interleaved across libraries; print medians and the "
+                    "ratios effnet cost / peer cost (< 1: effnet cheaper; effnet's side is its fastest fp32 "
+                    "path). Peers that cannot be imported are listed as skipped; when nothing asked for can "
+                    "be measured the command fails. benchmarks/run.sh runs it with the current Python.",
     )
     p.add_argument("--models", nargs="+", metavar="NAME", default=None,
                    help="effnet model names (default efficientnet_b0 @224, efficientnet_b3 @300, "

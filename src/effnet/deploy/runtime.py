@@ -409,7 +409,7 @@ def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, run
 
 def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Tensor], *,
                  resolution: int | None = None, threads: int | None = None,
-                 cache_dir: str | Path | None = None) -> Session:
+                 cache_dir: str | Path | None = None, require_gain: bool = True) -> Session:
     """Static int8 of ``source`` on ONNX Runtime, calibrated on ``calibration`` (float input batches
     preprocessed like real inputs: the user's images), or the fp32 ONNX Runtime session when int8
     does not pay.
@@ -419,7 +419,9 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     equals the eager fp32 model's on at least :data:`MIN_AGREEMENT` of the calibration images and
     (2) it is faster than the fp32 session on the largest calibration batch; otherwise a warning
     says which failed and the fp32 session comes back with ``int8_fallback`` set to the reason.
-    ``int8_agreement`` holds the measured agreement either way.
+    ``int8_agreement`` holds the measured agreement either way. ``require_gain=False`` returns
+    the int8 session without either check (benchmarks of random-weight models, where agreement
+    would judge noise).
     """
     from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
 
@@ -431,14 +433,16 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     res = int(resolution or batches[0].shape[-1])
     threads = int(threads or torch.get_num_threads())
     onnx_path, keep = _onnx_for(source, reference, res, cache_dir)
-    fp32 = _build(source, reference, "onnxruntime", res, threads, cache_dir, (onnx_path, keep))
     int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8-{calibration_key(batches)}.onnx")
     if not int8_path.is_file():
         quantize_onnx(onnx_path, int8_path, batches)
     int8 = Session("onnxruntime", _ort_runner(int8_path, threads), resolution=res, source=reference,
                    onnx_path=int8_path, threads=threads, keep=keep)
     int8.precision = "int8"
+    if not require_gain:
+        return int8
     agree = agreement(reference, int8, batches)
+    fp32 = _build(source, reference, "onnxruntime", res, threads, cache_dir, (onnx_path, keep))
     largest = max(batches, key=len)
     times: dict[str, list[float]] = {"int8": [], "fp32": []}
     int8(largest), fp32(largest)  # warm-up
