@@ -328,7 +328,7 @@ def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Config) -> int:
            "resolution": cfg.train_resolution, "batch": cfg.train_batch, "device": cfg.device,
            "threads": cfg.threads or torch.get_num_threads(), "flush_denormal": cfg.flush_denormal,
            "autocast": cfg.autocast}
-    # The worker imports this effnet even where it is on sys.path only (benchmarks/ under /tmp/peers).
+    # The worker imports this effnet even where it is on sys.path only (benchmarks/bench.py runs a checkout).
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
     env.setdefault("KERAS_BACKEND", "torch")
