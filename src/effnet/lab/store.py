@@ -1,7 +1,7 @@
 """Optuna studies as the one record of a lab's trials, shared by every worker on every machine.
 
 The scaling search (and the architecture search after it) trains a fixed list of candidates:
-grid points, strategies at matched FLOPs. The study owns all state (STYLE 16): each candidate
+grid points, strategies at matched FLOPs. The study owns all state: each candidate
 is put on the study's own queue as a WAITING trial (``Study.enqueue_trial``); a worker takes
 one with ``Study.ask()``, which moves a WAITING trial to RUNNING in one storage transaction,
 trains it and reports. Re-running the same command resumes: finished candidates are never
@@ -14,12 +14,16 @@ the same candidate that finished or started before its own (``datetime_start``, 
 number), and if there is one it gives its trial up (FAIL, ``effnet.duplicate_of``) without
 training. The earliest claim always wins, so every candidate is trained once.
 
-A worker that dies (SIGKILL, a lost machine) leaves its trial RUNNING. On the same machine a
-later worker sees that the recorded process is gone and fails the trial at once; on other
-machines the heartbeat (``RDBStorage(heartbeat_interval=...)``) goes stale and
-``optuna.storages.fail_stale_trials`` fails it after the grace period. Either way the candidate
-has no live trial any more and goes back on the queue: it is trained again, and no finished
-trial is lost.
+A worker that dies (SIGKILL, a lost machine) leaves its trial RUNNING. Where a later worker
+can see the recorded PID (same hostname, boot id and PID namespace: :func:`machine_id`) it sees
+that the process is gone, or that the PID now belongs to a process started at another time,
+and fails the trial at once; elsewhere (other machines, other containers) the heartbeat
+(``RDBStorage(heartbeat_interval=...)``) goes stale and ``optuna.storages.fail_stale_trials``
+fails it after the grace period. Either way the candidate has no live trial any more and goes
+back on the queue: it is trained again, and no finished trial is lost.
+
+A trial whose own training raises is different: the cause (a bad data folder, recipe or option)
+would fail the next candidate alike, so the worker stops with :class:`TrialFailed` naming it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Architecture search rewards as small pure functions, side by side (STYLE 17).
+"""Architecture search rewards as small pure functions, side by side.
 
 Each takes the measured numbers of one candidate and returns the value a search maximises;
 accuracy ``a`` is in whatever unit the caller uses (effnet passes top-1 in %), the reward is in

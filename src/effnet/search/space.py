@@ -10,7 +10,7 @@ layers {-1, 0, +1} relative to the backbone.
 A :class:`SearchSpace` is a base :class:`~effnet.specs.base.ModelSpec` and one
 :class:`StageChoices` per base stage; channels and strides always come from the base, so every
 candidate has the base's stage boundaries and output stride. A candidate is a plain ModelSpec
-(built, saved, loaded and trained like any other, STYLE 14). Spaces are checked when made: a
+(built, saved, loaded and trained like any other). Spaces are checked when made: a
 choice no StageSpec accepts, or a layer delta that would leave a stage with no block, is refused
 before anything trains.
 """

@@ -1,6 +1,6 @@
 """One training trial as a library function: a spec and a budget in, metrics out.
 
-The scaling search, the scaling study and the architecture search (issues 9 and 10) each train
+The scaling search, the scaling study and the architecture search each train
 many candidates briefly and compare them; they call :func:`run_trial` in-process and read its
 :class:`~effnet.train.loop.RunResult` (no subprocess, no parsing of printed text). The study that
 drives them owns the bookkeeping of trials; a trial keeps no files unless given a folder.
