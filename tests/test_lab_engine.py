@@ -215,3 +215,27 @@ def test_of_two_claims_made_together_the_earlier_is_the_value(tmp_path):
     study = store.open_study(url, "t", {"kind": "test"})
     study.set_user_attr("m#elsewhere", {"at": 1.0, "value": {"s": 7.0}})
     assert store.first_writer(lambda: store.open_study(url, "t", {"kind": "test"}), "m", {"s": 9.0}) == {"s": 7.0}
+
+
+# --- what a study's summary may claim ----------------------------------------------------------------
+def _row(strategy, multiple, top1, curve):
+    from effnet.lab.compare import StudyRow
+
+    return StudyRow(strategy=strategy, multiple=multiple, phi=1.0, depth=1.0, width=1.0, resolution=224,
+                    flops=int(multiple * 1e8), flops_ratio=multiple, params=1, image_size=64, top1=top1,
+                    seconds=1.0, curve=curve, status=engine.convergence(curve))
+
+
+def test_a_study_summary_names_no_winner_among_unconverged_points_without_saying_so():
+    from effnet.lab.compare import StudyReport, format_study
+
+    rows = [_row("baseline", 1.0, 96.0, [50, 95.5, 95.8, 96.0]),
+            _row("width", 2.0, 97.0, [50, 96.5, 96.8, 97.0]),     # converged
+            _row("depth", 2.0, 80.0, [20, 40, 60, 80])]          # still improving, 16 points under
+    rep = StudyReport("s", "sqlite://", "b0", rows, 3)
+    summary = rep.summary()
+    assert summary[0].startswith("at 2x FLOPs: width best") and "provisional: depth still improving" in summary[0]
+    assert any(line.startswith("depth@2: 16.0 points under the baseline and still improving") for line in summary)
+    table = format_study(rep)
+    assert "80.00*" in table and "97.00 " in table  # the unconverged point is marked, the converged not
+    assert "1/3 candidate(s) still improving" in table
