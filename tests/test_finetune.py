@@ -98,6 +98,14 @@ def test_flags_override_the_data_sized_values(folder, weights):
         in r.summary
 
 
+def test_a_frozen_backbone_gets_the_linear_head_learning_rate(folder, weights):
+    frozen = resolve(data=str(folder), weights=str(weights), device="cpu", freeze_backbone=True)
+    assert frozen.cfg.lr_per_256 == 0.001 and "--freeze-backbone" in frozen.sources["lr_per_256"]
+    assert resolve(data=str(folder), weights=str(weights), device="cpu").cfg.lr_per_256 == 0.03
+    given = resolve(data=str(folder), weights=str(weights), device="cpu", freeze_backbone=True, lr_per_256=0.01)
+    assert given.cfg.lr_per_256 == 0.01 and given.sources["lr_per_256"] == "flag"
+
+
 def test_dry_run_prints_sources_and_creates_nothing(capsys, tmp_path, folder, weights):
     out = tmp_path / "run"
     assert main(["train", "--weights", str(weights), "--data", str(folder), "--out", str(out), "--dry-run",
@@ -118,7 +126,7 @@ def test_help_names_each_recipes_defaults(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "paper_v1 350; paper_v2 350; transfer_v2 20; digits 20" in text  # --epochs
     assert "finetune 5-30 from the data" in text and "finetune 8-32 from the data" in text
-    assert "finetune 0.03 (peak lr, not scaled below batch 256)" in text  # --lr
+    assert "finetune 0.03 (peak lr, not scaled below batch 256; 0.001 with --freeze-backbone)" in text  # --lr
     assert "--dry-run" in text
 
 

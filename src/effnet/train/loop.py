@@ -226,8 +226,12 @@ def train_epoch(run: Run, stage: Stage, augment: TrainAugment, bar: Any) -> floa
     cfg, pos, d = run.cfg, run.pos, run.d
     run.model.train()
     if cfg.freeze_backbone:
-        for m in run.model.modules():
-            if isinstance(m, (nn.BatchNorm2d, nn.SyncBatchNorm)):
+        # The frozen backbone runs as at evaluation: its BatchNorm statistics stay fixed and
+        # stochastic depth is off (dropping blocks of fixed features only feeds the head noise:
+        # train loss 1.7 against val loss 0.0004 on the photo folder). The dropout before the
+        # classifier still trains it.
+        for name, m in run.model.named_children():
+            if name not in ("dropout", "classifier"):
                 m.eval()
     run.data.sampler.set_epoch(pos.epoch, start=pos.batch_in_epoch * cfg.batch_size)
     t0 = time.time() - pos.seconds
