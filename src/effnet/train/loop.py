@@ -227,9 +227,8 @@ def train_epoch(run: Run, stage: Stage, augment: TrainAugment, bar: Any) -> floa
     run.model.train()
     if cfg.freeze_backbone:
         # The frozen backbone runs as at evaluation: its BatchNorm statistics stay fixed and
-        # stochastic depth is off (dropping blocks of fixed features only feeds the head noise:
-        # train loss 1.7 against val loss 0.0004 on the photo folder). The dropout before the
-        # classifier still trains it.
+        # stochastic depth is off (it regularises blocks that learn; frozen ones it only makes
+        # noisier for the head). The dropout before the classifier still applies.
         for name, m in run.model.named_children():
             if name not in ("dropout", "classifier"):
                 m.eval()
