@@ -142,19 +142,22 @@ class Validation:
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "epochs": self.epochs, "proxy_epochs": self.proxy_epochs,
                 "candidates": self.requested, "kendall_tau": None if math.isnan(self.tau) else self.tau,
-                "rows": [asdict(r) for r in self.rows]}
+                "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
+                         for r in self.rows]}
 
     def lines(self) -> list[str]:
         out = [f"validation: {len(self.rows)}/{self.requested} candidate(s) retrained for {self.epochs} epoch(s) "
                f"(the proxy trained {self.proxy_epochs})"]
         head = f"  {'candidate':<28} {'proxy':>6} {'rank':>4}  {'longer':>6} {'rank':>4}"
         out += [head]
-        for r in sorted(self.rows, key=lambda r: r.proxy_rank):
-            out.append(f"  {r.label[:28]:<28} {r.proxy:6.2f} {r.proxy_rank:4d}  {r.longer:6.2f}{mark(r.status):1} "
-                       f"{r.longer_rank:3d}")
+        for r in sorted(self.rows, key=lambda r: (r.proxy_rank or len(self.rows) + 1, r.key)):
+            proxy, pr, lr = ((f"{r.proxy:6.2f}", f"{r.proxy_rank:4d}", f"{r.longer_rank:3d}") if r.proxy_rank
+                             else (f"{'-':>6}", f"{'-':>4}", f"{'-':>3}"))
+            out.append(f"  {r.label[:28]:<28} {proxy} {pr}  {r.longer:6.2f}{mark(r.status):1} {lr}")
+        ranked = sum(bool(r.proxy_rank) for r in self.rows)
         tau = "n/a (fewer than 2 retrained)" if math.isnan(self.tau) else f"{self.tau:.2f}"
         out.append(f"rank fidelity: Kendall tau {tau} between the proxy's ranking and the longer one over "
-                   f"{len(self.rows)} candidate(s) (1: same order; 0: the proxy's order is noise)")
+                   f"{ranked} candidate(s) (1: same order; 0: the proxy's order is noise)")
         return out
 
 
@@ -171,7 +174,8 @@ def validate(
     chosen: Sequence[tuple[str, str, ModelSpec, int, float]], epochs: int, workers: int = 1, progress: bool = True,
 ) -> Validation:
     """Retrain ``chosen`` (key, label, spec, image size, proxy score) for ``epochs`` in their own
-    study (``study_name``; resumable and shared like any other) and compare the orders."""
+    study (``study_name``; resumable and shared like any other) and compare the orders. A
+    reference with a NaN proxy score (trained only here) is reported but not ranked."""
     longer = budget.longer(epochs)
     name = f"{study_name}-validate{epochs}"
     job = SpecJob(storage, name, {**settings, "kind": f"{settings.get('kind', 'study')}-validate",
@@ -184,12 +188,14 @@ def validate(
     done = store.results(job.open())
     have = [(key, label, proxy, done[key]) for key, label, _, _, proxy in chosen
             if key in done and done[key].value is not None]
-    proxies = [p for _, _, p, _ in have]
-    longs = [float(t.value) for *_, t in have]
-    pr, lr = _ranks(proxies), _ranks(longs)
+    # A reference point trained only here (no proxy score: NaN) is shown, not ranked.
+    ranked = [h for h in have if not math.isnan(h[2])]
+    proxies = [p for _, _, p, _ in ranked]
+    longs = [float(t.value) for *_, t in ranked]
+    pr, lr = dict(zip([h[0] for h in ranked], _ranks(proxies))), dict(zip([h[0] for h in ranked], _ranks(longs)))
     rows = [ValidatedRow(key, label, p, float(t.value), list(t.user_attrs.get("curve", [])),
-                         convergence(t.user_attrs.get("curve", [])), pr[i], lr[i])
-            for i, (key, label, p, t) in enumerate(have)]
+                         convergence(t.user_attrs.get("curve", [])), pr.get(key, 0), lr.get(key, 0))
+            for key, label, p, t in have]
     return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs))
 
 

@@ -176,9 +176,15 @@ def search(
         if paper is not None and paper not in chosen and paper in scores:
             chosen.append(paper)
         by_key = {r.key: r for r in rep.rows}
+        items = [(k, _label(by_key[k]), ModelSpec.from_dict(specs[k]), sizes[k], scores[k]) for k in chosen]
+        if paper is None:
+            # Off this grid (e.g. step 0.1): trained beside the search's answer all the same, unranked.
+            a, b, g = PAPER_POINT
+            items.append(("paper", f"paper ({a:g}, {b:g}, {g:g})",
+                          compound_scale(spec, phi, a, b, g).replace(name=f"{spec.name}_paper"),
+                          budget.scaled_size(g**phi), math.nan))
         rep.validation = engine.validate(
-            budget, storage=storage, study_name=study, settings=settings,
-            chosen=[(k, _label(by_key[k]), ModelSpec.from_dict(specs[k]), sizes[k], scores[k]) for k in chosen],
+            budget, storage=storage, study_name=study, settings=settings, chosen=items,
             epochs=validate_epochs or engine.VALIDATE_FACTOR * epochs, workers=workers, progress=progress)
     return _write(rep, job, Path(out), spec.name)
 
