@@ -134,20 +134,21 @@ class Validation:
     rows: list[ValidatedRow]
     requested: int
     tau: float
+    score: str = "top-1"
 
     @property
     def complete(self) -> bool:
         return len(self.rows) == self.requested
 
     def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "epochs": self.epochs, "proxy_epochs": self.proxy_epochs,
+        return {"study": self.study, "epochs": self.epochs, "proxy_epochs": self.proxy_epochs, "score": self.score,
                 "candidates": self.requested, "kendall_tau": None if math.isnan(self.tau) else self.tau,
                 "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
                          for r in self.rows]}
 
     def lines(self) -> list[str]:
         out = [f"validation: {len(self.rows)}/{self.requested} candidate(s) retrained for {self.epochs} epoch(s) "
-               f"(the proxy trained {self.proxy_epochs})"]
+               f"(the proxy trained {self.proxy_epochs}), ranked by {self.score}"]
         head = f"  {'candidate':<28} {'proxy':>6} {'rank':>4}  {'longer':>6} {'rank':>4}"
         out += [head]
         for r in sorted(self.rows, key=lambda r: (r.proxy_rank or len(self.rows) + 1, r.key)):
@@ -172,10 +173,13 @@ def _ranks(values: Sequence[float]) -> list[int]:
 def validate(
     budget: TrialBudget, *, storage: str, study_name: str, settings: Mapping[str, Any],
     chosen: Sequence[tuple[str, str, ModelSpec, int, float]], epochs: int, workers: int = 1, progress: bool = True,
+    factors: Mapping[str, float] | None = None, score: str = "top-1",
 ) -> Validation:
     """Retrain ``chosen`` (key, label, spec, image size, proxy score) for ``epochs`` in their own
     study (``study_name``; resumable and shared like any other) and compare the orders. A
-    reference with a NaN proxy score (trained only here) is reported but not ranked."""
+    reference with a NaN proxy score (trained only here) is reported but not ranked.
+    ``factors``: the longer run's score of a candidate is its top-1 times this (default 1): a
+    search ranking by a reward A * f(S, P) compares the longer A under the same f."""
     longer = budget.longer(epochs)
     name = f"{study_name}-validate{epochs}"
     job = SpecJob(storage, name, {**settings, "kind": f"{settings.get('kind', 'study')}-validate",
@@ -191,12 +195,13 @@ def validate(
     # A reference point trained only here (no proxy score: NaN) is shown, not ranked.
     ranked = [h for h in have if not math.isnan(h[2])]
     proxies = [p for _, _, p, _ in ranked]
-    longs = [float(t.value) for *_, t in ranked]
+    factors = factors or {}
+    longs = [float(t.value) * factors.get(key, 1.0) for key, _, _, t in ranked]
     pr, lr = dict(zip([h[0] for h in ranked], _ranks(proxies))), dict(zip([h[0] for h in ranked], _ranks(longs)))
-    rows = [ValidatedRow(key, label, p, float(t.value), list(t.user_attrs.get("curve", [])),
+    rows = [ValidatedRow(key, label, p, float(t.value) * factors.get(key, 1.0), list(t.user_attrs.get("curve", [])),
                          convergence(t.user_attrs.get("curve", [])), pr.get(key, 0), lr.get(key, 0))
             for key, label, p, t in have]
-    return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs))
+    return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs), score)
 
 
 def winner_line(what: str, status: str) -> str:

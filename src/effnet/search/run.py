@@ -317,19 +317,20 @@ def run(
 
 
 def _validate(job: _Job, rep: SearchReport, k: int, epochs: int, workers: int, progress: bool) -> engine.Validation:
-    """Retrain ``k`` finished candidates longer and rank them again by the same reward, with
-    each candidate's S and P as measured and the longer run's top-1 as A."""
+    """Retrain ``k`` finished candidates longer and rank them again by the search's own reward,
+    with each candidate's S and P as measured and the longer run's top-1 as A (the reward is
+    A times a factor of S and P, so the longer reward is the longer top-1 times that factor)."""
     from effnet.lab.budget import TrialBudget
 
     budget = TrialBudget.from_dict(job.budget)
     done = {f"trial{r.number}": r for r in rep.rows if r.state == "complete"}
     chosen = engine.pick_for_validation({key: r.reward for key, r in done.items()}, k, seed=0)
     items = [(key, f"#{done[key].number} {done[key].arch}", job.space.candidate(done[key].choices),
-              budget.image_size, done[key].top1) for key in chosen]
-    # Ranked on top-1: S and P are the same measurements in both runs, so the reward's order
-    # changes only through A; a tau on top-1 is the proxy's own fidelity.
+              budget.image_size, done[key].reward) for key in chosen]
+    factors = {key: done[key].reward / done[key].top1 if done[key].top1 else 1.0 for key in chosen}
     return engine.validate(budget, storage=job.storage, study_name=job.study_name, settings=job.settings,
-                           chosen=items, epochs=epochs, workers=workers, progress=progress)
+                           chosen=items, epochs=epochs, workers=workers, progress=progress, factors=factors,
+                           score=f"reward ({job.reward})")
 
 
 def _row(t: Any, space: SearchSpace) -> TrialRow:
