@@ -235,7 +235,8 @@ def test_a_study_summary_names_no_winner_among_unconverged_points_without_saying
     rep = StudyReport("s", "sqlite://", "b0", rows, 3)
     summary = rep.summary()
     assert summary[0].startswith("at 2x FLOPs: width best") and "provisional: depth still improving" in summary[0]
-    assert any(line.startswith("depth@2: 16.0 points under the baseline and still improving") for line in summary)
+    assert any(line.startswith("depth@2: 16.0 points under the baseline and still improving: at this budget")
+               for line in summary)
     table = format_study(rep)
     assert "80.00*" in table and "97.00 " in table  # the unconverged point is marked, the converged not
     assert "1/3 candidate(s) still improving" in table

@@ -143,8 +143,9 @@ class StudyReport:
             far = [r for r in self.rows if r.strategy != "baseline" and base.top1 - r.top1 > 10]
             for r in far:
                 out.append(f"{r.key}: {base.top1 - r.top1:.1f} points under the baseline"
-                           + (" and still improving: a training shortfall at this budget, not a property of the "
-                              "strategy" if r.status != engine.CONVERGED else " though converged"))
+                           + (" and still improving: at this budget it shows how fast the model trains, not what "
+                              "the strategy reaches (give more --epochs)" if r.status != engine.CONVERGED
+                              else ", converged"))
         saturated = [r for r in self.rows if r.top1 >= 99.0]
         if len(saturated) >= 2:
             out.append(f"{len(saturated)} model(s) at >= 99% top-1: the data set is too easy to separate them at "
