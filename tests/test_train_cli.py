@@ -115,3 +115,37 @@ def test_cli_calls_train_with_the_config_or_the_run_to_resume(capsys, monkeypatc
     assert "final top-1 90.00%" in capsys.readouterr().out
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert calls[-1][1] == str(tmp_path)
+
+
+def test_a_stopped_run_says_so_once(capsys, monkeypatch):
+    """The loop logs the stop message with its resume command; the command line adds nothing
+    (it used to print the same message again) and exits with the shell's 128 + signal."""
+    import logging
+    import signal
+
+    from effnet.train import Interrupted
+
+    def stopped(cfg, resume=None, **kwargs):
+        logging.getLogger("effnet.train.loop").warning("training stopped by SIGINT; Resume with: X")
+        raise Interrupted("training stopped by SIGINT; Resume with: X", signal.SIGINT, None)
+
+    monkeypatch.setattr(effnet.train, "train", stopped)
+    assert main(["train", "--recipe", "debug"]) == 130
+    captured = capsys.readouterr()  # the CLI's log handler writes to stderr
+    assert (captured.out + captured.err).count("Resume with: X") == 1
+
+
+def test_eval_and_predict_name_the_inference_path_once(capsys, caplog, tmp_path):
+    import logging
+
+    from effnet.model import build
+    from effnet.registry import get_spec
+    from effnet.scaling import scale
+    from effnet.weights import save_weights
+
+    spec = scale(get_spec("efficientnet_b0"), width=0.25, depth=0.25).replace(num_classes=10)
+    weights = save_weights(build(spec), tmp_path / "w.safetensors", class_names=[str(i) for i in range(10)])
+    with caplog.at_level(logging.INFO, logger="effnet"):
+        assert main(["eval", "--weights", str(weights), "--data", "digits", "--workers", "0"]) == 0
+    shown = capsys.readouterr().out + caplog.text
+    assert shown.count("inference") == 1 and shown.count("preprocessing: ") == 1
