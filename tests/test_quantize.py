@@ -125,3 +125,71 @@ def test_agreement_counts_top1_matches() -> None:
     assert agreement(a, b, [x[:2], x[2:]]) == 0.5
     with pytest.raises(ValueError, match="no images"):
         agreement(a, b, [])
+
+
+def test_quantize_gives_back_the_quantized_engine() -> None:
+    """The engine is process-wide: quantizing must leave the caller's choice as it found it."""
+    before = torch.backends.quantized.engine
+    other = next(e for e in torch.backends.quantized.supported_engines if e not in (before, "none"))
+    torch.backends.quantized.engine = other
+    try:
+        model = effnet.create_model("efficientnet_lite0", num_classes=4).eval()
+        x = torch.randn(2, 3, 64, 64)
+        int8 = quantize(model, x)
+        assert torch.backends.quantized.engine == other
+        with torch.no_grad():
+            assert int8(x).shape == (2, 4)  # the packed weights still run under the caller's engine
+        with pytest.raises(ValueError, match="already quantized"):
+            quantize(int8, x)
+        assert torch.backends.quantized.engine == other  # given back on an error too
+    finally:
+        torch.backends.quantized.engine = before
+
+
+def _views(model: nn.Module, photos: list[Path]) -> torch.Tensor:
+    """Each photo, mirrored, and two re-scaled crops (as in the FX test above): (24, 3, 224, 224)."""
+    from effnet.data.datasets import decode
+    from effnet.preprocessing import EvalTransform, Normalize
+
+    transform, normalize = EvalTransform(model.preprocessing), Normalize(model.preprocessing)
+    views = []
+    for path in photos:
+        x = normalize(transform(decode(path))[None])
+        views += [x, x.flip(-1), F.interpolate(x[..., 16:208, 16:208], size=224, mode="bilinear"),
+                  F.interpolate(x[..., :180, 44:], size=224, mode="bilinear")]
+    return torch.cat(views)
+
+
+@pytest.mark.slow
+def test_onnxruntime_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: list[Path],
+                                                              tmp_path: Path) -> None:
+    """ONNX Runtime's static QDQ int8, calibrated on the photos' views (the user's images) and
+    judged on them; each view's fp32 top-1 is the reference."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    from effnet.deploy.runtime import int8_session
+    from effnet.weights import load_model
+
+    model = load_model(lite0_file).eval()
+    x = _views(model, photos)
+    s = int8_session(lite0_file, [x], threads=2, cache_dir=tmp_path)
+    assert s.precision == "int8", s.int8_fallback
+    assert s.int8_agreement == agreement(model, s, [x]) >= 0.9
+    with torch.no_grad():
+        top = s(x[[0, 4]]).argmax(1).tolist()
+    assert model.class_names[top[0]] in CATS and model.class_names[top[1]] == "espresso"
+
+
+def test_int8_session_falls_back_to_fp32_when_int8_does_not_agree(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    from effnet.deploy import runtime
+
+    torch.manual_seed(0)
+    model = effnet.create_model("efficientnet_lite0", num_classes=4).eval()
+    x = torch.randn(4, 3, 64, 64)
+    monkeypatch.setattr(runtime, "MIN_AGREEMENT", 1.01)  # no int8 model can agree on 101%
+    s = effnet.optimize(model, x[:1], runtime="onnxruntime", int8=True, calibration=[x])
+    assert s.precision == "fp32" and s.runtime == "onnxruntime"
+    assert "agrees with fp32" in s.int8_fallback and 0 <= s.int8_agreement <= 1
+    with torch.no_grad():
+        assert (s(x) - model(x)).abs().max() <= 1e-4 * max(1.0, model(x).abs().max().item())

@@ -260,7 +260,8 @@ def calibration_key(batches: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()[:12]
 
 
-def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch.Tensor]) -> Path:
+def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch.Tensor], *,
+                  float_ends: bool = True) -> Path:
     """Static int8 of an fp32 ONNX model with ONNX Runtime's quantiser, QDQ format, written to ``out``.
 
     Weights int8 per output channel (symmetric), activations uint8 per tensor with min-max ranges
@@ -269,6 +270,12 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
     Add or Mul into its integer kernel; the ops between stay float (the SiLU and the SE gate's
     sigmoid). The model is first run through ONNX Runtime's pre-processing (shape inference and
     graph optimisation), as its quantisation guide asks.
+
+    ``float_ends``: the stem conv and the classifier stay float. The stem sees the full-range
+    input and the classifier's logits decide the top-1 class; both are small (under 2% of B0's
+    multiply-adds). Measured with real Lite0 weights on 24 views of scikit-image's photos,
+    calibrated on them: top-1 agreement with fp32 87.5% with every layer int8, 100% with the
+    ends float, at the same speed (0.6x of fp32 ONNX Runtime at batch 24, 2 threads).
     """
     import numpy as np
     from onnxruntime.quantization import (
@@ -300,9 +307,10 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
         pre = Path(tmp).with_name(Path(tmp).name + ".pre.onnx")
         try:
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+            exclude = _float_ends(pre) if float_ends else []
             quantize_static(str(pre), tmp, Reader(input_name), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
         finally:
             pre.unlink(missing_ok=True)
 
@@ -310,3 +318,13 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
     log.info("int8: %s quantised (QDQ, per-channel int8 weights) on %d calibration batch(es) -> %s",
              fp32.name, len(batches), out)
     return out
+
+
+def _float_ends(path: Path) -> list[str]:
+    """The first Conv and every Gemm/MatMul (the classifier) of an ONNX graph, by node name (ONNX
+    graphs list nodes in topological order, so the first Conv is the stem)."""
+    import onnx
+
+    nodes = onnx.load(str(path), load_external_data=False).graph.node
+    stem = next((n.name for n in nodes if n.op_type == "Conv"), None)
+    return [*([stem] if stem else []), *(n.name for n in nodes if n.op_type in ("Gemm", "MatMul"))]
