@@ -130,6 +130,21 @@ def test_help_names_each_recipes_defaults(capsys):
     assert "--dry-run" in text
 
 
+def test_a_fine_tune_run_records_its_model_and_split(capsys, tmp_path, folder, weights):
+    import yaml
+
+    out = tmp_path / "ft"
+    assert main(["train", "--weights", str(weights), "--data", str(folder), "--out", str(out), "--epochs", "1",
+                 "--image-size", "64", "--threads", "1"]) == 0
+    assert capsys.readouterr().out.startswith("finetune recipe for 30 training images in 3 classes: batch 8")
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"] == "efficientnet_b0_w0.25_d0.25_r224" and cfg["recipe"] == "finetune"  # not the default B0
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["train"]) == 30 and len(split["val"]) == 6
+    assert not {name for name, _ in split["train"]} & {name for name, _ in split["val"]}
+    assert split["class_names"] == ["ant", "bee", "cow"]
+
+
 # --- the model a fine-tune starts from -------------------------------------------------------------
 def test_new_head_starts_at_loss_ln_classes(folder, weights):
     cfg = resolve_config(data=str(folder), weights=str(weights), device="cpu")
