@@ -452,7 +452,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     t = sub.add_parser("train", help="train or fine-tune (default: the digits job)",
                        description="Train or fine-tune an EfficientNet; with no options, trains on the "
-                                   "built-in digits set. Writes a run folder (config, metrics.csv, "
+                                   "built-in digits set. With --weights (or --pretrained) and no --recipe, "
+                                   "fine-tunes with the finetune recipe sized to the data (it prints what it "
+                                   "picked; --dry-run shows every value and its source). Writes a run folder (config, metrics.csv, "
                                    "best/last weights, curves.png, resume state). Options not given keep "
                                    f"the recipe's value (--recipe: {', '.join(RECIPES)} or a YAML file).")
     add_config_options(t, TrainConfig)
