@@ -200,7 +200,9 @@ _V2_TRAIN = dict(
     model="efficientnetv2_s", autoaugment=False, randaugment_magnitude=15.0, progressive="model", epochs=350,
 )
 
-#: The ``finetune`` recipe's peak learning rate (SGD, any batch up to 256).
+#: The ``finetune`` recipe's peak learning rate (SGD, any batch up to 256). Measured from Lite0
+#: weights: on digits (7 epochs at 32 px) 0.01 ended at 98.1% val top-1 and 0.03 at 98.6-99.4%;
+#: on the 3 x 20 photo folder both reached 100% in the first epoch.
 FINETUNE_LR = 0.03
 #: Its learning rate with a frozen backbone. A step on a linear head moves the logits by about
 #: lr x |features|^2, and Lite0's 1280 pooled features have |f|^2 of about 1000 on photos: at
