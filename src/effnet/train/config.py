@@ -201,8 +201,9 @@ _V2_TRAIN = dict(
 )
 
 #: The ``finetune`` recipe's peak learning rate (SGD, any batch up to 256). Measured from Lite0
-#: weights: on digits (7 epochs at 32 px) 0.01 ended at 98.1% val top-1 and 0.03 at 98.6-99.4%;
-#: on the 3 x 20 photo folder both reached 100% in the first epoch.
+#: weights on digits (7 epochs at 32 px, crops 0.5-1): 0.01 ended at 98.1% val top-1, 0.03 at
+#: 98.6% (99.4% with the digits crops 0.8-1); on the 3 x 20 photo folder both reached 100% in
+#: the first epoch.
 FINETUNE_LR = 0.03
 #: Its learning rate with a frozen backbone. A step on a linear head moves the logits by about
 #: lr x |features|^2, and Lite0's 1280 pooled features have |f|^2 of about 1000 on photos: at
