@@ -111,7 +111,7 @@ def test_rerun_of_a_finished_study_trains_nothing(tmp_path):
         {"c0": 0.0, "c1": 1.0, "c2": 2.0}
 
 
-def test_a_failing_candidate_is_recorded_and_retried_by_the_next_run(tmp_path):
+def test_a_failing_candidate_stops_the_run_and_is_retried_by_the_next_one(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     cands = [store.Candidate(f"c{i}", {"x": float(i)}) for i in range(2)]
     broken = {"c1"}
@@ -121,7 +121,8 @@ def test_a_failing_candidate_is_recorded_and_retried_by_the_next_run(tmp_path):
             raise RuntimeError("out of memory")
         return 1.0, {}
 
-    store.work(store.open_study(storage, "t", {}), cands, evaluate)
+    with pytest.raises(store.TrialFailed, match="candidate c1 failed: RuntimeError: out of memory; fix the cause"):
+        store.work(store.open_study(storage, "t", {}), cands, evaluate)
     study = store.open_study(storage, "t", {})
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert [t.user_attrs[store.ERROR] for t in failed] == ["RuntimeError: out of memory"]
