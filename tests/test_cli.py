@@ -134,3 +134,30 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=60) in (0, 141), err
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_the_command_table_names_what_each_module_registers():
+    """effnet.cli.COMMANDS lets `effnet CMD` load one module; it must agree with the parsers."""
+    import argparse
+
+    from effnet.cli import COMMANDS, build_parser
+
+    def registered(parser: argparse.ArgumentParser) -> list[str]:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return list(sub.choices)
+
+    assert registered(build_parser()) == list(COMMANDS)
+    for command, module in COMMANDS.items():
+        alone = registered(build_parser(command))
+        assert command in alone, f"{module} does not register {command!r}"
+        assert all(COMMANDS[c] == module for c in alone)
+
+
+def test_a_named_command_loads_only_its_own_module():
+    import subprocess
+    import sys
+
+    code = ("import sys; from effnet.cli import build_parser; build_parser('train'); "
+            "print(sorted(m for m in sys.modules if m.startswith('effnet.commands.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['effnet.commands.train']"

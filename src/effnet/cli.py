@@ -16,20 +16,32 @@ import os
 import sys
 import traceback
 
+#: Each command and the module that registers it, in help order. A command line that names its
+#: command loads only that module (``effnet train`` never imports the lab, the search or the
+#: benchmark); ``effnet --help`` and an unknown command load them all. tests/test_cli.py checks
+#: that this table names exactly what the modules register.
+COMMANDS: dict[str, str] = {
+    "list": "effnet.commands.profile", "profile": "effnet.commands.profile", "table": "effnet.commands.profile",
+    "scale": "effnet.commands.scale",  # with its actions: grid, search, study, fit
+    "convert": "effnet.commands.weights", "pretrained": "effnet.commands.weights",
+    "train": "effnet.commands.train", "eval": "effnet.commands.train", "predict": "effnet.commands.train",
+    "search": "effnet.commands.search",
+    "export": "effnet.commands.deploy",
+    "cam": "effnet.commands.viz", "plot": "effnet.commands.viz",
+    "bench": "effnet.commands.bench",
+}
 #: Modules contributing sub-commands, in help order.
-COMMAND_MODULES = (
-    "effnet.commands.profile",  # list, profile, table
-    "effnet.commands.scale",    # scale, scale grid | search | study | fit
-    "effnet.commands.weights",  # convert, pretrained
-    "effnet.commands.train",    # train, eval, predict
-    "effnet.commands.search",   # search
-    "effnet.commands.deploy",   # export
-    "effnet.commands.viz",      # cam, plot
-    "effnet.commands.bench",    # bench
-)
+COMMAND_MODULES = tuple(dict.fromkeys(COMMANDS.values()))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command an argument list names: its first word that is not an option (the
+    top-level options take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or only of ``command`` when it is a known one."""
     from effnet import __version__
 
     parser = argparse.ArgumentParser(
@@ -40,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also EFFNET_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    for name in (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
@@ -108,8 +120,8 @@ def describe_error(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command_of(argv))
     # --debug is honoured wherever it stands (`effnet predict ... --debug` too), not only first.
     debug_anywhere = "--debug" in argv
     args = parser.parse_args([a for a in argv if a != "--debug"])
