@@ -210,3 +210,50 @@ def test_check_output_refuses_an_input_through_a_link(tmp_path):
     with pytest.raises(FileExistsError, match="--overwrite"):
         check_output(src, inputs=[])
     assert check_output(src, overwrite=True) == src
+
+
+# --- raw messages from the library (in-process) ----------------------------------------------------
+@pytest.mark.parametrize("make, words", [
+    (lambda: torch.zeros(1, 3, 32, 32, dtype=torch.uint8), "float input"),
+    (lambda: torch.zeros(1, 3, 32, 32, dtype=torch.float64), "x.to(torch.float32)"),
+    (lambda: torch.zeros(1, 3, 32, 32, dtype=torch.float16), "x.to(torch.float32)"),
+    (lambda: torch.zeros(1, 32, 32, 3), "permute(0, 3, 1, 2)"),
+    (lambda: [[0.0] * 32] * 32, "torch.Tensor"),
+    (lambda: np.zeros((1, 3, 32, 32), dtype=np.float32), "torch.as_tensor"),
+    (lambda: torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+], ids=["uint8", "float64", "half", "NHWC", "list", "numpy", "NaN"])
+def test_a_wrong_input_is_named_with_what_the_model_expects(make, words):
+    """These met Python's or torch's own errors deep inside a conv ("in_channels=64" for NHWC),
+    and NaN went through to NaN logits."""
+    spec = effnet.scale(effnet.get_spec("efficientnet_b0"), width=0.25, depth=0.25).replace(num_classes=3)
+    model = effnet.build(spec).eval()
+    with pytest.raises((TypeError, ValueError)) as e:
+        model(make())
+    assert words in str(e.value)
+    assert model(torch.zeros(1, 3, 32, 32)).shape == (1, 3)  # float32 NCHW is fine
+
+
+def test_weight_files_that_are_not_effnet_files_are_named(user, tmp_path):
+    from effnet.weights import load_model, read_weights
+    from effnet.weights.torch_maps import read_torch_state_dict
+
+    with pytest.raises(ValueError, match=r"PyTorch zip checkpoint \(torch.save\).*effnet convert"):
+        read_weights(user / "plain.pt")
+    blob = bytearray((user / "w.safetensors").read_bytes())
+    blob[9] = ord("#")  # the JSON header's first key loses its opening quote
+    (tmp_path / "broken.safetensors").write_bytes(bytes(blob))
+    with pytest.raises(ValueError, match="safetensors header is damaged"):
+        read_weights(tmp_path / "broken.safetensors")
+    # A safetensors file named .pth is read as what it is, not handed to torch.load.
+    (tmp_path / "st.pth").write_bytes((user / "w.safetensors").read_bytes())
+    assert set(read_torch_state_dict(tmp_path / "st.pth")) == set(read_weights(user / "w.safetensors").state_dict)
+    # A run folder means its best.safetensors; a folder without one is named.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("epochs: 1\n")
+    with pytest.raises(FileNotFoundError, match="without best.safetensors.*not finished an epoch"):
+        read_weights(run)
+    (run / "best.safetensors").write_bytes((user / "w.safetensors").read_bytes())
+    assert load_model(run).class_names == ["a", "b", "c"]
+    with pytest.raises(ValueError, match="NaN or inf"):
+        load_model(user / "nan.safetensors")

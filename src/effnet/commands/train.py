@@ -409,7 +409,11 @@ def _free_memory(device: str) -> int | None:
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         index = torch.device(device).index if device.startswith("cuda") else None
-        return int(torch.cuda.mem_get_info(index or 0)[0])
+        if index is None:  # under torchrun each process uses its LOCAL_RANK's GPU (not GPU 0)
+            import os
+
+            index = int(os.environ.get("LOCAL_RANK", 0))
+        return int(torch.cuda.mem_get_info(index)[0])
     return available_memory_bytes()
 
 

@@ -145,7 +145,7 @@ def read_weights(path: str | Path) -> WeightFile:
         if is_safetensors(path):
             raise ValueError(f"{path}: its safetensors header is damaged ({reason}); the file is truncated or "
                              f"corrupt: copy, download or convert it again") from e
-        raise ValueError(f"{path} is not a safetensors file (truncated or corrupt?): {reason}") from e
+        raise ValueError(f"{path} is not a readable safetensors file (truncated or corrupt?): {reason}") from e
     if meta.get("format") != FORMAT or "spec" not in meta:
         raise ValueError(
             f"{path} has no effnet metadata (format={meta.get('format')!r}); if it is a "
