@@ -240,3 +240,18 @@ def test_a_study_summary_names_no_winner_among_unconverged_points_without_saying
     table = format_study(rep)
     assert "80.00*" in table and "97.00 " in table  # the unconverged point is marked, the converged not
     assert "1/3 candidate(s) still improving" in table
+
+
+def test_candidates_at_chance_are_called_noise_even_when_converged():
+    from effnet.lab.compare import StudyReport
+
+    # 3 classes: chance is 33.3%; within 5 points of it counts as chance.
+    assert engine.at_chance(33.33, 3) and engine.at_chance(38.0, 3) and not engine.at_chance(40.0, 3)
+    assert "no candidate learned above chance (33.3% for 3 classes" in engine.chance_line([33.3, 35.0], 3)
+    assert engine.chance_line([90.0, 95.0], 10) == ""
+    assert "scored at chance" in engine.winner_line("the best point", "converged", 10.5, 10)
+    flat = [33.3, 33.3, 33.3, 33.3]
+    rep = StudyReport("s", "sqlite://", "b0", [_row("baseline", 1.0, 33.3, flat), _row("depth", 2.0, 33.3, flat)], 2,
+                      protocol={"classes": 3})
+    assert rep.summary() == ["no candidate learned above chance (33.3% for 3 classes, within 5 points): at this "
+                             "budget the ranking among them is noise; the study concludes nothing"]

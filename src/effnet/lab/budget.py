@@ -99,7 +99,7 @@ class TrialBudget:
                 "ema": cfg.ema, "zero_init_last": self.zero_init_last,
                 "eval_size": cfg.eval_size or ("trial size" if EVAL_AT_TRIAL_SIZE and cfg.progressive is None
                                                else "the spec's train/eval ratio"),
-                "progressive": cfg.progressive is not None,
+                "progressive": cfg.progressive is not None, "classes": self.classes(),
                 "overrides": json.loads(json.dumps(self.overrides, default=str))}
 
     def config(self) -> Any:
@@ -141,15 +141,23 @@ class TrialBudget:
                        f"ranking (aim for >= {MIN_TRIAL_STEPS}: more epochs, more data or a smaller --batch-size)")
         return out
 
-    def steps(self) -> int:
-        """Optimiser steps one trial takes: batches per epoch (the training split, or its
-        subset) times epochs."""
+    def _split(self) -> Any:
         from effnet.data.datasets import load_splits
 
         cfg = self.config()
-        train, _ = load_splits(self.data, cfg.val_fraction, cfg.seed)
+        return load_splits(self.data, cfg.val_fraction, cfg.seed)[0]
+
+    def steps(self) -> int:
+        """Optimiser steps one trial takes: batches per epoch (the training split, or its
+        subset) times epochs."""
+        cfg = self.config()
+        train = self._split()
         n = len(train) if cfg.train_subset is None else min(cfg.train_subset, len(train))
         return math.ceil(n / cfg.batch_size) * self.epochs
+
+    def classes(self) -> int:
+        """How many classes the data has (chance top-1 is 100 / classes)."""
+        return len(self._split().class_names)
 
     def train(self, spec: ModelSpec, image_size: int, trial: Any = None) -> tuple[float, dict[str, Any]]:
         """Train ``spec`` at ``image_size`` under this budget; (final top-1, the attributes a

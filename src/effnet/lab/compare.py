@@ -129,6 +129,12 @@ class StudyReport:
         """What the study can conclude: per FLOPs multiple, the best strategy, and whether the
         candidates it beat had converged (a winner among unconverged points is provisional)."""
         out = []
+        classes = self.protocol.get("classes")
+        chance = engine.chance_line([r.top1 for r in self.rows], classes)
+        if chance and all(engine.at_chance(r.top1, classes) for r in self.rows):
+            return [chance.replace("warning: ", "") + "; the study concludes nothing"]
+        if chance:
+            out.append(chance)
         base = next((r for r in self.rows if r.strategy == "baseline"), None)
         for m in sorted({r.multiple for r in self.rows if r.strategy != "baseline"}):
             at = sorted((r for r in self.rows if r.strategy != "baseline" and r.multiple == m), key=lambda r: -r.top1)

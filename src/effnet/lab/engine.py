@@ -41,6 +41,9 @@ CONVERGENCE_GAIN = 1.0
 CONVERGED, IMPROVING = "converged", "improving"
 #: How tables mark an unconverged candidate.
 UNCONVERGED_MARK = "*"
+#: A top-1 within this many points of chance (100 / classes) means the trial learned nothing a
+#: ranking could use, converged or not.
+CHANCE_MARGIN = 5.0
 #: ``--validate K``: the validation budget's epochs as a multiple of the proxy's.
 VALIDATE_FACTOR = 3
 
@@ -204,8 +207,27 @@ def validate(
     return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs), score)
 
 
-def winner_line(what: str, status: str) -> str:
-    """The caveat a summary must carry when it names a winner that had not converged."""
+def at_chance(top1: float, classes: int | None) -> bool:
+    """Whether ``top1`` (%) is no better than guessing among ``classes`` (within
+    :data:`CHANCE_MARGIN` points)."""
+    return bool(classes) and top1 <= 100.0 / classes + CHANCE_MARGIN  # type: ignore[operator]
+
+
+def chance_line(tops: Sequence[float], classes: int | None) -> str:
+    """A warning when candidates scored at chance (empty when none did)."""
+    n = sum(at_chance(t, classes) for t in tops)
+    if not n or not classes:
+        return ""
+    what = "no candidate" if n == len(tops) else f"{n}/{len(tops)} candidate(s)"
+    return (f"warning: {what} learned above chance ({100.0 / classes:.1f}% for {classes} classes, within "
+            f"{CHANCE_MARGIN:g} points): at this budget the ranking among them is noise")
+
+
+def winner_line(what: str, status: str, top1: float | None = None, classes: int | None = None) -> str:
+    """The caveat a summary must carry when it names a winner that had not converged or that
+    scored at chance."""
+    if top1 is not None and at_chance(top1, classes):
+        return f"note: {what} scored at chance: it is not a finding; give a larger budget"
     if status == CONVERGED:
         return ""
     return (f"note: {what} was still improving when its trial ended ({UNCONVERGED_MARK} in the table): "

@@ -280,12 +280,14 @@ def format_table(rep: SearchReport) -> str:
                  f"{rep.epochs_trained} training epoch(s) of {rep.candidates * rep.epochs_per_candidate} "
                  f"for the full grid ({rep.epochs_saved} saved by pruning)" if rep.complete else
                  f"{len(rep.rows)}/{rep.candidates} grid point(s) done so far: run the same command to go on")
+    classes = rep.protocol.get("classes")
     if rep.rows:
         lines.append(engine.unconverged_line([r.status for r in rep.rows]))
+        lines += [x for x in [engine.chance_line([r.top1 for r in rep.rows], classes)] if x]
     if rep.best is not None:
         lines.append(f"best: alpha={rep.best.alpha:g} beta={rep.best.beta:g} gamma={rep.best.gamma:g} "
                      f"(top-1 {rep.best.top1:.2f}%)")
-        caveat = engine.winner_line("the best point", rep.best.status)
+        caveat = engine.winner_line("the best point", rep.best.status, rep.best.top1, classes)
         if caveat:
             lines.append(caveat)
         lines.append(f"scale with it: {rep.command()}")

@@ -420,12 +420,14 @@ def format_table(rep: SearchReport) -> str:
                  f"{len(rep.rows)}/{rep.trials} trial(s) finished so far: run the same command to go on")
     if rep.reward == "pareto":
         lines.append(f"Pareto front (max top-1, min S, min P): trials {rep.front}")
+    classes = rep.protocol.get("classes")
     if rep.rows:
         lines.append(engine.unconverged_line([r.status for r in rep.rows]))
+        lines += [x for x in [engine.chance_line([r.top1 for r in rep.rows], classes)] if x]
     if rep.best is not None:
         lines.append(f"best: trial {rep.best.number} (reward {rep.best.reward:.2f}, top-1 {rep.best.top1:.2f}%): "
                      f"{rep.best.arch}")
-        caveat = engine.winner_line("the best trial", rep.best.status)
+        caveat = engine.winner_line("the best trial", rep.best.status, rep.best.top1, classes)
         if caveat:
             lines.append(caveat)
         if "best" in rep.files:
