@@ -305,6 +305,10 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
 
     def write(tmp: str) -> None:
         pre = Path(tmp).with_name(Path(tmp).name + ".pre.onnx")
+        root = logging.getLogger()
+        level = root.level
+        # ONNX Runtime's quantiser logs every bias it copies at INFO on the root logger: hundreds of lines.
+        root.setLevel(max(level, logging.WARNING))
         try:
             quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
             exclude = _float_ends(pre) if float_ends else []
@@ -312,6 +316,7 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=exclude)
         finally:
+            root.setLevel(level)
             pre.unlink(missing_ok=True)
 
     atomic_write(out, write)

@@ -23,6 +23,7 @@ and keeps the fastest; the choice is recorded in the same file for this thread c
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.util
 import json
@@ -240,7 +241,8 @@ def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch
 
 def _load_reference(source: str | Path | nn.Module) -> nn.Module:
     if isinstance(source, nn.Module):
-        return source.float().eval() if source.training else source
+        # The caller's model is never changed: a model in training mode is copied to evaluate.
+        return copy.deepcopy(source).eval() if source.training else source
     from effnet.weights import load_model
 
     path = Path(source)
