@@ -277,8 +277,8 @@ def _write(rep: StudyReport, out: Path) -> StudyReport:
         p = rep.protocol
         plot_strategies(out / "study.png", {k: sorted(v) for k, v in lines.items()},
                         baseline=(baseline.flops, baseline.top1) if baseline else None,
-                        title=f"{rep.base} scaled at matched FLOPs: {p.get('epochs')} epoch(s) at "
-                              f"{p.get('image_size')} px on {p.get('data')} (* still improving){tau}")
+                        title=f"{rep.base} scaled at matched FLOPs\n{p.get('epochs')} epoch(s) at "
+                              f"{p.get('image_size')} px on {Path(str(p.get('data'))).name}; * still improving{tau}")
         rep.files["png"] = str(out / "study.png")
     store.save_report(out, format_study(rep), rep)
     return rep

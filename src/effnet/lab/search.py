@@ -256,9 +256,9 @@ def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str)
             tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
         unconverged = sum(r.status != engine.CONVERGED for r in rep.rows)
         plot_accuracy_flops(folder / "search.png", points, best=marked,
-                            title=f"{base_name}: grid of (alpha, beta, gamma) at phi={rep.phi:g}, "
+                            title=f"{base_name}: grid of (alpha, beta, gamma) at phi={rep.phi:g}\n"
                                   f"{job.budget['epochs']} epoch(s) each at {job.budget['image_size']} px on "
-                                  f"{job.budget['data']}; * still improving ({unconverged}){tau}")
+                                  f"{Path(job.budget['data']).name}; * still improving ({unconverged}){tau}")
         rep.files["png"] = str(folder / "search.png")
     store.save_report(folder, format_table(rep), rep)
     return rep

@@ -396,8 +396,8 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
         budget = job.budget
         plot_search(folder / "search.png", points, base_step_ms=rep.base_step_ms, pareto=pareto,
                     ylabel="validation top-1 (%)" if pareto else f"reward ({rep.reward})",
-                    title=f"{rep.space} search on {budget['data']}: {len(rep.rows)} trial(s), {budget['epochs']} "
-                          f"epoch(s) at {budget['image_size']} px (* still improving){tau}")
+                    title=f"{rep.space} search on {Path(budget['data']).name}: {len(rep.rows)} trial(s)\n"
+                          f"{budget['epochs']} epoch(s) at {budget['image_size']} px; * still improving{tau}")
         rep.files["png"] = str(folder / "search.png")
     store.save_report(folder, format_table(rep), rep)
     return rep
