@@ -165,7 +165,20 @@ def test_linear_squeeze_excite_matches() -> None:
 
 
 def test_optimize_is_the_package_front_door() -> None:
-    assert effnet.optimize is optimize
+    """effnet.optimize is the runtime-aware front door; runtime="torch" (the default) is this
+    module's optimize, every option passed through."""
+    from effnet.deploy import runtime
+    from effnet.deploy.optimize import TracedInference
+
+    assert effnet.optimize is runtime.optimize
+    model = effnet.create_model("efficientnet_b0", num_classes=10).eval()
+    x = torch.randn(1, 3, 64, 64)
+    assert isinstance(effnet.optimize(model, x), TracedInference)
+    assert not isinstance(effnet.optimize(model, x, trace=False), TracedInference)
+    with torch.no_grad():
+        assert_close(effnet.optimize(model, x)(x), optimize(model, x)(x))
+    with pytest.raises(ValueError, match="runtime='torch' only"):
+        effnet.optimize(model, x, runtime="onnxruntime", trace=False)
 
 
 def test_clear_errors() -> None:
