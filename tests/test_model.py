@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import effnet
+from conftest import REPRESENTATIVES
 from effnet.layers import DropPath, FusedMBConv, MBConv, make_conv
 from effnet.profile import count_flops, count_params
 from effnet.registry import get_spec
@@ -57,13 +58,10 @@ def test_flops_match_the_papers(row):
     assert count_flops(row.model) / 1e9 == pytest.approx(row.flops_b, rel=0.05)
 
 
-#: Counted on the meta device above like every model; their forward and backward (up to 480M
-#: parameters, several GB for L2) run only under ``slow``.
-HUGE = {"efficientnet_b5", "efficientnet_b6", "efficientnet_b7", "efficientnet_b8", "efficientnet_l2",
-        "efficientnetv2_m", "efficientnetv2_l", "efficientnetv2_xl"}
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in HUGE else n
+# Every model is counted on the meta device above. Forward and backward run by default on one model
+# per kind of block (conftest.REPRESENTATIVES); the rest of the registry, the huge models included
+# (B5-B8, L2 with 480M parameters and several GB, V2-M/L/XL), only under ``slow``.
+@pytest.mark.parametrize("name", [n if n in REPRESENTATIVES else pytest.param(n, marks=pytest.mark.slow)
                                   for n in effnet.list_models()])
 def test_every_model_runs_forward_and_backward(name):
     torch.manual_seed(0)

@@ -102,6 +102,7 @@ def test_meta_counts_equal_real_device_counts(name):
         assert (at_own.params, at_own.flops) == PEER_COUNTS[name]
 
 
+@pytest.mark.slow  # every model; test_model counts each on the meta device, and L2 below shows no weight is built
 def test_profile_counts_the_whole_registry_at_once_without_building_weights():
     from effnet.bench import peak_memory_bytes
 

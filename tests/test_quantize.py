@@ -65,6 +65,7 @@ def test_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: li
     assert names[top[0]] in CATS and names[top[1]] == "espresso"
 
 
+@pytest.mark.slow  # the fast path equals the eval model in test_optimize; this repeats it through predict
 def test_predict_fast_equals_plain_on_real_photos(lite0_file: Path, photos: list[Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     plain = predict(photos[:3], lite0_file, topk=3, device="cpu")

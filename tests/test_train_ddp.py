@@ -116,6 +116,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow  # torchrun's own failure handling, seconds of waiting
 def test_a_crashing_rank_ends_the_job_with_its_error(tmp_path):
     launcher = tmp_path / "crash_rank_1.py"
     launcher.write_text(CRASHING_LAUNCHER)
@@ -132,6 +133,7 @@ def test_a_crashing_rank_ends_the_job_with_its_error(tmp_path):
     assert seconds < 60, seconds
 
 
+@pytest.mark.slow  # resume is tested in one process (test_train_run); this repeats it under torchrun
 def test_two_processes_killed_and_resumed(tmp_path):
     run = tmp_path / "killed"
     args = ["--recipe", "debug", "--epochs", "3", "--subset", "192", "--batch-size", "16", "--threads", "1",
