@@ -111,9 +111,10 @@ def describe_error(e: BaseException) -> str:
         if e.errno == errno.ENOSPC:
             return "no space left on the device: free some space or write elsewhere"
     text = " ".join(str(e).split()) or type(e).__name__
-    if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError, RuntimeError,
-                      KeyError, TypeError)) and _raised_by_effnet(e):
-        return text.strip("'\"") if isinstance(e, KeyError) else text
+    # (A TypeError or KeyError inside effnet is an operation that met a wrong value, not a message.)
+    if isinstance(e, (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError,
+                      RuntimeError)) and _raised_by_effnet(e):
+        return text
     if isinstance(e, OSError):
         return f"{text} (run with --debug for the traceback)"
     return f"{type(e).__name__}: {text} (run with --debug for the traceback)"

@@ -138,7 +138,19 @@ def resolve_args(args: argparse.Namespace) -> Resolved:
         from effnet.weights.hub import fetch_pretrained
 
         overrides["weights"] = str(fetch_pretrained(overrides["model"]))
-    resolved = resolve(overrides.pop("recipe", None), **overrides)
+    recipe = overrides.pop("recipe", None)
+    try:
+        resolved = resolve(recipe, **overrides)
+    except TypeError as e:  # a value of the wrong type in a recipe file ("epochs: ten")
+        raise ValueError(f"--recipe {recipe}: a value has the wrong type ({e}); compare the file with the "
+                         f"defaults `effnet train --help` shows") from e
+    except Exception as e:
+        import yaml
+
+        if not isinstance(e, yaml.YAMLError):
+            raise
+        raise ValueError(f"--recipe {recipe}: not a readable YAML file ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())})") from e
     cfg = resolved.cfg
     if getattr(args, "pretrained", False):
         resolved.sources["weights"] = "flag (--pretrained)"
