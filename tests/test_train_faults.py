@@ -62,6 +62,7 @@ def test_a_folder_in_use_is_refused_at_once(tmp_path):
     train(resolve_config("debug", **QUICK, out=str(out)))  # free again
 
 
+@pytest.mark.slow  # bounds a wall-clock time (the default suite has none) and starts torchrun
 def test_under_torchrun_rank_0_holds_the_lock_and_every_rank_stops(tmp_path):
     """The refusal reaches rank 1 too (instead of leaving it waiting for rank 0 until the
     collective timeout)."""
