@@ -188,7 +188,7 @@ def test_a_full_disk_while_a_library_writes_is_named_as_one(tmp_path, monkeypatc
     export was blamed instead. atomic_write names the path and the cause."""
     from effnet import files
 
-    monkeypatch.setattr(files, "_disk_full", lambda folder, margin=0: True)
+    monkeypatch.setattr(files, "disk_full", lambda folder, margin=0: True)
 
     def write(tmp: str) -> None:
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")

@@ -46,7 +46,7 @@ def atomic_write(path: str | Path, write: Callable[[str], Any]) -> Path:
     except OSError as e:
         raise _naming(e, path) from e
     except Exception as e:
-        if _disk_full(path.parent):
+        if disk_full(path.parent):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
         raise
     finally:
@@ -62,7 +62,7 @@ def _naming(e: OSError, path: Path) -> OSError:
     return type(e)(e.errno, e.strerror, str(path))
 
 
-def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
     """Less than ``margin`` bytes left where ``folder`` lives (checked while the failed temporary
     file still holds its space)."""
     try:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 
 from effnet import registry
-from effnet.files import check_output, commit
+from effnet.files import check_output, commit, disk_full
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.scaling.limits import activation_bytes, check_memory
 from effnet.specs.base import MIN_INPUT_SIZE
@@ -423,6 +424,8 @@ def export(
                 else:
                     _export_program(deploy, example.to(dtype), tmp, dynamic_batch)
         except Exception as e:
+            if disk_full(path.parent):  # the exporter's own words would blame the conversion
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
             hint = " (try --dynamo, the other ONNX exporter)" if format == "onnx" and not dynamo else ""
             raise RuntimeError(f"export failed: the {format} exporter could not convert {described} "
                                f"({type(e).__name__}: {e}){hint}; nothing was written to {path}") from e
