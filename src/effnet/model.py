@@ -119,8 +119,6 @@ class EfficientNet(nn.Module):
         return [{"stride": s, **info[s]} for s in (2, 4, 8, 16, 32) if s in info]
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         # What a caller most often passes by mistake (a PIL-style uint8 array, NHWC, float64 from
         # numpy, a list), each named with the conversion, instead of an error deep inside a conv.
         if not isinstance(x, torch.Tensor):
@@ -138,6 +136,8 @@ class EfficientNet(nn.Module):
         if (x.ndim == 4 and x.shape[1] != self.spec.in_channels and x.shape[-1] == self.spec.in_channels):
             raise ValueError(f"input shape {tuple(x.shape)} looks channels-last (N, H, W, C); the model expects "
                              f"(N, {self.spec.in_channels}, H, W): permute with x.permute(0, 3, 1, 2)")
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.spec.in_channels:
             raise ValueError(
                 f"expected {self.spec.in_channels} input channels, got {x.shape[1]} "
