@@ -149,8 +149,6 @@ class EfficientNet(nn.Module):
                 f"input spatial size {tuple(x.shape[-2:])} is below the minimum of {MIN_INPUT_SIZE} "
                 f"px (five stride-2 reductions); resize the input"
             )
-
-    # --- forward ------------------------------------------------------------------------
         # NaN/inf in gives NaN out with no error: refused in evaluation (a reduction and one sync
         # per forward; training batches come from decoded images). Traced/compiled graphs skip it,
         # a data-dependent branch would not export.
@@ -159,6 +157,8 @@ class EfficientNet(nn.Module):
             bad = int((~torch.isfinite(x)).sum())
             raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
                              f"decoding and normalisation that produced it")
+
+    # --- forward ------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
         if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)
