@@ -69,7 +69,7 @@ def test_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: li
 def test_predict_fast_equals_plain_on_real_photos(lite0_file: Path, photos: list[Path],
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     plain = predict(photos[:3], lite0_file, topk=3, device="cpu")
-    fast = predict(photos[:3], lite0_file, topk=3, device="cpu", fast=True)
+    fast = predict(photos[:3], lite0_file, topk=3, device="cpu", fast=True, runtime="torch")
     assert [p.path for p in plain] == ["plain"] * 3 and [p.path for p in fast] == ["fast"] * 3
     for a, b in zip(plain, fast):
         assert [n for n, _ in a.top] == [n for n, _ in b.top]
@@ -77,7 +77,8 @@ def test_predict_fast_equals_plain_on_real_photos(lite0_file: Path, photos: list
     assert main(["predict", str(photos[1]), "--weights", str(lite0_file), "--topk", "1", "--device", "cpu",
                  "--fast"]) == 0
     out = capsys.readouterr().out
-    assert "inference: fast" in out and "espresso" in out
+    # --runtime auto (the default): the fastest runtime here, said on the inference line
+    assert "inference: fast fp32 on" in out and "espresso" in out
 
 
 def test_int8_rejects_non_cpu_tensors_and_foreign_models() -> None:
