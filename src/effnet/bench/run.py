@@ -81,6 +81,7 @@ class Config:
     device: str = "cpu"
     threads: int | None = None
     peak: bool = True
+    train: bool = True  # False: inference only (no training phase)
     compile: bool = False
     cuda_graphs: bool = True
     flush_denormal: bool = True
@@ -100,7 +101,7 @@ def make_config(
     quick: bool = False, batch: int | None = None, train_batch: int | None = None,
     train_resolution: int | None = None, iters: int | None = None, batch_iters: int | None = None,
     train_iters: int | None = None, rounds: int | None = None, device: str | None = None,
-    threads: int | None = None, peak: bool = True, compile: bool = False, cuda_graphs: bool = True,
+    threads: int | None = None, peak: bool = True, train: bool = True, compile: bool = False, cuda_graphs: bool = True,
     flush_denormal: bool = True, progress: bool = True,
 ) -> Config:
     """The run's configuration: the defaults, or --quick's smaller ones, with overrides applied."""
@@ -116,7 +117,7 @@ def make_config(
     small = {"batch": 8, "train_batch": 8, "train_resolution": 96, "iters": 6, "batch_iters": 2,
              "train_iters": 2, "rounds": 2} if quick else {}
     cfg = Config(
-        models=res, libs=tuple(dict.fromkeys(libs)), device=str(dev), threads=threads, peak=peak,
+        models=res, libs=tuple(dict.fromkeys(libs)), device=str(dev), threads=threads, peak=peak, train=train,
         compile=compile, cuda_graphs=cuda_graphs and dev.type == "cuda",
         flush_denormal=flush_denormal and dev.type == "cpu", quick=quick, progress=progress,
         autocast="bfloat16" if dev.type == "cuda" else None, **small,
@@ -345,7 +346,8 @@ def bench_model(name: str, resolution: int, cfg: Config, bar: Any = None) -> dic
     bar = bar or tqdm(disable=True)
     entries: dict[str, dict[str, Any]] = {}
     _inference(name, resolution, cfg, entries, bar)
-    _training(name, cfg, entries, bar)
+    if cfg.train:
+        _training(name, cfg, entries, bar)
     ref = reference_of(entries)
     return {"model": name, "resolution": resolution, "train_resolution": cfg.train_resolution,
             "entries": entries, "reference": ref, "ratios": ratios(entries, ref)}

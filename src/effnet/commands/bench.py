@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default torch's)")
     p.add_argument("--compile", action="store_true", help="also measure every torch network under torch.compile")
     p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: time batch-1 latency eagerly, not replayed")
+    p.add_argument("--no-train", action="store_true", help="inference only: skip the training phase")
     p.add_argument("--no-peak", action="store_true", help="skip the peak training memory (one subprocess each)")
     p.add_argument("--keep-denormals", action="store_true",
                    help="CPU: do not flush subnormal floats (random-init SE gates make them; see README)")
@@ -51,7 +52,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     result = run(args.models, resolution=args.resolution, libs=args.libs, quick=args.quick, batch=args.batch,
                  train_batch=args.train_batch, train_resolution=args.train_resolution, iters=args.iters,
                  batch_iters=args.batch_iters, train_iters=args.train_iters, rounds=args.rounds,
-                 device=args.device, threads=args.threads, peak=not args.no_peak, compile=args.compile,
+                 device=args.device, threads=args.threads, peak=not args.no_peak, train=not args.no_train,
+                 compile=args.compile,
                  cuda_graphs=not args.no_cuda_graphs, flush_denormal=not args.keep_denormals,
                  progress=not args.no_progress)
     meta = result["meta"]
