@@ -441,6 +441,8 @@ def table(result: dict[str, Any]) -> str:
     for rec in result["results"]:
         entries = rec["entries"]
         for phase, prefixes in (("inference", INFERENCE_PREFIXES), ("training", TRAINING_PREFIXES)):
+            if phase == "training" and not result["config"].get("train", True):
+                continue  # --no-train: no training block at all
             # effnet's variants first, then the peers, in the order LIBRARIES lists them
             ok = sorted((lb for lb, e in entries.items() if phase in e["roles"] and e["status"] == "ok"),
                         key=lambda lb: (LIBRARIES.index(entries[lb]["lib"]), lb.endswith("+compile")))
