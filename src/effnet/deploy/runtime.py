@@ -20,7 +20,7 @@ random pixels at batch 2; the export itself is verified on random and real image
 and keeps the fastest; the choice is recorded in the same file for this thread count (delete
 the ``auto@N threads`` entry, or the file, to measure again, e.g. after timing on a busy machine).
 On a 2-core x86 machine OpenVINO and ONNX Runtime were within ~15% of each other for B0 and
-Lite0, both several times faster than the torch path (benchmarks/reference/2026-12-04_runtimes_*).
+Lite0, both faster than the torch path (benchmarks/reference/2026-12-04_runtimes_*: a busy machine).
 """
 
 from __future__ import annotations
