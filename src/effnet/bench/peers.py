@@ -133,7 +133,7 @@ def peer_name(lib: str, name: str, *, speed: bool = True) -> str | None:
         if name in v2:
             twin = speed and v2[name] in ("s", "m", "l", "xl")
             return f"efficientnetv2_{v2[name]}" if twin else f"tf_efficientnetv2_{v2[name]}"
-        # The deployed family (issue 11): timm's names for the same architectures (equal parameters).
+        # The deployed family (Lite, EdgeTPU, TinyNet): timm's names for the same architectures (equal parameters).
         if name.startswith(("efficientnet_lite", "tinynet_")):
             return name
         edgetpu = {"efficientnet_edgetpu_s": "efficientnet_es", "efficientnet_edgetpu_m": "efficientnet_em",

@@ -118,7 +118,7 @@ def _what_to_do(base: ModelSpec, rule: Strategy, values: dict[str, Any], limits:
             f"{f' ({given})' if given else ''} (limits: effnet.scaling.SizeLimits, scale_study(limits=...)).")
 
 
-# --- the candidate grid (issue 9, part 3) ----------------------------------------------------------
+# --- the candidate grid (EfficientNet section 3.3, step 1) -----------------------------------------
 
 @dataclass(frozen=True)
 class GridRow:

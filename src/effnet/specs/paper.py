@@ -34,7 +34,7 @@ PAPER_TABLE_2: tuple[PaperResult, ...] = (
 
 
 #: EfficientNetV2-B0..B3 as reported by the official EfficientNetV2 README (google/automl
-#: efficientnetv2; shared/PAPER.md section 7): ImageNet top-1 at the evaluation size, parameters
+#: efficientnetv2; docs/paper.md section 7): ImageNet top-1 at the evaluation size, parameters
 #: and multiply-adds. With the V2-S/M/L rows of :data:`PAPER_TABLE_2` they form the V2 curve of
 #: the V2 paper's Figure 1 / Figure 5 layout (accuracy against FLOPs and parameters).
 V2_README_SMALL: tuple[PaperResult, ...] = (

@@ -35,8 +35,8 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. Defaults are the EfficientNet (V1) paper recipe (section 4 of
-    PAPER.md): RMSProp 0.9/0.9 eps 1e-3, lr 0.016 per 256 images, 5 warm-up epochs then x0.97
+    """Everything a run needs. Defaults are the EfficientNet (V1) paper recipe (section 5.2;
+    docs/paper.md section 4): RMSProp 0.9/0.9 eps 1e-3, lr 0.016 per 256 images, 5 warm-up epochs then x0.97
     every 2.4 epochs, wd 1e-5 (not on BN/bias), label smoothing 0.1, EMA 0.9999, AutoAugment,
     stochastic depth 0.2, 350 epochs.
 
@@ -63,7 +63,7 @@ class TrainConfig:
     image_size: int | None = option(None, "training image size (default: the spec's train resolution)")
     # None: the spec's evaluation resolution scaled by final training size / spec train size
     # (train/setup.eval_resolution), so V2-S trained at 300 px is scored at 384 px as published
-    # (PAPER.md section 7), not at its training size.
+    # (docs/paper.md section 7), not at its training size.
     eval_size: int | None = option(
         None, "evaluation image size (default: the spec's evaluation resolution, scaled with the final "
               "training size)")
@@ -217,7 +217,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper_v1": {},
     # EfficientNetV2 sections 4.2 and 5.1. Launch: effnet train --recipe paper_v2 --data DIR
     "paper_v2": _V2_TRAIN,
-    # V2 transfer (section 5.2 / PAPER.md section 8): lr 0.001 cosine, no weight decay, short.
+    # V2 transfer (V2 section 5.2; docs/paper.md section 8): lr 0.001 cosine, no weight decay, short.
     # Launch: effnet train --recipe transfer_v2 --weights W.safetensors --data DIR
     "transfer_v2": dict(
         model="efficientnetv2_s", autoaugment=False, randaugment_magnitude=15.0, progressive=None,

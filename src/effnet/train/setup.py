@@ -128,7 +128,7 @@ def eval_resolution(spec: ModelSpec, train_size: int, eval_size: int | None = No
     own training size.
 
     EfficientNetV2 trains smaller than it tests: V2-S grows to 300 px (V2 Table 6) and is
-    reported at 384 (official README); V2-B0 trains at 192 and tests at 224 (PAPER.md sections
+    reported at 384 (official README); V2-B0 trains at 192 and tests at 224 (docs/paper.md sections
     7-8). The larger test size makes up for the apparent object size that random-resized crops
     enlarge during training (Touvron et al. 2019, "Fixing the train-test resolution
     discrepancy"). Keeping the ratio carries that split to any training size: V2-S trained at

@@ -3,7 +3,7 @@
 A converter (:mod:`effnet.weights.torch_maps` for torchvision / timm, :mod:`effnet.weights.keras`
 for Keras) walks the effnet spec layer by layer with :func:`walk` and names, for every effnet
 tensor, the source tensor it comes from and the transform to apply (a :data:`Mapping`).
-:func:`map_state_dict` then applies the mapping and checks coverage (STYLE.md point 8):
+:func:`map_state_dict` then applies the mapping and checks coverage (docs/style.md, point 8):
 
 - every effnet parameter and buffer is filled,
 - every source tensor is used exactly once (or named in ``consumed``),
