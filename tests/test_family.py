@@ -98,3 +98,66 @@ def test_forward_and_serialise(name):
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 64)).shape == (1, 10)
     assert type(spec).from_json(spec.to_json()) == spec
+
+
+# --- noskip: the official EdgeTPU first row ``r1_k3_s11_e4_i24_o24_c1_noskip``
+# (efficientnet_edgetpu_builder.py; the decoder sets id_skip=('noskip' not in block_string) and
+# every repeat of the row keeps it). timm's ``_gen_efficientnet_edge`` writes the same row as
+# ``er_r1_k3_s1_e4_c24_fc24_noskip``.
+def _hand_forward(model, noskip_stages):
+    """The network computed from its parts with the residual rule written out here: a block
+    adds its input when its stride is 1 and its channels are kept (MobileNetV2 section 3.3,
+    EfficientNet's MBConv), except in the stages the official block strings mark ``noskip``."""
+    x = model.stem_pool(model.stem(_X[model.spec.name]))
+    for i, stage in enumerate(model.stages):
+        for j, b in enumerate(stage):
+            first = model.spec.stages[i] if j == 0 else None
+            stride = first.stride if first is not None else 1
+            body = b.conv_pwl(b.se(b.conv_exp(x))) if hasattr(b, "conv_exp") \
+                else b.conv_pwl(b.se(b.conv_dw(b.conv_pw(x))))
+            keeps_shape = stride == 1 and x.shape[1] == body.shape[1]
+            x = x + body if keeps_shape and i not in noskip_stages else body
+    return model.classifier(model.pool(model.head(x)).flatten(1))
+
+
+_X: dict[str, torch.Tensor] = {}
+
+
+@pytest.mark.parametrize("name, blocks_without_skip", [("efficientnet_edgetpu_m", 1), ("efficientnet_edgetpu_l", 1),
+                                                       ("efficientnet_b0", 0)])
+def test_edgetpu_first_stage_has_no_residual(name, blocks_without_skip):
+    spec = get_spec(name).replace(num_classes=10)
+    model = build(spec).eval()
+    # M and L split their first row in two (the first block's hidden width, see specs.edgetpu):
+    # both parts are the one official row, so both are noskip.
+    noskip = {i for i, s in enumerate(spec.stages) if not s.skip}
+    assert noskip == ({0, 1} if "edgetpu" in name else set())
+    first_row = [b for i in sorted(noskip) for b in model.stages[i]]
+    assert [b.has_skip for b in first_row] == [False] * len(first_row)
+    # The row's blocks after its first keep the shape (24 -> 24 for M, 32 -> 32 for L, stride
+    # 1): these are the ones that had a residual before.
+    # (ceil(1 x 1.1) = ceil(1 x 1.4) = 2 blocks in the row.)
+    assert max(sum(len(model.stages[i]) for i in noskip) - 1, 0) == blocks_without_skip
+    torch.manual_seed(0)
+    for m in model.modules():  # non-trivial BN statistics so a residual, kept or dropped, shows
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
+    _X[spec.name] = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model(_X[spec.name]), _hand_forward(model, noskip))
+        # ... and the rule matters: with the residual (the previous behaviour) the logits differ.
+        if noskip:
+            assert not torch.allclose(model(_X[spec.name]), _hand_forward(model, set()))
+
+
+def test_noskip_serialises_and_only_edgetpu_has_it():
+    for name in list_models():
+        spec = get_spec(name)
+        if "edgetpu" not in name:
+            assert all(s.skip for s in spec.stages), name
+            assert '"skip"' not in spec.to_json(), name  # other specs' JSON unchanged
+    el = get_spec("efficientnet_edgetpu_l")
+    assert type(el).from_json(el.to_json()) == el
+    assert type(el).from_yaml(el.to_yaml()).stages[0].skip is False

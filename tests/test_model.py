@@ -246,3 +246,16 @@ def test_build_from_spec_and_in_channels():
     spec = effnet.scale(get_spec("efficientnet_b0"), width=0.5, depth=0.5, resolution=64)
     model = effnet.build(spec.replace(in_channels=1, num_classes=3))
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 3)
+
+
+def test_zero_init_leaves_noskip_blocks_alone():
+    # EdgeTPU-M's first row is ``noskip`` (efficientnet_edgetpu_builder.py): its 24 -> 24 block
+    # adds no input, so zeroing its last BN would make it output zeros, not the identity.
+    spec = get_spec("efficientnet_edgetpu_m").replace(num_classes=10)
+    net = effnet.build(spec.replace(extra={**spec.extra, "zero_init_last": True})).eval()
+    noskip = [b for i, s in enumerate(spec.stages) if not s.skip for b in net.stages[i]]
+    assert len(noskip) == 2 and all(b.conv_pwl.bn.weight.abs().sum() > 0 for b in noskip)
+    # Residual blocks count: every block after the first of each row, minus the noskip one.
+    expected = sum(s.repeats - 1 for s in spec.stages if s.skip)
+    zeroed = [b for stage in net.stages for b in stage if torch.count_nonzero(b.conv_pwl.bn.weight) == 0]
+    assert len(zeroed) == expected

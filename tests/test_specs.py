@@ -53,6 +53,8 @@ def test_specs_are_frozen():
         (dict(op="conv"), "op"), (dict(kernel=4), "odd"), (dict(stride=3), "stride"),
         (dict(repeats=0), "repeats"), (dict(se=1.5), "se"), (dict(expand=0.5), "expand"),
         (dict(op="basic", expand=6, se=0.0), "expand"), (dict(op="dsconv", se=0.25), "se"),
+        (dict(skip="no"), "skip"), (dict(op="basic", expand=1, se=0.0, skip=False), "skip"),
+        (dict(op="bottleneck", expand=4, se=0.0, skip=False), "skip"),
     ],
 )
 def test_stage_validation(bad, match):

@@ -28,7 +28,7 @@ class EfficientNet(nn.Module):
     is then the pooled features, ``num_features`` wide).
 
     The spec is taken as it is: changes (classes, dropout ...) are made to the spec first, in
-    one place, :func:`effnet.registry.create_model` or ``spec.replace(...)``.
+    one place, :func:`effnet.create_model` or ``spec.replace(...)``.
 
     :meth:`set_grad_checkpointing` trades compute for memory in training (each block's
     activations are recomputed during backward instead of kept).
@@ -57,11 +57,13 @@ class EfficientNet(nn.Module):
         stride = 4 if spec.stem_pool else 2
         for stage in spec.stages:
             blocks = []
+            # Only the MBConv ops take ``skip`` (StageSpec refuses skip=False elsewhere).
+            skip = {} if stage.skip else {"skip": False}
             for j in range(stage.repeats):
                 blocks.append(BLOCKS[stage.op](
                     in_ch, stage.channels, kernel=stage.kernel, stride=stage.stride if j == 0 else 1,
                     expand=stage.expand, se=stage.se, drop_path=spec.drop_path_rate * index / total,
-                    act=spec.activation, padding=spec.padding, **norm,
+                    act=spec.activation, padding=spec.padding, **skip, **norm,
                 ))
                 in_ch = stage.channels
                 index += 1
@@ -301,5 +303,5 @@ def zero_init_last(model: nn.Module) -> int:
 
 def build(spec: ModelSpec) -> EfficientNet:
     """Build the network a finished spec describes (make changes with ``spec.replace`` or
-    :func:`effnet.registry.create_model` first)."""
+    :func:`effnet.create_model` first)."""
     return EfficientNet(spec)

@@ -81,18 +81,19 @@ class MBConv(nn.Module):
     """Mobile inverted bottleneck (MobileNetV2 / MnasNet) with squeeze-excitation.
 
     1x1 expand (skipped when ``expand == 1``) -> kxk depthwise (stride) -> SE -> 1x1 project
-    (linear, no activation) -> + identity when the shape is preserved.
+    (linear, no activation) -> + identity when the shape is preserved (and ``skip``).
     """
 
     def __init__(
         self, in_ch: int, out_ch: int, *, kernel: int, stride: int, expand: float, se: float,
         drop_path: float = 0.0, act: str = "silu", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
-        padding: str = "symmetric",
+        padding: str = "symmetric", skip: bool = True,
     ) -> None:
         super().__init__()
         mid = int(round(in_ch * expand))
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.has_skip = stride == 1 and in_ch == out_ch
+        # skip=False: the official ``noskip`` (no residual even where the shape is kept).
+        self.has_skip = skip and stride == 1 and in_ch == out_ch
         self.conv_pw = ConvBnAct(in_ch, mid, 1, act=act, **norm) if expand != 1 else nn.Identity()
         self.conv_dw = ConvBnAct(mid, mid, kernel, stride, groups=mid, act=act, padding=padding, **norm)
         self.se = SqueezeExcite(mid, max(1, int(in_ch * se)), act) if se > 0 else nn.Identity()
@@ -114,17 +115,19 @@ class FusedMBConv(nn.Module):
     """Fused-MBConv (EfficientNetV2 Figure 2): the 1x1 expand and the depthwise kxk of MBConv
     replaced by one regular kxk conv, which runs faster on accelerators in early stages.
 
-    kxk expand (stride) -> [SE] -> 1x1 project; with ``expand == 1`` a single kxk conv-BN-act.
+    kxk expand (stride) -> [SE] -> 1x1 project; with ``expand == 1`` a single kxk conv-BN-act;
+    + identity when the shape is preserved (and ``skip``).
     """
 
     def __init__(
         self, in_ch: int, out_ch: int, *, kernel: int, stride: int, expand: float, se: float = 0.0,
         drop_path: float = 0.0, act: str = "silu", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
-        padding: str = "symmetric",
+        padding: str = "symmetric", skip: bool = True,
     ) -> None:
         super().__init__()
         norm = dict(bn_eps=bn_eps, bn_momentum=bn_momentum)
-        self.has_skip = stride == 1 and in_ch == out_ch
+        # skip=False: the official ``noskip`` (no residual even where the shape is kept).
+        self.has_skip = skip and stride == 1 and in_ch == out_ch
         if expand == 1:
             self.conv_exp = ConvBnAct(in_ch, out_ch, kernel, stride, act=act, padding=padding, **norm)
             self.se = nn.Identity()

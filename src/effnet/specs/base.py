@@ -37,6 +37,11 @@ _ACTIVATIONS = ("silu", "relu", "relu6", "gelu", "hardswish")
 #: (the JSON inside weight files, saved spec files, and the study digest of
 #: ``effnet.lab.budget.spec_id``, which refuses to resume a study whose base spec changed).
 _ADDED_FIELDS: dict[str, Any] = {"stem_kernel": 3, "stem_pool": False}
+#: The same for StageSpec fields: left out of a stage's dict at this value.
+_ADDED_STAGE_FIELDS: dict[str, Any] = {"skip": True}
+#: Ops whose residual is optional (``StageSpec.skip``): MBConv and Fused-MBConv add their input only
+#: when the shape is kept anyway; a ResNet block *is* its shortcut, MobileNetV1's has none.
+_SKIP_OPS = ("mbconv", "fused")
 
 
 def check_fields(cls: type, keys: Any, what: str) -> None:
@@ -66,6 +71,11 @@ class StageSpec:
     ``se`` is the squeeze-excitation ratio relative to the block's *input* channels, as in the
     official code (``num_reduced_filters = max(1, int(input_filters * se_ratio))``); only the
     MBConv ops have SE (ResNet and MobileNetV1 have none, and SE-ResNet is not implemented).
+
+    ``skip=False`` gives the stage's blocks no residual even where the shape is kept: the
+    official block strings' ``noskip`` (``id_skip=False`` in efficientnet_model.py's MBConvBlock,
+    applied to every repeat of the row), used by EfficientNet-EdgeTPU's first stage. Only the
+    MBConv ops have the choice.
     """
 
     op: Op
@@ -75,6 +85,7 @@ class StageSpec:
     expand: float
     channels: int
     se: float = 0.0
+    skip: bool = True
 
     def __post_init__(self) -> None:
         if self.op not in _OPS:
@@ -101,6 +112,14 @@ class StageSpec:
             raise ValueError(
                 f"StageSpec.expand: a bottleneck's hidden width is channels / expand = "
                 f"{self.channels} / {self.expand}, expected at least 1 channel"
+            )
+        if not isinstance(self.skip, bool):
+            raise ValueError(f"StageSpec.skip: expected true or false, got {self.skip!r}")
+        if not self.skip and self.op not in _SKIP_OPS:
+            raise ValueError(
+                f"StageSpec.skip: op {self.op!r} has no optional residual (a ResNet block is built "
+                f"around its shortcut, MobileNetV1's conv has none), expected true; only {_SKIP_OPS} "
+                f"take skip: false"
             )
         if self.op in _NO_SE_OPS and self.se != 0:
             raise ValueError(
@@ -209,7 +228,7 @@ class ModelSpec:
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        d["stages"] = [_stage_dict(s) for s in self.stages]
         for name, default in _ADDED_FIELDS.items():
             if d[name] == default and type(d[name]) is type(default):
                 del d[name]  # absent = the default (see _ADDED_FIELDS)
@@ -267,6 +286,14 @@ class ModelSpec:
                              f"YAML/JSON spec such as `effnet.get_spec(NAME).save(PATH)` writes") from e
         except TypeError as e:  # a field of the wrong type (a list where a number belongs ...)
             raise ValueError(f"{path}: a spec field has the wrong type ({e})") from e
+
+
+def _stage_dict(stage: StageSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(stage)
+    for name, default in _ADDED_STAGE_FIELDS.items():
+        if d[name] == default and type(d[name]) is type(default):
+            del d[name]  # absent = the default (see _ADDED_FIELDS)
+    return d
 
 
 @dataclass(frozen=True)

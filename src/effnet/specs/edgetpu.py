@@ -15,9 +15,10 @@ width is 24 x 4 = 96 (32 x 3), and after width scaling round_filters(24 x 1.2) x
 ``e4`` and every row names the nominal input (``FamilyRow.nominal_input``), so the first
 block's width is derived, not hand-written. S is the table itself as a row (width and depth 1).
 
-Not represented: ``noskip`` (no residual in the first stage). Its first block has none anyway
-(channels change), but M and L's later first-stage blocks (24 -> 24, stride 1) get effnet's
-residual; parameters are unaffected, outputs of ported EdgeTPU weights would be.
+``noskip``: the first row's blocks have no residual (``StageSpec.skip=False``; the decoder's
+``id_skip=('noskip' not in block_string)``, kept for every repeat of the row). S's single block
+changes channels (32 -> 24) and has none anyway; M and L's later first-stage blocks (24 -> 24,
+stride 1) would otherwise add their input. Parameters are the same either way.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from effnet.specs.base import FamilyRow, ModelSpec, StageSpec
 
 EDGETPU_S_STAGES: tuple[StageSpec, ...] = (
     # r1_k3_s11_e4_i24_o24_c1_noskip (first block's hidden width from i24, see above)
-    StageSpec(op="fused", repeats=1, kernel=3, stride=1, expand=4, channels=24),
+    StageSpec(op="fused", repeats=1, kernel=3, stride=1, expand=4, channels=24, skip=False),
     StageSpec(op="fused", repeats=2, kernel=3, stride=2, expand=8, channels=32),    # r2_k3_s22_e8_i24_o32_c1
     StageSpec(op="fused", repeats=4, kernel=3, stride=2, expand=8, channels=48),    # r4_k3_s22_e8_i32_o48_c1
     StageSpec(op="mbconv", repeats=5, kernel=5, stride=2, expand=8, channels=96),   # r5_k5_s22_e8_i48_o96
