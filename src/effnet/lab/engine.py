@@ -138,6 +138,10 @@ class Validation:
     requested: int
     tau: float
     score: str = "top-1"
+    #: With a reward as the score: the tau of top-1 alone (proxy top-1 against longer top-1).
+    #: The reward's S and P factor is the same in both runs, so it agrees with itself and lifts
+    #: the reward's tau; this one is the proxy training's own fidelity.
+    tau_top1: float = math.nan
 
     @property
     def complete(self) -> bool:
@@ -146,6 +150,7 @@ class Validation:
     def to_dict(self) -> dict[str, Any]:
         return {"study": self.study, "epochs": self.epochs, "proxy_epochs": self.proxy_epochs, "score": self.score,
                 "candidates": self.requested, "kendall_tau": None if math.isnan(self.tau) else self.tau,
+                "kendall_tau_top1": None if math.isnan(self.tau_top1) else self.tau_top1,
                 "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(r).items()}
                          for r in self.rows]}
 
@@ -162,6 +167,9 @@ class Validation:
         tau = "n/a (fewer than 2 retrained)" if math.isnan(self.tau) else f"{self.tau:.2f}"
         out.append(f"rank fidelity: Kendall tau {tau} between the proxy's ranking and the longer one over "
                    f"{ranked} candidate(s) (1: same order; 0: the proxy's order is noise)")
+        if not math.isnan(self.tau_top1):
+            out.append(f"  by top-1 alone (without the {self.score}'s shared step-time and size factor): "
+                       f"Kendall tau {self.tau_top1:.2f}")
         return out
 
 
@@ -204,7 +212,11 @@ def validate(
     rows = [ValidatedRow(key, label, p, float(t.value) * factors.get(key, 1.0), list(t.user_attrs.get("curve", [])),
                          convergence(t.user_attrs.get("curve", [])), pr.get(key, 0), lr.get(key, 0))
             for key, label, p, t in have]
-    return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs), score)
+    tau_top1 = math.nan
+    if factors:
+        tau_top1 = kendall_tau([p / factors.get(k, 1.0) for (k, *_), p in zip(ranked, proxies)],
+                               [float(t.value) for *_, t in ranked])
+    return Validation(name, epochs, budget.epochs, rows, len(chosen), kendall_tau(proxies, longs), score, tau_top1)
 
 
 def at_chance(top1: float, classes: int | None) -> bool:
@@ -249,7 +261,8 @@ def protocol_lines_from(protocol: Mapping[str, Any], warnings: Sequence[str]) ->
     p = protocol
     if not p:
         return []
-    lines = [f"protocol: {p['data']}, {p['epochs']} epoch(s) per trial at {p['image_size']} px (base), recipe "
+    subset = f" (first {p['train_subset']} training images)" if p.get("train_subset") else ""
+    lines = [f"protocol: {p['data']}{subset}, {p['epochs']} epoch(s) per trial at {p['image_size']} px (base), recipe "
              f"{p['recipe']}{' (progressive)' if p.get('progressive') else ''}, seed {p['seed']}, "
              f"EMA {'on' if p['ema'] else 'off'}, residual branches "
              f"{'zero-initialised' if p['zero_init_last'] else 'as the official models'}"]
