@@ -389,6 +389,8 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
         tau = ""
         if rep.validation is not None and not math.isnan(rep.validation.tau):
             tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+            if not math.isnan(rep.validation.tau_top1):
+                tau += f" (top-1 alone {rep.validation.tau_top1:.2f})"
         points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward,
                    "label": f"#{r.number}{engine.mark(r.status)}",
                    "pruned": r.state == "pruned", "front": r.on_front, "base": r.is_base,
