@@ -255,3 +255,16 @@ def test_candidates_at_chance_are_called_noise_even_when_converged():
                       protocol={"classes": 3})
     assert rep.summary() == ["no candidate learned above chance (33.3% for 3 classes, within 5 points): at this "
                              "budget the ranking among them is noise; the study concludes nothing"]
+
+
+def test_validation_lines_show_both_taus_and_an_unranked_reference():
+    rows = [engine.ValidatedRow("a", "a", 40.0, 90.0, [80, 90], "improving", 1, 2),
+            engine.ValidatedRow("b", "b", 35.0, 95.0, [94.5, 95], "converged", 2, 1),
+            engine.ValidatedRow("paper", "paper (1.2, 1.1, 1.15)", math.nan, 93.0, [92, 93], "converged", 0, 0)]
+    v = engine.Validation("s-validate8", 8, 4, rows, 3, tau=-1.0, score="reward (v2)", tau_top1=-1.0)
+    text = "\n".join(v.lines())
+    assert "ranked by reward (v2)" in text and "Kendall tau -1.00" in text and "top-1 alone" in text
+    assert "over 2 candidate(s)" in text  # the reference is shown, not ranked
+    assert "paper (1.2, 1.1, 1.15)" in text and "90.00*" in text
+    d = v.to_dict()
+    assert d["kendall_tau"] == -1.0 and d["rows"][2]["proxy"] is None
