@@ -76,3 +76,39 @@ def test_new_fields_and_validation():
 def test_every_recipe_resolves():
     for name in RECIPES:
         assert resolve_config(name).recipe == name
+
+
+def test_dataclass_defaults_are_what_resolve_config_gives():
+    # One source of defaults: TrainConfig() once mixed the digits data with the paper's 350
+    # epochs of RMSProp, while resolve_config() (and `effnet train` with no options) trained digits
+    # for 20 epochs with AdamW.
+    assert TrainConfig().to_dict() == resolve_config().to_dict()
+    assert TrainConfig().recipe == resolve_config().recipe == "digits"
+    assert {k: getattr(TrainConfig(), k) for k in RECIPES["digits"]} == RECIPES["digits"]
+
+
+def test_paper_v1_is_complete_on_its_own():
+    # EfficientNet section 5.2 and the official code, written out here: RMSProp 0.9/0.9 eps 1e-3,
+    # 0.016 per 256 images at batch 128 (TPU: 4096 at 0.256), 5 warm-up epochs, x0.97 every 2.4
+    # epochs, wd 1e-5, label smoothing 0.1, EMA 0.9999, AutoAugment, the spec's dropout and
+    # stochastic depth, 350 epochs, bicubic 0.875 centre crop, Inception crops 0.08-1 with flips.
+    cfg = resolve_config("paper_v1", data="DIR")
+    paper = dict(optimizer="rmsprop_tf", momentum=0.9, rmsprop_rho=0.9, rmsprop_eps=1e-3, lr_per_256=0.016,
+                 batch_size=128, warmup_epochs=5.0, schedule="exponential", decay_rate=0.97, decay_epochs=2.4,
+                 weight_decay=1e-5, label_smoothing=0.1, ema=True, ema_decay=0.9999, autoaugment=True,
+                 dropout=None, drop_path_rate=None, bn_momentum=None, epochs=350, width=1.0, depth=1.0,
+                 image_size=None, crop_pct=0.875, interpolation="bicubic", crop_scale=(0.08, 1.0), hflip=True)
+    assert {k: getattr(cfg, k) for k in paper} == paper
+    # The V2 recipes and recipe files build on it, not on the digits defaults.
+    assert resolve_config("paper_v2", data="DIR").width == 1.0
+    assert resolve_config("transfer_v2", data="DIR").crop_pct == 0.875
+
+
+def test_recipe_file_changes_the_paper_recipe(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("epochs: 7\n")
+    cfg = resolve_config(str(path), data="DIR")
+    assert (cfg.epochs, cfg.optimizer, cfg.width, cfg.batch_size) == (7, "rmsprop_tf", 1.0, 128)
+    path.write_text("- epochs\n- 7\n")
+    with pytest.raises(ValueError, match="expected a mapping of training fields"):
+        resolve_config(str(path), data="DIR")

@@ -35,10 +35,10 @@ def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs. Defaults are the EfficientNet (V1) paper recipe (section 5.2;
-    docs/paper.md section 4): RMSProp 0.9/0.9 eps 1e-3, lr 0.016 per 256 images, 5 warm-up epochs then x0.97
-    every 2.4 epochs, wd 1e-5 (not on BN/bias), label smoothing 0.1, EMA 0.9999, AutoAugment,
-    stochastic depth 0.2, 350 epochs.
+    """Everything a run needs. The defaults are the ``digits`` recipe, what ``effnet train`` with
+    no options and :func:`resolve_config` with no arguments train (one source: ``TrainConfig()``
+    equals ``resolve_config()``). The EfficientNet (V1) paper recipe is :data:`PAPER_V1`
+    (``--recipe paper_v1``, and the base of the other recipes and of recipe files).
 
     Each field's help text is the ``effnet train --<field-name>`` help (effnet.commands.train derives
     the options from these fields)."""
@@ -52,32 +52,32 @@ class TrainConfig:
     model: str = option("efficientnet_b0", "registered model name (effnet list)")
     spec: str | None = option(None, "spec file (YAML/JSON) instead of --model")
     # Extra multipliers applied to the spec (effnet.scaling.scale), on top of the model's own.
-    width: float = option(1.0, "extra width multiplier on the model")
-    depth: float = option(1.0, "extra depth multiplier on the model")
+    width: float = option(0.5, "extra width multiplier on the model")
+    depth: float = option(0.5, "extra depth multiplier on the model")
     weights: str | None = option(None, "initial weights (fine-tuning; a new head if the class count differs)")
     freeze_backbone: bool = option(False, "train only the classifier")
-    dropout: float | None = option(None, "dropout before the classifier (default: the spec's)")
-    drop_path_rate: float | None = option(None, "stochastic depth rate of the last block (default: the spec's)")
-    bn_momentum: float | None = option(None, "BatchNorm momentum, PyTorch convention (default: the spec's)")
+    dropout: float | None = option(0.1, "dropout before the classifier (default: the spec's)")
+    drop_path_rate: float | None = option(0.1, "stochastic depth rate of the last block (default: the spec's)")
+    bn_momentum: float | None = option(0.1, "BatchNorm momentum, PyTorch convention (default: the spec's)")
     # --- input
-    image_size: int | None = option(None, "training image size (default: the spec's train resolution)")
+    image_size: int | None = option(32, "training image size (default: the spec's train resolution)")
     # None: the spec's evaluation resolution scaled by final training size / spec train size
     # (train/setup.eval_resolution), so V2-S trained at 300 px is scored at 384 px as published
     # (docs/paper.md section 7), not at its training size.
     eval_size: int | None = option(
         None, "evaluation image size (default: the spec's evaluation resolution, scaled with the final "
               "training size)")
-    crop_pct: float = option(0.875, "evaluation centre crop: resize to size / crop_pct, crop size")
-    interpolation: str = option("bicubic", "resampling filter", choices=("bicubic", "bilinear", "nearest"))
+    crop_pct: float = option(1.0, "evaluation centre crop: resize to size / crop_pct, crop size")
+    interpolation: str = option("bilinear", "resampling filter", choices=("bicubic", "bilinear", "nearest"))
     # None: the initial weights' recorded input normalisation (a Keras or TF-ported file may
     # expect other scaling than ImageNet's), else ImageNet mean/std on pixels / 255.
     mean: tuple[float, ...] | None = option(None, "input mean per channel, on pixels / 255 (default: the "
                                                   "weights' recorded normalisation, else ImageNet's)")
     std: tuple[float, ...] | None = option(None, "input std per channel (default: as --mean)")
     # --- augmentation
-    crop_scale: tuple[float, float] = option((0.08, 1.0), "random resized crop area range (1 1: no crop)")
-    hflip: bool = option(True, "random horizontal flips")
-    autoaugment: bool = option(True, "AutoAugment, ImageNet policy (V1)")
+    crop_scale: tuple[float, float] = option((0.8, 1.0), "random resized crop area range (1 1: no crop)")
+    hflip: bool = option(False, "random horizontal flips")
+    autoaugment: bool = option(False, "AutoAugment, ImageNet policy (V1)")
     randaugment_magnitude: float = option(0.0, "RandAugment magnitude 0-30 (0: off; V2 uses 15)")
     mixup_alpha: float = option(0.0, "mixup Beta(alpha, alpha) (0: off)")
     cutmix_alpha: float = option(0.0, "CutMix Beta(alpha, alpha) (0: off)")
@@ -87,12 +87,12 @@ class TrainConfig:
         None, "V2 progressive learning (paper Table 6): 'model' (the preset of --model), a preset "
               f"({', '.join(V2_PRESETS)}), 'on' (the recipe's or default ranges) or 'off'")
     # --- optimisation
-    epochs: int = option(350, "training epochs")
-    batch_size: int = option(128, "images per process and step (under torchrun the global batch is this "
+    epochs: int = option(20, "training epochs")
+    batch_size: int = option(32, "images per process and step (under torchrun the global batch is this "
                                   "x world size)")
     accum_steps: int = option(1, "gradient accumulation micro-batches per step")
-    optimizer: str = option("rmsprop_tf", "optimiser", choices=("rmsprop_tf", "sgd", "adamw"))
-    lr_per_256: float = option(0.016, "learning rate per 256 images (scaled linearly with the batch size)")
+    optimizer: str = option("adamw", "optimiser", choices=("rmsprop_tf", "sgd", "adamw"))
+    lr_per_256: float = option(0.032, "learning rate per 256 images (scaled linearly with the batch size)")
     # Linear scaling (Goyal et al. 2017) keeps the lr per image fixed, which at a fine-tuning
     # batch of 8-32 leaves a few hundredths of the per-256 lr: too little to move a new head in
     # a few hundred steps. Below this batch the lr is not scaled down.
@@ -101,10 +101,10 @@ class TrainConfig:
     momentum: float = option(0.9, "optimiser momentum")
     rmsprop_rho: float = option(0.9, "RMSProp decay of the mean square")
     rmsprop_eps: float = option(1e-3, "RMSProp epsilon (inside the square root, TF form)")
-    weight_decay: float = option(1e-5, "weight decay (not on BatchNorm and biases)")
-    schedule: str = option("exponential", "learning-rate schedule after the warm-up",
+    weight_decay: float = option(0.01, "weight decay (not on BatchNorm and biases)")
+    schedule: str = option("cosine", "learning-rate schedule after the warm-up",
                            choices=("exponential", "cosine", "constant"))
-    warmup_epochs: float = option(5.0, "linear learning-rate warm-up epochs")
+    warmup_epochs: float = option(1.0, "linear learning-rate warm-up epochs")
     decay_rate: float = option(0.97, "exponential schedule: factor per --decay-epochs")
     decay_epochs: float = option(2.4, "exponential schedule: epochs per decay")
     min_lr: float = option(0.0, "learning-rate floor")
@@ -112,7 +112,7 @@ class TrainConfig:
     patience: int = option(0, "early stopping: end the run once validation top-1 has not improved for N "
                                "epochs (0: train every epoch)")
     ema: bool = option(True, "evaluate and save an exponential moving average of the weights")
-    ema_decay: float = option(0.9999, "EMA decay per optimiser step")
+    ema_decay: float = option(0.998, "EMA decay per optimiser step")
     # "average" is the official code's: its ExponentialMovingAverage runs over utils.get_ema_vars,
     # the trainable variables plus BN moving_mean/moving_variance (tensorflow/tpu efficientnet).
     ema_buffers: str = option("average", "BatchNorm running statistics in the EMA: averaged like the "
@@ -141,7 +141,7 @@ class TrainConfig:
     overwrite: bool = option(False, "train into an existing run folder, replacing it (else use --resume)")
     save_every_steps: int = option(0, "also checkpoint every N optimiser steps (0: at epoch ends only)")
     log_steps: bool = option(False, "write steps.csv: the loss of every optimiser step")
-    recipe: str = option("paper_v1", "a named recipe (RECIPES) or a YAML file of these fields (default: "
+    recipe: str = option("digits", "a named recipe (RECIPES) or a YAML file of these fields (default: "
                                      "finetune with --weights/--pretrained, digits for digits data, else "
                                      "paper_v1)")
     extra: dict[str, Any] = option(help="free-form values recorded with the run (KEY=VALUE)",
@@ -211,15 +211,28 @@ FINETUNE_LR = 0.03
 #: it converges to the label-smoothing floor (0.33) within 2 epochs.
 FINETUNE_FROZEN_LR = 0.001
 
-#: Named recipes: field overrides on :class:`TrainConfig` (whose defaults are ``paper_v1``).
+#: The EfficientNet (V1) paper recipe (section 5.2 and the official code; docs/paper.md section
+#: 4): RMSProp 0.9/0.9 eps 1e-3, lr 0.016 per 256 images, 5 warm-up epochs then x0.97 every 2.4
+#: epochs, wd 1e-5 (not on BN/bias), label smoothing 0.1, EMA 0.9999, AutoAugment, the spec's
+#: dropout and stochastic depth (0.2), 350 epochs. Every field in which it differs from the
+#: defaults (the ``digits`` recipe) is listed, so that it is complete on its own; the other
+#: recipes except the digits ones, and recipe files, are changes to it.
+PAPER_V1: dict[str, Any] = dict(
+    width=1.0, depth=1.0, dropout=None, drop_path_rate=None, bn_momentum=None, image_size=None, crop_pct=0.875,
+    interpolation="bicubic", crop_scale=(0.08, 1.0), hflip=True, autoaugment=True, epochs=350, batch_size=128,
+    optimizer="rmsprop_tf", lr_per_256=0.016, weight_decay=1e-5, schedule="exponential", warmup_epochs=5.0,
+    ema_decay=0.9999,
+)
+
+#: Named recipes: field values over :class:`TrainConfig`'s defaults (the ``digits`` recipe).
 RECIPES: dict[str, dict[str, Any]] = {
     # EfficientNet section 5.2 + official code. Launch: effnet train --recipe paper_v1 --data DIR
-    "paper_v1": {},
+    "paper_v1": PAPER_V1,
     # EfficientNetV2 sections 4.2 and 5.1. Launch: effnet train --recipe paper_v2 --data DIR
-    "paper_v2": _V2_TRAIN,
+    "paper_v2": {**PAPER_V1, **_V2_TRAIN},
     # V2 transfer (V2 section 5.2; docs/paper.md section 8): lr 0.001 cosine, no weight decay, short.
     # Launch: effnet train --recipe transfer_v2 --weights W.safetensors --data DIR
-    "transfer_v2": dict(
+    "transfer_v2": PAPER_V1 | dict(
         model="efficientnetv2_s", autoaugment=False, randaugment_magnitude=15.0, progressive=None,
         lr_per_256=0.001 * 256 / 512, schedule="cosine", weight_decay=0.0, warmup_epochs=1.0,
         epochs=20, batch_size=64,
@@ -237,7 +250,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # V2 progressive learning on digits: 3 stages, 32 -> 64 px, dropout and mixup grown
     # (RandAugment's photometric ops wreck 8x8 glyphs, so it stays off here).
     # Launch: effnet train --recipe digits_progressive
-    "digits_progressive": dict(
+    "digits_progressive": PAPER_V1 | dict(
         data="digits", model="efficientnet_b0", width=0.5, depth=0.5, crop_pct=1.0,
         interpolation="bilinear", crop_scale=(0.8, 1.0), hflip=False, autoaugment=False,
         epochs=18, batch_size=32, optimizer="adamw", lr_per_256=0.032, weight_decay=0.01,
@@ -255,7 +268,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # flips, no AutoAugment/RandAugment, no mixup) and no EMA: a few hundred steps are too few
     # for an average to leave the initial weights. Early stopping ends the run on a plateau.
     # Launch: effnet train --weights W.safetensors --data DIR
-    "finetune": dict(
+    "finetune": PAPER_V1 | dict(
         optimizer="sgd", momentum=0.9, lr_per_256=FINETUNE_LR, lr_batch_floor=256, weight_decay=1e-4,
         schedule="cosine", warmup_epochs=0.0, label_smoothing=0.1, ema=False, bn_momentum=0.1, autoaugment=False,
         randaugment_magnitude=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, crop_scale=(0.5, 1.0), hflip=True,
@@ -266,7 +279,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # chance. No EMA: over 48 steps it is still mostly the initial weights; BatchNorm momentum 0.3
     # so that the running statistics the evaluation uses catch up within those few steps.
     # Launch: effnet train --recipe debug
-    "debug": dict(
+    "debug": PAPER_V1 | dict(
         data="digits", model="efficientnet_b0", width=0.5, depth=0.25, image_size=32, crop_pct=1.0,
         interpolation="bilinear", crop_scale=(0.6, 1.0), hflip=False, autoaugment=False,
         epochs=3, batch_size=32, train_subset=512, warmup_epochs=0.5, bn_momentum=0.3,
@@ -441,7 +454,12 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
     elif Path(recipe).suffix in (".yaml", ".yml") and Path(recipe).is_file():
         import yaml
 
-        base = yaml.safe_load(Path(recipe).read_text()) or {}
+        own = yaml.safe_load(Path(recipe).read_text()) or {}
+        if not isinstance(own, dict):
+            raise ValueError(f"recipe file {recipe}: expected a mapping of training fields (epochs: 30 ...), "
+                             f"got a {type(own).__name__}")
+        # A recipe file changes the paper recipe (as it always has), not the digits defaults.
+        base = {**PAPER_V1, **own}
         base.setdefault("recipe", str(recipe))
     else:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {sorted(RECIPES)} or a .yaml file")
