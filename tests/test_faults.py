@@ -257,3 +257,21 @@ def test_weight_files_that_are_not_effnet_files_are_named(user, tmp_path):
     assert load_model(run).class_names == ["a", "b", "c"]
     with pytest.raises(ValueError, match="NaN or inf"):
         load_model(user / "nan.safetensors")
+
+
+# --- run folders ----------------------------------------------------------------------------------
+def test_overwrite_removes_the_earlier_runs_split(tmp_path):
+    """split.json (the run's train/val file lists, what `effnet eval RUN_DIR` scores on) was not
+    among the files --overwrite clears: the new run's folder kept the old run's split whenever the
+    new one failed before writing its own, and eval then scored the wrong images."""
+    from effnet.train.rundir import claim
+    from effnet.train.setup import SPLIT_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("config.yaml", "metrics.csv", "best.safetensors", SPLIT_FILE):
+        (run / name).write_text("earlier run")
+    (run / "notes.txt").write_text("the user's own file")
+    lock = claim(run, resume=False, overwrite=True)
+    lock.release()
+    assert sorted(p.name for p in run.iterdir() if p.name != "run.lock") == ["notes.txt"]

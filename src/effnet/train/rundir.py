@@ -33,7 +33,7 @@ RUN_MARKERS = (STATE_FILE, METRICS_FILE, CONFIG_FILE)
 #: Everything a run writes; ``overwrite`` removes these and nothing else (a user's own files
 #: in the folder stay).
 RUN_FILES = (*RUN_MARKERS, PREV_STATE_FILE, "steps.csv", "curves.png", "last.safetensors", "best.safetensors",
-             "spec.yaml")
+             "spec.yaml", "split.json")
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
