@@ -92,6 +92,9 @@ CASES = [
     # tracebacks: a malformed YAML file, an output under a file
     ("tracebacks", ["profile", "--spec", "bad.yaml"], ["bad.yaml"]),
     ("tracebacks", ["export", "w.safetensors", "photo.png/model.onnx"], ["photo.png", "not a folder"]),
+    ("tracebacks", ["scale", "fit", "--max-params", "6M", "--save", "imgs"], ["imgs is a folder"]),
+    ("tracebacks", ["scale", "fit", "--max-params", "6M", "--save", "photo.png/spec.yaml"],
+     ["photo.png is a file"]),
     # raw library messages
     ("raw messages", ["predict", "photo.png", "--weights", "plain.pt"], ["PyTorch", "effnet convert"]),
     ("raw messages", ["profile", "efficientnet_b0", "--batch", "0", "--memory"], ["--batch 0"]),
@@ -109,7 +112,7 @@ def test_a_fault_gets_one_line_and_the_users_files_are_untouched(user, kind, arg
         pytest.skip("a CUDA device is present")
     before = snapshot(user)
     proc = effnet_cli(user, *argv)
-    line = one_line_error(proc, argv[0])
+    line = one_line_error(proc, " ".join(argv[:2]) if argv[0] == "scale" else argv[0])
     for word in words:
         assert word in line, line
     after = snapshot(user)
@@ -275,3 +278,20 @@ def test_overwrite_removes_the_earlier_runs_split(tmp_path):
     lock = claim(run, resume=False, overwrite=True)
     lock.release()
     assert sorted(p.name for p in run.iterdir() if p.name != "run.lock") == ["notes.txt"]
+
+
+def test_scale_fit_prints_its_result_before_a_failing_save(tmp_path, monkeypatch, capsys):
+    """`scale fit --save` wrote the spec before printing and lost the computed result when the
+    write failed; now the result comes first and the failure is one line."""
+    from effnet import cli
+    from effnet.specs import ModelSpec
+
+    def full_disk(self: ModelSpec, path: object) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(ModelSpec, "save", full_disk)
+    code = cli.main(["scale", "fit", "--max-params", "6M", "--step", "0.5", "--save", str(tmp_path / "s.yaml")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "largest that fits: phi=0.5" in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"effnet scale fit: error: no space left on the device while writing {tmp_path / 's.yaml'}")

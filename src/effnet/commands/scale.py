@@ -127,14 +127,23 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from effnet.files import check_output
     from effnet.lab import fit
 
+    if args.save:
+        # Checked before the search (a folder, an unwritable folder, the base spec file itself),
+        # and written after the result is printed, so a failed write never loses the result. An
+        # existing spec file is replaced as before unless the command has an --overwrite option.
+        check_output(args.save, inputs=[args.base] if Path(args.base).is_file() else [],
+                     overwrite=getattr(args, "overwrite", True))
     r = fit(args.base, max_flops=args.max_flops, max_params=args.max_params, max_latency=args.max_latency,
             strategy=args.fit_strategy, step=args.step, device=args.device, batch=args.batch)
-    if args.save and r.spec is not None:
-        r.spec.save(args.save)
     if args.json:
-        print(json.dumps(r.to_dict(), indent=2))
+        print(json.dumps(r.to_dict(), indent=2), flush=True)
+        if args.save and r.spec is not None:
+            r.spec.save(args.save)
         return 0
     head = f"{'phi':>6}  {'depth':>5} {'width':>5} {'res':>4}  {'params':>8}  {'FLOPs':>8}  {'latency':>9}  fits"
     print(f"{r.base}, strategy {r.strategy}, budget {r.budget}: candidates measured")
@@ -149,8 +158,12 @@ def cmd_scale_fit(args: argparse.Namespace) -> int:
         print(f"largest that fits: phi={r.best.phi:g} ({r.best.name}, {r.best.resolution} px)")
     if r.next_larger is not None:
         print(f"next larger: phi={r.next_larger.phi:g} is over the budget")
-    if args.save:
+    if args.save and r.spec is not None:
+        sys.stdout.flush()
+        r.spec.save(args.save)
         print(f"spec written to {args.save} (train it: effnet train --spec {args.save})")
+    elif args.save:
+        print(f"no spec written to {args.save}: no candidate fits the budget")
     return 0
 
 
