@@ -295,3 +295,21 @@ def test_scale_fit_prints_its_result_before_a_failing_save(tmp_path, monkeypatch
     assert code == 1 and "largest that fits: phi=0.5" in out
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"effnet scale fit: error: no space left on the device while writing {tmp_path / 's.yaml'}")
+
+
+def test_an_optimised_model_refuses_another_size_than_its_fixed_padding():
+    """effnet.optimize() fixes TF 'same' padding for the example's size and traces it; called at
+    225 px after 224 px it gave other probabilities without a word. Now: refused with what to
+    do; a network with symmetric padding answers any size through its eager module."""
+    torch.manual_seed(0)
+    tiny = effnet.scale(effnet.get_spec("efficientnet_b0"), width=0.25, depth=0.25).replace(num_classes=5)
+    x, other = torch.randn(1, 3, 64, 64), torch.randn(2, 3, 65, 65)
+    same = effnet.build(tiny.replace(padding="same")).eval()
+    fast = effnet.optimize(same, x)
+    torch.testing.assert_close(fast(x), same(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"traced for 64x64 inputs.*got 65x65.*effnet.optimize again"):
+        fast(other)
+    symmetric = effnet.build(tiny).eval()
+    fast = effnet.optimize(symmetric, x)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(other), symmetric(other), atol=1e-5, rtol=1e-5)

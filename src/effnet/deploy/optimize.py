@@ -70,11 +70,21 @@ class TracedInference(nn.Module):
     answers every other attribute (``spec``, ``num_features``, ``forward_features`` ...). The
     trace holds no input-size logic (padding was made static), so it runs any batch size at the
     traced resolution.
+
+    An input of another height or width does not go through the trace: the eager module answers
+    it, except for a network with TF "same" padding, whose pads were fixed for the traced size
+    (:func:`static_padding`), where the result would be silently wrong (B0 traced at 224 px
+    called at 225 px: another top-1 probability): that call is refused with what to do.
     """
 
     def __init__(self, module: nn.Module, example_input: torch.Tensor) -> None:
         super().__init__()
         self.module = module
+        self.input_size = (int(example_input.shape[-2]), int(example_input.shape[-1]))
+        # Pads fixed for input_size (optimize made TF "same" padding static); a module without
+        # a spec is treated the same way, as nothing says its layers work at another size.
+        spec = getattr(module, "spec", None)
+        self.fixed_size = spec is None or getattr(spec, "padding", "same") == "same"
         # The model's input checks turn into constants for the traced size; the tracer warns
         # about each such Python bool, which is exactly what is intended here.
         with torch.no_grad(), warnings.catch_warnings():
@@ -83,7 +93,15 @@ class TracedInference(nn.Module):
         self.eval()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.traced(x)
+        size = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.ndim == 4 else None
+        if size == self.input_size:
+            return self.traced(x)
+        if size is not None and self.fixed_size:
+            h, w = self.input_size
+            raise ValueError(f"this optimised model was traced for {h}x{w} inputs and its TF 'same' padding fixed "
+                             f"for that size; got {size[0]}x{size[1]}: resize the input to {h}x{w}, or call "
+                             f"effnet.optimize again with an example input of this size")
+        return self.module(x)  # another size (symmetric padding) or a wrong input the model names
 
     def __getattr__(self, name: str) -> object:
         try:
