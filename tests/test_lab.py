@@ -75,6 +75,7 @@ def test_pruning_trains_fewer_epochs_and_says_how_many(tmp_path, base):
     assert f"({pruned.epochs_saved} saved by pruning)" in (tmp_path / "pruned" / "table.txt").read_text()
 
 
+@pytest.mark.slow  # two workers on one queue: test_lab_store checks the same split in seconds
 def test_two_workers_share_the_grid(tmp_path, base):
     rep = search(base, step=0.1, tolerance=0.1, out=tmp_path / "w", workers=2, **TINY)
     storage = f"sqlite:///{(tmp_path / 'w' / 'study.db').resolve()}"
