@@ -166,17 +166,17 @@ def test_fine_tune_walk_through(tmp_path: Path) -> None:
     lines = {ln.split()[1]: ln for ln in _command_lines() if "runs/ft" in ln}
     assert {"train", "eval", "predict", "export"} <= set(lines)
 
+    # The README's names, word for word, mapped onto this test's files.
+    names = {"lite0.safetensors": str(weights), "my_photos/": f"{data}/", "photos/": f"{data}/"}
+
     def run(line: str) -> str:
-        line = (line.replace("lite0.safetensors", str(weights)).replace("my_photos/", f"{data}/")
-                .replace("photos/", f"{data}/").replace("runs/ft", str(tmp_path / "runs" / "ft"))
-                .replace("results.csv", str(tmp_path / "results.csv"))
-                .replace("model.onnx", str(tmp_path / "model.onnx")))
-        done = subprocess.run([sys.executable, "-m", "effnet", *shlex.split(line)[1:]], cwd=tmp_path,
+        argv = [names.get(a, a) for a in shlex.split(line)[1:]]
+        done = subprocess.run([sys.executable, "-m", "effnet", *argv], cwd=tmp_path,
                               capture_output=True, text=True, timeout=1200)
         assert done.returncode == 0, f"{line}\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
         return done.stdout + done.stderr
 
-    run(lines["train"])
+    run(lines["train"])  # runs/ft, results.csv and model.onnx land in tmp_path (the working folder)
     assert (tmp_path / "runs" / "ft" / "best.safetensors").is_file()
     assert re.search(r"top-1", run(lines["eval"]))
     run(lines["predict"])
