@@ -24,11 +24,12 @@ from effnet.bench import (
     reference_of,
     rotation,
     saved_activation_bytes,
+    use_keras_torch_backend,
 )
 from effnet.cli import main
 
 MIB = 2**20
-#: B0's trainable parameters in torchvision and timm (PAPER.md section 3), the independent count
+#: B0's trainable parameters in torchvision and timm (docs/paper.md section 3), the independent count
 #: every peer's B0 must reach.
 B0_PARAMS = 5_288_548
 
@@ -96,7 +97,8 @@ def test_saved_activations_of_a_hand_counted_forward():
 
 
 def _keras_or_skip(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("KERAS_BACKEND", "torch")
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)  # restored after the test
+    use_keras_torch_backend()
     if "keras" in sys.modules and sys.modules["keras"].backend.backend() != "torch":
         pytest.skip("Keras was imported on another backend earlier in this process")
     pytest.importorskip("keras")

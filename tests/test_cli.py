@@ -24,7 +24,7 @@ def test_profile_json(capsys):
     d = json.loads(out)
     assert code == 0 and d["model"] == "efficientnet_b0" and d["params"] == 5_288_548
     assert d["resolution"] == 224 and abs(d["flops"] / 1e9 - 0.386) < 0.004
-    # Counts only by default (issue 12): latency and activation memory are measured when asked.
+    # Counts only by default: latency and activation memory are measured when asked.
     code, out, _ = run(capsys, "profile", "efficientnetv2_s", "--resolution", "128", "--json")
     d = json.loads(out)
     assert d["latency_ms"] is None and d["activation_bytes"] is None

@@ -1,4 +1,4 @@
-"""EfficientNet-Lite, EfficientNet-EdgeTPU and TinyNet (issue 11): data, not builders, and
+"""EfficientNet-Lite, EfficientNet-EdgeTPU and TinyNet: data, not builders, and
 equal to the reference implementation's parameter counts and MACs."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from effnet.registry import get_spec, list_models
 from effnet.scaling.compound import from_family
 from effnet.specs import EDGETPU_FAMILY, LITE_FAMILY, TINYNET_FAMILY, FamilyRow
 
-# Independent numbers: timm 1.0.31 (the peers venv, /tmp/peers), parameters of
+# Independent numbers: timm 1.0.31 (where torchvision and timm import), parameters of
 # ``timm.create_model(name)`` with 1000 classes (sum of numel of ``parameters()``, so no BN
 # running statistics), and multiply-adds of one image at effnet's resolution counted with
 # torch.utils.flop_counter.FlopCounterMode // 2 on the meta device. timm evaluates Lite3/Lite4 at

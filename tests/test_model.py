@@ -111,7 +111,7 @@ def test_reset_classifier():
 
 
 def test_model_without_classifier_saves_and_loads_as_a_feature_extractor(tmp_path):
-    # Issue 8: reset_classifier(0) recorded num_classes=1, so load_model expected a classifier
+    # A regression: reset_classifier(0) recorded num_classes=1, so load_model expected a classifier
     # that the file does not hold ("missing key(s) classifier.weight").
     from effnet.weights import save_weights
 
@@ -138,7 +138,7 @@ def test_num_classes_zero_builds_no_classifier():
 
 
 def test_changes_enter_through_the_spec_only():
-    # Issue 8: overrides entered in three places; build() and EfficientNet() take a finished spec.
+    # A regression: overrides entered in three places; build() and EfficientNet() take a finished spec.
     spec = get_spec("efficientnet_b0")
     with pytest.raises(TypeError):
         effnet.build(spec, num_classes=3)  # type: ignore[call-arg]

@@ -17,10 +17,10 @@ from effnet.preprocessing import Preprocessing
 from effnet.viz.figures import paper_points, plot_results, read_json_points
 from effnet.weights import save_weights
 
-#: EfficientNet Table 2 (shared/PAPER.md section 3): top-1, params (M), FLOPs (B).
+#: EfficientNet Table 2 (docs/paper.md section 3): top-1, params (M), FLOPs (B).
 TABLE_2 = {"B0": (77.1, 5.3, 0.39), "B1": (79.1, 7.8, 0.70), "B2": (80.1, 9.2, 1.0), "B3": (81.6, 12, 1.8),
            "B4": (82.9, 19, 4.2), "B5": (83.6, 30, 9.9), "B6": (84.0, 43, 19), "B7": (84.3, 66, 37)}
-#: EfficientNetV2 official README (PAPER.md section 7).
+#: EfficientNetV2 official README (docs/paper.md section 7).
 V2 = {"V2-B0": (78.7, 7.1, 0.72), "V2-B1": (79.8, 8.1, 1.2), "V2-B2": (80.5, 10.1, 1.7), "V2-B3": (82.1, 14.4, 3.0),
       "V2-S": (83.9, 21.5, 8.4), "V2-M": (85.2, 54.1, 24.7), "V2-L": (85.7, 119.5, 56.3)}
 
@@ -60,7 +60,7 @@ def test_run_folder_point_uses_best_epoch_and_measured_cost(tmp_path: Path) -> N
     run = _run_folder(tmp_path, [41.0, 77.5, 76.0])
     p = read_run(run)
     assert p.name == "b0_run" and p.top1 == 77.5 and p.dataset == "imagenette"
-    assert p.params == 5_288_548  # the exact count of the PyTorch ports (PAPER.md section 3)
+    assert p.params == 5_288_548  # the exact count of the PyTorch ports (docs/paper.md section 3)
     assert p.flops / 1e9 == pytest.approx(0.39, abs=0.005)  # Table 2: 0.39B multiply-adds
 
 

@@ -71,7 +71,7 @@ def test_latency_and_profile():
 
 @pytest.mark.slow  # bounds a wall-clock time (the default suite has none); the refusal rule is in test_scaling
 def test_scale_refuses_a_size_that_makes_no_sense_at_once(capsys):
-    # Issue 8: `effnet scale --phi 60` built ~900,000 blocks to count them (> 5 minutes, no output).
+    # A regression: `effnet scale --phi 60` built ~900,000 blocks to count them (> 5 minutes, no output).
     start = time.perf_counter()
     code = main(["scale", "--phi", "1", "60"])
     elapsed = time.perf_counter() - start

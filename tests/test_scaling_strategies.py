@@ -1,4 +1,4 @@
-"""Scaling strategies (issue 9, part 2): each rule against hand-computed multipliers and the
+"""Scaling strategies: each rule against hand-computed multipliers and the
 papers' statements, and each strategy's measured FLOPs against the multiple it aims at."""
 
 import math

@@ -89,7 +89,7 @@ def test_missing_spec_file_is_a_clear_error(tmp_path):
 # --- one source of truth: exported constants, registry and the official tables agree ------------
 
 def test_every_exported_spec_is_the_registered_one():
-    # Issue 8: effnet.specs.EFFICIENTNETV2_M had dropout 0.2 while get_spec("efficientnetv2_m") had 0.3.
+    # A regression: effnet.specs.EFFICIENTNETV2_M had dropout 0.2 while get_spec("efficientnetv2_m") had 0.3.
     exported = {name: getattr(specs, name) for name in specs.__all__}
     exported_specs = {name: obj for name, obj in exported.items() if isinstance(obj, ModelSpec)}
     assert len(exported_specs) >= 6
@@ -142,7 +142,7 @@ def test_batchnorm_momentum_is_the_official_one_in_pytorch_convention(name):
 BASELINE_NAMES = {"resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2"}
 
 
-#: The rest of the family (issue 11; tests/test_family.py checks them against timm).
+#: The rest of the family (tests/test_family.py checks them against timm).
 REST_OF_FAMILY = ({f"efficientnet_lite{i}" for i in range(5)} | {f"efficientnet_edgetpu_{v}" for v in "sml"}
                   | {f"tinynet_{v}" for v in "abcde"})
 

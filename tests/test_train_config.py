@@ -8,7 +8,7 @@ import pytest
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
 from effnet.train.config import RECIPES, TrainConfig, resolve_config
 
-#: EfficientNetV2 paper Table 6 (PAPER.md section 8), literal: image size, RandAugment magnitude,
+#: EfficientNetV2 paper Table 6 (docs/paper.md section 8), literal: image size, RandAugment magnitude,
 #: mixup alpha and dropout, each first stage -> last stage, 4 stages.
 TABLE_6 = {
     "efficientnetv2_s": dict(image_size=(128, 300), randaugment=(5, 15), mixup=(0, 0), dropout=(0.1, 0.3)),

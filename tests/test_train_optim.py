@@ -185,7 +185,7 @@ def test_progressive_ramps_linear():
 
 def test_progressive_official_sizes_v2_s():
     spec = ProgressiveSpec(**{**V2_PRESETS["efficientnetv2_s"].__dict__, "size_rule": "official"})
-    assert [stage_values(spec, i)[0] for i in range(4)] == [171, 214, 257, 300]  # PAPER.md section 8
+    assert [stage_values(spec, i)[0] for i in range(4)] == [171, 214, 257, 300]  # docs/paper.md section 8
     paper = V2_PRESETS["efficientnetv2_m"]
     assert [round(stage_values(paper, i)[3], 4) for i in range(4)] == [0.0, 0.0667, 0.1333, 0.2]
     assert [stage_values(V2_PRESETS["efficientnetv2_l"], i)[2] for i in (0, 3)] == [5, 25]
