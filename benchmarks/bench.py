@@ -12,7 +12,6 @@ the JSON to ``benchmarks/results/bench.json`` unless ``--out`` says otherwise.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -22,9 +21,10 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # this checkout's effnet, not whatever the venv may hold
 # The peak-memory workers are fresh Pythons: they find the same effnet through PYTHONPATH
 # (effnet.bench sets it), and Keras must pick the torch backend before its first import.
-os.environ.setdefault("KERAS_BACKEND", "torch")
+from effnet.bench.peers import use_keras_torch_backend  # noqa: E402  (after the sys.path fix above)
+from effnet.cli import main  # noqa: E402
 
-from effnet.cli import main  # noqa: E402  (after the sys.path fix above)
+use_keras_torch_backend()
 
 if __name__ == "__main__":
     argv = sys.argv[1:]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -32,8 +31,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # this checkout's effnet
-os.environ.setdefault("KERAS_BACKEND", "torch")
-from effnet.bench.peers import DROP_PATH_RATE, peer_name, versions  # noqa: E402
+from effnet.bench.peers import DROP_PATH_RATE, peer_name, use_keras_torch_backend, versions  # noqa: E402
+
+use_keras_torch_backend()  # before anything imports keras
 
 LIBS = ("effnet", "timm", "torchvision")
 

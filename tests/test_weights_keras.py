@@ -3,17 +3,17 @@ with Keras's in-model Rescaling/Normalization folded into the recorded preproces
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from effnet.bench.peers import use_keras_torch_backend
 from effnet.weights import convert, load_model, read_weights
 
 pytest.importorskip("h5py", reason="Keras conversion needs h5py")
-os.environ.setdefault("KERAS_BACKEND", "torch")  # must be set before keras is imported
+use_keras_torch_backend()  # before keras is first imported
 keras = pytest.importorskip("keras", reason="keras not installed")
 
 # Keras's torch backend warns on every set_weights call (numpy 2 copy keyword); not ours.

@@ -28,13 +28,15 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from effnet.bench.names import EFFNET_INFERENCE, EFFNET_TRAINING, LIBRARIES
+from effnet.deploy import runtime
+from effnet.deploy.optimize import optimize
 from effnet.profile import count_params
 from effnet.registry import get_spec, list_models
 from effnet.weights import create_model
@@ -42,6 +44,16 @@ from effnet.weights import create_model
 log = logging.getLogger(__name__)
 
 DROP_PATH_RATE = 0.2  # torchvision's and effnet's default stochastic depth, passed to every peer
+
+
+def use_keras_torch_backend(env: MutableMapping[str, str] | None = None) -> None:
+    """Ask Keras 3 for its torch backend: ``KERAS_BACKEND=torch`` in ``env`` (default
+    ``os.environ``; a subprocess's environment dict works too) unless the user chose one.
+
+    Keras reads the variable once, at its first import, so call this before anything imports
+    ``keras``; afterwards it changes nothing in this process (the Keras peer then says so).
+    """
+    (os.environ if env is None else env).setdefault("KERAS_BACKEND", "torch")
 
 
 class Unavailable(RuntimeError):
@@ -170,10 +182,6 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
         return runner
     if variant in ("ort", "openvino", "ort-int8"):
         return _effnet_session(runner, model, variant, resolution, device)
-    try:
-        from effnet.deploy.optimize import optimize
-    except ImportError as e:
-        raise Unavailable(f"effnet.deploy.optimize is not available in this effnet ({e})") from e
     example = _cl(torch.randn(1, 3, resolution, resolution, device=device))  # (B, C, H, W)
     kwargs: dict[str, object] = {}
     if variant == "int8":
@@ -193,8 +201,6 @@ def _effnet_session(runner: Runner, model: nn.Module, variant: str, resolution: 
     """effnet's runtime sessions (effnet.deploy.runtime) on its verified ONNX export, CPU only."""
     if device.type != "cpu":
         raise Unavailable(f"effnet[{variant}] runs on the CPU (ONNX Runtime / OpenVINO CPU); device is {device.type}")
-    from effnet.deploy import runtime
-
     needs = "openvino" if variant == "openvino" else "onnxruntime"
     if needs not in runtime.available_runtimes():
         raise Unavailable(f"{needs} is not installed (pip install 'effnet[runtime]')")
@@ -290,7 +296,7 @@ def _efficientnet_pytorch(name: str, resolution: int, device: torch.device) -> R
 
 
 def _keras(name: str, resolution: int, device: torch.device) -> Runner:
-    os.environ.setdefault("KERAS_BACKEND", "torch")  # only effective before Keras's first import
+    use_keras_torch_backend()
     keras = _import("keras", "keras")
     peer = peer_name("keras", name)
     if peer is None:
@@ -348,7 +354,7 @@ def versions() -> dict[str, str]:
         mine = version("effnet")
     except PackageNotFoundError:
         mine = "not installed"
-    os.environ.setdefault("KERAS_BACKEND", "torch")
+    use_keras_torch_backend()
     out = {"python": platform.python_version(), "torch": torch.__version__, "effnet": mine,
            "effnet_source": str(Path(__file__).resolve().parents[1])}
     for lib in (*LIBRARIES[1:], "openvino"):
@@ -360,4 +366,4 @@ def versions() -> dict[str, str]:
 
 
 __all__ = ["DROP_PATH_RATE", "EFFNET_INFERENCE", "EFFNET_TRAINING", "LIBRARIES", "Runner", "Unavailable",
-           "build_runner", "candidates", "peer_name", "roles_of", "versions"]
+           "build_runner", "candidates", "peer_name", "roles_of", "use_keras_torch_backend", "versions"]

@@ -48,8 +48,10 @@ from effnet.bench.peers import (
     candidates,
     label_of,
     roles_of,
+    use_keras_torch_backend,
     versions,
 )
+from effnet.files import atomic_write
 from effnet.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -332,7 +334,7 @@ def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Config) -> int:
     # The worker imports this effnet even where it is on sys.path only (benchmarks/bench.py runs a checkout).
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    env.setdefault("KERAS_BACKEND", "torch")
+    use_keras_torch_backend(env)
     proc = subprocess.run([sys.executable, "-m", "effnet.bench.worker", json.dumps(job)], capture_output=True,
                           text=True, env=env)
     if proc.returncode != 0:
@@ -422,8 +424,6 @@ def run(models: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
 
 def write_json(result: dict[str, Any], path: str | Path) -> Path:
     """Write ``result`` as JSON, atomically (a half-written file never replaces a good one)."""
-    from effnet.files import atomic_write
-
     return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
 
 

@@ -14,12 +14,12 @@ import sys
 
 import torch
 
+from effnet.bench.measure import peak_memory_bytes, train_step
+from effnet.bench.peers import build_runner
+
 
 def measure(job: dict) -> int:
     """Peak bytes of the first training step of ``job``'s freshly built candidate."""
-    from effnet.bench.measure import peak_memory_bytes, train_step
-    from effnet.bench.peers import build_runner
-
     torch.set_num_threads(int(job["threads"]))
     torch.set_flush_denormal(bool(job["flush_denormal"]))
     device = torch.device(job["device"])
