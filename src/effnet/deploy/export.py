@@ -33,7 +33,6 @@ import logging
 import os
 import shutil
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,8 +40,12 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from effnet import registry
+from effnet.data.datasets import DECODE_ERRORS, decode
+from effnet.deploy.formats import FORMATS, INPUT_NAME, MIN_OPSET, OUTPUT_NAME, Runner, load, max_opset, write
+from effnet.deploy.optimize import optimize, static_padding
 from effnet.files import check_output, commit, disk_full
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.scaling.limits import activation_bytes, check_memory
@@ -53,17 +56,8 @@ __all__ = ["FORMATS", "Check", "ExportResult", "export", "sample_images"]
 
 log = logging.getLogger(__name__)
 
-#: Supported formats and the file suffix each gets when OUT is a folder.
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 TOLERANCE = 1e-4
 HALF_TOLERANCE = 1e-2
-#: Above this many bytes of parameters an ONNX file keeps its tensors in ``OUT.data``: one
-#: protobuf message cannot exceed 2 GiB (efficientnet_l2 in float32 is 1.9 GB of weights).
-EXTERNAL_DATA_BYTES = 1 << 30
-#: The dynamic batch axis is declared up to this size (torch.export needs an upper bound to be
-#: finite only for its own checks; ONNX and TorchScript keep the axis symbolic).
-MAX_BATCH = 4096
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 #: scikit-image's bundled photographs, used as the real images when none are given.
 SAMPLE_PHOTOS = ("chelsea.png", "coffee.png", "astronaut.png")
 
@@ -140,8 +134,6 @@ def sample_images() -> list[Path]:
 
 def _real_batch(images: Sequence[str | Path], prep: Preprocessing) -> torch.Tensor:
     """The images as the weights expect them: resized, centre-cropped, normalised, (N, 3, R, R)."""
-    from effnet.data.datasets import DECODE_ERRORS, decode
-
     transform, normalize = EvalTransform(prep), Normalize(prep)
     out = []
     for image in images:
@@ -162,111 +154,6 @@ def _random_batch(batch: int, resolution: int, prep: Preprocessing, seed: int) -
     g = torch.Generator().manual_seed(seed)
     pixels = torch.randint(0, 256, (batch, 3, resolution, resolution), generator=g)
     return Normalize(prep)(pixels)
-
-
-# --- the three formats --------------------------------------------------------------------------
-Runner = Callable[[torch.Tensor], torch.Tensor]
-
-
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool,
-                 opset: int, dynamo: bool) -> None:
-    large = sum(p.numel() * p.element_size() for p in model.parameters()) > EXTERNAL_DATA_BYTES
-    if dynamo:
-        dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
-        # The dynamo exporter's graph passes log each rewrite at INFO: hundreds of lines per model.
-        quiet = [logging.getLogger(n) for n in ("onnx_ir", "onnxscript", "torch.onnx")]
-        levels = [q.level for q in quiet]
-        for q in quiet:
-            q.setLevel(max(q.getEffectiveLevel(), logging.WARNING))
-        try:
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=True, dynamic_shapes=dynamic_shapes,
-                              external_data=large, verbose=False)
-        finally:
-            for q, level in zip(quiet, levels):
-                q.setLevel(level)
-    else:
-        axes = {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None
-        with warnings.catch_warnings():
-            # The TorchScript-based exporter warns that it is deprecated in favour of dynamo=True,
-            # and traces the model's input checks (TracerWarning): neither concerns the result.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                              opset_version=opset, dynamo=False, dynamic_axes=axes, do_constant_folding=True)
-    if large:
-        _consolidate_external_data(path)
-
-
-def _consolidate_external_data(path: Path) -> None:
-    """Put every external tensor of ``path`` into one ``NAME.data`` beside it (the exporters may
-    write one file per tensor), so that the export is two files that move together."""
-    import onnx
-
-    proto = onnx.load(str(path), load_external_data=True)
-    for f in path.parent.iterdir():
-        if f != path:
-            f.unlink()
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=f"{path.name}.data", size_threshold=1024)
-
-
-def _onnx_runner(path: Path) -> tuple[Runner, str]:
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the fp16 graph's "casts inserted" notes are expected
-    # A few runs only: threads that spin while waiting for work cost more than they save, and
-    # slow everything else on a busy machine.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (y,) = session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})
-        return torch.from_numpy(np.asarray(y))
-
-    return run, f"onnxruntime {ort.__version__} (CPUExecutionProvider)"
-
-
-def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    with warnings.catch_warnings():
-        # Tracing records the model's Python-side input checks as constants (TracerWarning):
-        # the checks are for eager callers; the traced graph has fixed channels and size anyway.
-        warnings.simplefilter("ignore")
-        traced = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(traced, str(path))
-
-
-def _torchscript_runner(path: Path) -> tuple[Runner, str]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loaded = torch.jit.load(str(path), map_location="cpu")
-    return loaded, f"torch.jit.load (torch {torch.__version__})"
-
-
-def _export_program(model: nn.Module, example: torch.Tensor, path: Path, dynamic_batch: bool) -> None:
-    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},) if dynamic_batch else None
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
-    torch.export.save(program, str(path))
-
-
-def _program_runner(path: Path) -> tuple[Runner, str]:
-    return torch.export.load(str(path)).module(), f"torch.export.load (torch {torch.__version__})"
-
-
-# --- the front door -----------------------------------------------------------------------------
-#: The oldest ONNX opset whose export ONNX Runtime loads and runs (checked: 7, 9, 11, 13, 17;
-#: opset 5 gives INVALID_GRAPH).
-MIN_OPSET = 7
-
-
-def _max_opset() -> int:
-    try:
-        import onnx
-
-        return int(onnx.defs.onnx_opset_version())
-    except ImportError:  # the export itself says that onnx is missing
-        return 10**6
 
 
 def _output_path(out: str | Path, format: str) -> Path:
@@ -296,6 +183,194 @@ def _error(y: torch.Tensor, ref: torch.Tensor, probabilities: bool = False) -> t
     if probabilities and ref.ndim == 2 and ref.shape[1] > 1:
         return diff, (y.softmax(1) - ref.softmax(1)).abs().max().item()
     return diff, diff / max(1.0, ref.abs().max().item())
+
+
+def _check_request(weights: str | Path | nn.Module, out: str | Path, format: str, batch_size: int, opset: int,
+                   images: list[str | Path] | None, overwrite: bool) -> Path:
+    """Refuse a bad request before any work: the format, batch size and opset, an output that
+    exists (without ``overwrite``) or is an input, a missing ONNX runtime, missing images.
+    Returns the output path."""
+    if format not in FORMATS:
+        raise ValueError(f"unsupported format {format!r}: expected one of {', '.join(FORMATS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    if format == "onnx" and not MIN_OPSET <= opset <= max_opset():
+        raise ValueError(f"--opset {opset}: ONNX Runtime runs opsets {MIN_OPSET} to {max_opset()} of this "
+                         f"export; choose one in that range (default 17)")
+    path = _output_path(out, format)
+    sources = [weights] if isinstance(weights, (str, Path)) and Path(weights).exists() else []
+    check_output(path, inputs=[*sources, *(images or [])], overwrite=overwrite)
+    check_output(path.parent / f"{path.name}.json", inputs=sources, overwrite=overwrite)
+    if format == "onnx":  # fail before the (long) export when the runtime is missing
+        for module in ("onnx", "onnxruntime"):
+            try:
+                __import__(module)
+            except ImportError as e:
+                raise RuntimeError(f"ONNX export needs {module}: pip install 'effnet[export]'") from e
+    if images is not None:
+        missing = [str(p) for p in images if not Path(p).is_file()]
+        if missing:
+            raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
+    return path
+
+
+def _check_reference(reference: nn.Module, resolution: int, largest_batch: int) -> None:
+    """Refuse a model the export cannot verify (not RGB) or an input size that would not fit in
+    memory, before the export allocates."""
+    spec = getattr(reference, "spec", None)
+    if spec is not None:
+        # A huge --resolution would run for minutes, then die in the allocator (verification runs
+        # the reference and the export at batch 3).
+        check_memory(activation_bytes(spec, resolution, largest_batch),
+                     f"export at {resolution} px", "pass a smaller --resolution")
+    in_channels = getattr(spec, "in_channels", 3)
+    if in_channels != 3:
+        raise ValueError(f"export: the model takes {in_channels} input channels; the verification feeds "
+                         f"RGB images (3 channels)")
+
+
+def _verification_inputs(images: list[str | Path] | None, prep: Preprocessing, resolution: int, batch_size: int,
+                         dynamic_batch: bool, seed: int) -> list[tuple[str, torch.Tensor]]:
+    """(name, batch) pairs in the float32 normalised input space: random pixels at the export's
+    batch sizes, then the real images (chunks of ``batch_size`` for a fixed batch, the last one
+    filled up with random pixels)."""
+    batches = [1, 3] if dynamic_batch else [batch_size]
+    inputs = [(f"random pixels, batch {b}", _random_batch(b, resolution, prep, seed + i)) for i, b in enumerate(batches)]
+    photos = sample_images() if images is None else images
+    if not photos:
+        log.warning("export: verifying on random pixels only (%s)", "no images given" if images is not None
+                    else "scikit-image, whose sample photos are the default real images, is not installed")
+        return inputs
+    real = _real_batch(photos, prep)
+    if dynamic_batch:
+        inputs.append((f"{len(photos)} real image(s)", real))
+        return inputs
+    for start in range(0, len(real), batch_size):
+        chunk = real[start:start + batch_size]
+        if len(chunk) < batch_size:
+            chunk = torch.cat([chunk, _random_batch(batch_size - len(chunk), resolution, prep, seed + 99)])
+        inputs.append((f"real image(s) {start + 1}-{min(start + batch_size, len(real))}", chunk))
+    return inputs
+
+
+def _deployment_model(reference: nn.Module, example: torch.Tensor, resolution: int, fast: bool,
+                      dtype: torch.dtype) -> nn.Module:
+    """The model that is exported: static padding (TF "same" made fixed for this size), BN folded
+    with ``fast``, in ``dtype``, frozen; the reference stays the unoptimised float32 eager model."""
+    deploy = optimize(reference, example, trace=False) if fast else static_padding(reference, resolution)
+    deploy = deploy.eval().to(dtype)
+    for p in deploy.parameters():
+        p.requires_grad_(False)
+    return deploy
+
+
+def _write_and_load(deploy: nn.Module, example: torch.Tensor, tmp: Path, format: str, dynamic_batch: bool,
+                    opset: int, dynamo: bool, path: Path, described: str,
+                    step: Callable[[], object]) -> tuple[Runner, str]:
+    """Write the export to ``tmp`` and load it back with its runtime; a failure of either says
+    that nothing was written to ``path``."""
+    try:
+        with torch.no_grad():
+            write(format, deploy, example, tmp, dynamic_batch=dynamic_batch, opset=opset, dynamo=dynamo)
+    except Exception as e:
+        if disk_full(path.parent):  # the exporter's own words would blame the conversion
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
+        hint = " (try --dynamo, the other ONNX exporter)" if format == "onnx" and not dynamo else ""
+        raise RuntimeError(f"export failed: the {format} exporter could not convert {described} "
+                           f"({type(e).__name__}: {e}){hint}; nothing was written to {path}") from e
+    step()
+    try:
+        loaded = load(format, tmp)
+    except Exception as e:
+        raise RuntimeError(f"export verification failed: {format} export of {described} cannot be loaded "
+                           f"by its runtime ({type(e).__name__}: {e}); nothing was written to {path}") from e
+    step()
+    return loaded
+
+
+def _verify(reference: nn.Module, run: Runner, inputs: list[tuple[str, torch.Tensor]], dtype: torch.dtype,
+            format: str, half: bool, tolerance: float, path: Path,
+            step: Callable[[], object]) -> tuple[list[Check], Check, int]:
+    """Run the export and the eager reference on every input: (checks, the worst one, the number
+    of outputs). Raises ``RuntimeError`` on a failed run, a wrong shape or an error above
+    ``tolerance``."""
+    checks: list[Check] = []
+    outputs = 0
+    with torch.no_grad():
+        for name, x in inputs:
+            ref = reference(x)
+            try:
+                y = run(x.to(dtype))
+            except Exception as e:
+                raise RuntimeError(f"export verification failed: the {format} export cannot run {name} "
+                                   f"({type(e).__name__}: {e}); nothing was written to {path}") from e
+            if tuple(y.shape) != tuple(ref.shape):
+                raise RuntimeError(f"export verification failed: {format} output shape {tuple(y.shape)} on "
+                                   f"{name}, eager {tuple(ref.shape)}; nothing was written to {path}")
+            diff, err = _error(y, ref, probabilities=half)
+            checks.append(Check(name, len(x), diff, err))
+            outputs = int(ref.shape[1])
+            log.debug("verify %s: max |diff| %.3g, error %.3g", name, diff, err)
+            step()
+    worst = max(checks, key=lambda c: c.error)
+    if not worst.error <= tolerance:
+        raise RuntimeError(
+            f"export verification failed: the {format} export differs from eager PyTorch by {worst.error:.3g} "
+            f"(max |diff| {worst.max_abs_diff:.3g} on {worst.input}), above the tolerance {tolerance:g}; "
+            f"nothing was written to {path}")
+    return checks, worst, outputs
+
+
+def _metadata(*, format: str, path: Path, files: list[str], reference: nn.Module, described: str,
+              dynamic_batch: bool, batch_size: int, half: bool, fast: bool, resolution: int, outputs: int,
+              prep: Preprocessing, class_names: list[str] | None, opset: int, dynamo: bool, runtime: str,
+              tolerance: float, checks: list[Check], worst: Check) -> dict[str, Any]:
+    """The ``OUT.json`` written beside the export: what it takes, what it returns, how it was checked."""
+    batch: str | int = "batch" if dynamic_batch else batch_size
+    return {
+        "format": format,
+        "file": path.name,
+        "files": files,
+        "effnet_version": _effnet_version(),
+        "model": getattr(getattr(reference, "spec", None), "name", type(reference).__name__),
+        "weights": described,
+        "input": {
+            "name": INPUT_NAME if format == "onnx" else "x",
+            "shape": [batch, 3, resolution, resolution],
+            "dynamic_axes": {"0": "batch"} if dynamic_batch else {},
+            "dtype": "float16" if half else "float32",
+            "layout": "NCHW, RGB, normalised: (pixels * scale - mean) / std",
+        },
+        "output": {"name": OUTPUT_NAME if format == "onnx" else "output", "shape": [batch, outputs],
+                   "meaning": "logits (apply softmax for probabilities)"},
+        "resolution": resolution,
+        "preprocessing": {**prep.to_dict(), "resize": prep.resize,
+                          "steps": "resize shorter side to `resize` (interpolation), centre crop "
+                                   "`resolution`, then (pixels * scale - mean) / std per channel"},
+        "class_names": list(class_names) if class_names is not None else None,
+        "optimizations": {"static_padding": True, "fold_batchnorm": fast, "half": half},
+        "onnx": {"opset": opset, "exporter": "dynamo" if dynamo else "torchscript"} if format == "onnx" else None,
+        "verification": {
+            "runtime": runtime,
+            "reference": "eager PyTorch, float32, unoptimised",
+            "error": ("max |softmax(export) - softmax(eager)|" if half
+                      else "max |export - eager| / max(1, max |eager|)"),
+            "tolerance": tolerance,
+            "max_error": worst.error,
+            "checks": [dataclasses.asdict(c) for c in checks],
+        },
+    }
+
+
+def _commit_all(tmpdir: Path, export_file: Path, meta_file: Path, folder: Path) -> list[Path]:
+    """Move everything in ``tmpdir`` into ``folder``: data files first, the export next, the JSON
+    last, so that a reader that sees the JSON sees all."""
+    order = [f for f in tmpdir.iterdir() if f not in (export_file, meta_file)] + [export_file, meta_file]
+    written = []
+    for f in order:
+        commit(f, folder / f.name)
+        written.append(folder / f.name)
+    return written
 
 
 def export(
@@ -335,77 +410,19 @@ def export(
     Returns an :class:`ExportResult`; raises ``RuntimeError`` (nothing written) when the export
     differs from eager PyTorch by more than the tolerance.
     """
-    from tqdm import tqdm
-
-    from effnet.deploy.optimize import optimize, static_padding
-
-    if format not in FORMATS:
-        raise ValueError(f"unsupported format {format!r}: expected one of {', '.join(FORMATS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
-    if format == "onnx" and not MIN_OPSET <= opset <= _max_opset():
-        raise ValueError(f"--opset {opset}: ONNX Runtime runs opsets {MIN_OPSET} to {_max_opset()} of this "
-                         f"export; choose one in that range (default 17)")
-    path = _output_path(out, format)
-    sources = [weights] if isinstance(weights, (str, Path)) and Path(weights).exists() else []
-    check_output(path, inputs=[*sources, *(images or [])], overwrite=overwrite)
-    check_output(path.parent / f"{path.name}.json", inputs=sources, overwrite=overwrite)
-    if format == "onnx":  # fail before the (long) export when the runtime is missing
-        for module in ("onnx", "onnxruntime"):
-            try:
-                __import__(module)
-            except ImportError as e:
-                raise RuntimeError(f"ONNX export needs {module}: pip install 'effnet[export]'") from e
-    if images is not None:
-        images = list(images)
-        missing = [str(p) for p in images if not Path(p).is_file()]
-        if missing:
-            raise FileNotFoundError(f"image(s) not found: {', '.join(missing)}")
-
+    images = list(images) if images is not None else None
+    path = _check_request(weights, out, format, batch_size, opset, images, overwrite)
     reference, recorded, class_names, described = _load_source(weights)
     resolution = _check_resolution(recorded.resolution if resolution is None else resolution)
     prep = dataclasses.replace(recorded, resolution=resolution)
-    spec = getattr(reference, "spec", None)
-    if spec is not None:
-        # Refused before the export allocates: a huge --resolution would run for minutes, then
-        # die in the allocator (verification runs the reference and the export at batch 3).
-        check_memory(activation_bytes(spec, resolution, max(batch_size, 3 if dynamic_batch else 1)),
-                     f"export at {resolution} px", "pass a smaller --resolution")
+    _check_reference(reference, resolution, max(batch_size, 3 if dynamic_batch else 1))
     tolerance = (HALF_TOLERANCE if half else TOLERANCE) if tolerance is None else tolerance
-    in_channels = getattr(getattr(reference, "spec", None), "in_channels", 3)
-    if in_channels != 3:
-        raise ValueError(f"export: the model takes {in_channels} input channels; the verification feeds "
-                         f"RGB images (3 channels)")
-
-    # Verification inputs (all in the float32 normalised input space): random pixels at the
-    # export's batch sizes, then the real images.
-    batches = [1, 3] if dynamic_batch else [batch_size]
-    inputs = [(f"random pixels, batch {b}", _random_batch(b, resolution, prep, seed + i)) for i, b in enumerate(batches)]
-    photos = sample_images() if images is None else images
-    if photos:
-        real = _real_batch(photos, prep)
-        if dynamic_batch:
-            inputs.append((f"{len(photos)} real image(s)", real))
-        else:  # fixed batch: chunks of batch_size, the last one filled up with random pixels
-            for start in range(0, len(real), batch_size):
-                chunk = real[start:start + batch_size]
-                if len(chunk) < batch_size:
-                    chunk = torch.cat([chunk, _random_batch(batch_size - len(chunk), resolution, prep, seed + 99)])
-                inputs.append((f"real image(s) {start + 1}-{min(start + batch_size, len(real))}", chunk))
-    else:
-        log.warning("export: verifying on random pixels only (%s)", "no images given" if images is not None
-                    else "scikit-image, whose sample photos are the default real images, is not installed")
+    inputs = _verification_inputs(images, prep, resolution, batch_size, dynamic_batch, seed)
 
     steps = tqdm(total=3 + len(inputs), desc=f"export {format}", unit="step", disable=None)
-    # The deployment model: static padding (TF "same" made fixed for this size), BN folded with
-    # fast; the reference stays the unoptimised float32 eager model.
-    example = _random_batch(2 if dynamic_batch else batch_size, resolution, prep, seed + 7)
-    deploy = optimize(reference, example, trace=False) if fast else static_padding(reference, resolution)
-    deploy = deploy.eval()
     dtype = torch.float16 if half else torch.float32
-    deploy = deploy.to(dtype)
-    for p in deploy.parameters():
-        p.requires_grad_(False)
+    example = _random_batch(2 if dynamic_batch else batch_size, resolution, prep, seed + 7)
+    deploy = _deployment_model(reference, example, resolution, fast, dtype)
     steps.update()
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -415,98 +432,20 @@ def export(
         log.info("exporting %s to %s (%s, %d px, %s batch%s%s)", described, path, format, resolution,
                  "dynamic" if dynamic_batch else f"fixed {batch_size}", ", fp16" if half else "",
                  ", BN folded" if fast else "")
-        try:
-            with torch.no_grad():
-                if format == "onnx":
-                    _export_onnx(deploy, example.to(dtype), tmp, dynamic_batch, opset, dynamo)
-                elif format == "torchscript":
-                    _export_torchscript(deploy, example.to(dtype), tmp)
-                else:
-                    _export_program(deploy, example.to(dtype), tmp, dynamic_batch)
-        except Exception as e:
-            if disk_full(path.parent):  # the exporter's own words would blame the conversion
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from e
-            hint = " (try --dynamo, the other ONNX exporter)" if format == "onnx" and not dynamo else ""
-            raise RuntimeError(f"export failed: the {format} exporter could not convert {described} "
-                               f"({type(e).__name__}: {e}){hint}; nothing was written to {path}") from e
-        steps.update()
-        try:
-            run, runtime = {"onnx": _onnx_runner, "torchscript": _torchscript_runner,
-                            "exported-program": _program_runner}[format](tmp)
-        except Exception as e:
-            raise RuntimeError(f"export verification failed: {format} export of {described} cannot be loaded "
-                               f"by its runtime ({type(e).__name__}: {e}); nothing was written to {path}") from e
-        steps.update()
-
-        checks: list[Check] = []
-        with torch.no_grad():
-            for name, x in inputs:
-                ref = reference(x)
-                try:
-                    y = run(x.to(dtype))
-                except Exception as e:
-                    raise RuntimeError(f"export verification failed: the {format} export cannot run {name} "
-                                       f"({type(e).__name__}: {e}); nothing was written to {path}") from e
-                if tuple(y.shape) != tuple(ref.shape):
-                    raise RuntimeError(f"export verification failed: {format} output shape {tuple(y.shape)} on "
-                                       f"{name}, eager {tuple(ref.shape)}; nothing was written to {path}")
-                diff, err = _error(y, ref, probabilities=half)
-                checks.append(Check(name, len(x), diff, err))
-                log.debug("verify %s: max |diff| %.3g, error %.3g", name, diff, err)
-                steps.update()
-        worst = max(checks, key=lambda c: c.error)
-        if not worst.error <= tolerance:
-            raise RuntimeError(
-                f"export verification failed: the {format} export differs from eager PyTorch by {worst.error:.3g} "
-                f"(max |diff| {worst.max_abs_diff:.3g} on {worst.input}), above the tolerance {tolerance:g}; "
-                f"nothing was written to {path}")
-
-        spec = getattr(reference, "spec", None)
-        meta: dict[str, Any] = {
-            "format": format,
-            "file": path.name,
-            "files": sorted(f.name for f in tmpdir.iterdir()),
-            "effnet_version": _effnet_version(),
-            "model": getattr(spec, "name", type(reference).__name__),
-            "weights": described,
-            "input": {
-                "name": INPUT_NAME if format == "onnx" else "x",
-                "shape": ["batch" if dynamic_batch else batch_size, 3, resolution, resolution],
-                "dynamic_axes": {"0": "batch"} if dynamic_batch else {},
-                "dtype": "float16" if half else "float32",
-                "layout": "NCHW, RGB, normalised: (pixels * scale - mean) / std",
-            },
-            "output": {"name": OUTPUT_NAME if format == "onnx" else "output",
-                       "shape": ["batch" if dynamic_batch else batch_size, int(ref.shape[1])],
-                       "meaning": "logits (apply softmax for probabilities)"},
-            "resolution": resolution,
-            "preprocessing": {**prep.to_dict(), "resize": prep.resize,
-                              "steps": "resize shorter side to `resize` (interpolation), centre crop "
-                                       "`resolution`, then (pixels * scale - mean) / std per channel"},
-            "class_names": list(class_names) if class_names is not None else None,
-            "optimizations": {"static_padding": True, "fold_batchnorm": fast, "half": half},
-            "onnx": {"opset": opset, "exporter": "dynamo" if dynamo else "torchscript"} if format == "onnx" else None,
-            "verification": {
-                "runtime": runtime,
-                "reference": "eager PyTorch, float32, unoptimised",
-                "error": ("max |softmax(export) - softmax(eager)|" if half
-                          else "max |export - eager| / max(1, max |eager|)"),
-                "tolerance": tolerance,
-                "max_error": worst.error,
-                "checks": [dataclasses.asdict(c) for c in checks],
-            },
-        }
-        meta_name = f"{path.name}.json"
-        (tmpdir / meta_name).write_text(json.dumps(meta, indent=2) + "\n")
-        # Data files first, the export next, the JSON last: a reader that sees the JSON sees all.
-        order = [f for f in tmpdir.iterdir() if f.name not in (path.name, meta_name)] + [tmp, tmpdir / meta_name]
-        written = []
-        for f in order:
-            commit(f, path.parent / f.name)
-            written.append(path.parent / f.name)
+        run, runtime = _write_and_load(deploy, example.to(dtype), tmp, format, dynamic_batch, opset, dynamo,
+                                       path, described, steps.update)
+        checks, worst, outputs = _verify(reference, run, inputs, dtype, format, half, tolerance, path, steps.update)
+        meta = _metadata(format=format, path=path, files=sorted(f.name for f in tmpdir.iterdir()),
+                         reference=reference, described=described, dynamic_batch=dynamic_batch,
+                         batch_size=batch_size, half=half, fast=fast, resolution=resolution, outputs=outputs,
+                         prep=prep, class_names=class_names, opset=opset, dynamo=dynamo, runtime=runtime,
+                         tolerance=tolerance, checks=checks, worst=worst)
+        meta_file = tmpdir / f"{path.name}.json"
+        meta_file.write_text(json.dumps(meta, indent=2) + "\n")
+        written = _commit_all(tmpdir, tmp, meta_file, path.parent)
     finally:
         steps.close()
         shutil.rmtree(tmpdir, ignore_errors=True)
     log.info("exported %s: max error %.3g (tolerance %g) over %d checks with %s", path, worst.error,
              tolerance, len(checks), runtime)
-    return ExportResult(path, path.parent / meta_name, format, worst.error, tolerance, checks, meta, written)
+    return ExportResult(path, path.parent / meta_file.name, format, worst.error, tolerance, checks, meta, written)
