@@ -19,7 +19,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from effnet.deploy.surgery import _set_child, fold_batchnorm, static_padding
+from effnet.deploy.quantize import quantize
+from effnet.deploy.surgery import fold_batchnorm, set_child, static_padding
 from effnet.layers import Conv2dSame, SqueezeExcite
 
 __all__ = ["TracedInference", "fold_batchnorm", "optimize", "static_padding"]
@@ -57,7 +58,7 @@ def _linear_from_conv(conv: nn.Conv2d) -> nn.Linear:
 def _linear_squeeze_excite(model: nn.Module) -> int:
     names = [name for name, m in model.named_modules() if type(m) is SqueezeExcite]
     for name in names:
-        _set_child(model, name, _LinearSqueezeExcite(model.get_submodule(name)))
+        set_child(model, name, _LinearSqueezeExcite(model.get_submodule(name)))
     return len(names)
 
 
@@ -144,8 +145,6 @@ def optimize(
     if int8:
         if compile:
             raise ValueError("optimize: int8 and compile together are not supported; pick one")
-        from effnet.deploy.quantize import quantize
-
         return quantize(model, example_input, calibration=calibration)
     if calibration is not None:
         raise ValueError("optimize: calibration batches are only used with int8=True")

@@ -25,6 +25,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from effnet.deploy.surgery import conv_of, fold_batchnorm, static_padding
+from effnet.files import atomic_write
+from effnet.model import EfficientNet
+
 __all__ = ["Int8Model", "agreement", "calibration_key", "quantize", "quantize_onnx"]
 
 log = logging.getLogger(__name__)
@@ -112,13 +116,11 @@ def _clamped_observer() -> type:
 def _clamp_targets(source: nn.Module) -> dict[str, float | None]:
     """``conv name -> upper clamp`` for every conv feeding a ReLU (None) or ReLU6 (6.0) inside a
     ``ConvBnAct`` (conv, bn folded to an identity, act)."""
-    from effnet.deploy.surgery import _conv_of
-
     targets: dict[str, float | None] = {}
     for name, m in source.named_modules():
         if not isinstance(m, nn.Sequential) or not all(hasattr(m, k) for k in ("conv", "bn", "act")):
             continue
-        if type(m.bn) is not nn.Identity or _conv_of(m.conv) is None or type(m.act) not in (nn.ReLU, nn.ReLU6):
+        if type(m.bn) is not nn.Identity or conv_of(m.conv) is None or type(m.act) not in (nn.ReLU, nn.ReLU6):
             continue
         prefix = f"{name}." if name else ""
         conv_name = f"{prefix}conv" + (".conv" if isinstance(m.conv, nn.Sequential) else "")
@@ -170,9 +172,6 @@ def quantize(
     """
     from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
-
-    from effnet.deploy.surgery import fold_batchnorm, static_padding
-    from effnet.model import EfficientNet
 
     if calibration is None:
         if example_input is None:
@@ -286,8 +285,6 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: Iterable[torch
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from effnet.files import atomic_write
 
     _, batches = _first_batch(calibration)
     fp32, out = Path(fp32), Path(out)

@@ -41,6 +41,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from effnet.deploy import optimize as torch_path  # the module: this one defines its own optimize()
+from effnet.deploy.export import export
+from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
+from effnet.files import atomic_write
+from effnet.weights import load_model
+
 __all__ = ["RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
            "last_choice", "optimize", "session"]
 
@@ -146,8 +152,6 @@ def _onnx_for(source: str | Path | nn.Module, reference: nn.Module, resolution: 
               cache_dir: str | Path | None) -> tuple[Path, Any]:
     """The verified ONNX export of ``source`` at ``resolution`` (dynamic batch, BN folded): cached
     next to a weight file, in a temporary folder for a model object. Returns (path, folder to keep)."""
-    from effnet.deploy.export import export
-
     keep = None
     if isinstance(source, nn.Module):
         keep = tempfile.TemporaryDirectory(prefix="effnet-session-")
@@ -187,8 +191,6 @@ def _read_checks(onnx_path: Path) -> dict[str, Any]:
 
 
 def _record(onnx_path: Path, key: str, value: Any) -> None:
-    from effnet.files import atomic_write
-
     data = _read_checks(onnx_path)
     data[key] = value
     text = json.dumps(data, indent=2, sort_keys=True)
@@ -246,8 +248,6 @@ def _load_reference(source: str | Path | nn.Module) -> nn.Module:
     if isinstance(source, nn.Module):
         # The caller's model is never changed: a model in training mode is copied to evaluate.
         return copy.deepcopy(source).eval() if source.training else source
-    from effnet.weights import load_model
-
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {source} (a session is built from an effnet "
@@ -282,9 +282,7 @@ def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, r
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, res, res, generator=gen)
     if runtime == "torch":
-        from effnet.deploy.optimize import optimize
-
-        module = optimize(reference, x[:1])
+        module = torch_path.optimize(reference, x[:1])
         s = Session("torch", module, resolution=res, source=reference, module=module, threads=threads)
         checked = None  # in process, every time: a trace is built fresh
     else:
@@ -391,8 +389,6 @@ def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, run
     (``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the fastest of those installed, timed at
     batch 1), checked against ``model`` within 1e-4. With ``int8=True`` a runtime other than torch
     runs ONNX Runtime's static int8 model, calibrated on ``calibration`` (:func:`int8_session`)."""
-    from effnet.deploy import optimize as torch_path
-
     if runtime == "torch":
         return torch_path.optimize(model, example_input, int8=int8, calibration=calibration, **options)
     _check_runtime(runtime)
@@ -428,8 +424,6 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     the int8 session without either check (benchmarks of random-weight models, where agreement
     would judge noise).
     """
-    from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
-
     _check_runtime("onnxruntime")
     batches = [b for b in calibration]
     if not batches or not all(isinstance(b, torch.Tensor) and b.ndim == 4 for b in batches):

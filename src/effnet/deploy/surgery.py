@@ -2,7 +2,8 @@
 
 Re-exported by :mod:`effnet.deploy.optimize` (the public home of both functions); kept apart
 so that :mod:`effnet.deploy.quantize` can use them without importing ``optimize``, which
-imports ``quantize`` for ``int8=True``.
+imports ``quantize`` for ``int8=True``. :func:`set_child` and :func:`conv_of` are the two small
+helpers ``optimize`` and ``quantize`` share with this module.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ import torch
 from torch import nn
 
 from effnet.layers import Conv2dSame
-from effnet.layers.conv import _same_pad
+from effnet.layers.conv import same_pad
 
-__all__ = ["fold_batchnorm", "static_padding"]
+__all__ = ["conv_of", "fold_batchnorm", "set_child", "static_padding"]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,8 @@ def _in_channels(model: nn.Module) -> int:
     raise ValueError("static_padding: the model has no Conv2d, so its input channels are unknown")
 
 
-def _set_child(root: nn.Module, name: str, new: nn.Module) -> None:
+def set_child(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Replace the submodule at dotted ``name`` (e.g. ``blocks.3.conv``) of ``root`` by ``new``."""
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
@@ -107,8 +109,8 @@ def static_padding(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
             raise RuntimeError(f"static_padding: {name} (Conv2dSame) was not used by the forward pass; "
                                f"cannot tell its input size")
         ih, iw = sizes[name]
-        top, bottom = _same_pad(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
-        left, right = _same_pad(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
+        top, bottom = same_pad(ih, conv.kernel_size[0], conv.stride[0], conv.dilation[0])
+        left, right = same_pad(iw, conv.kernel_size[1], conv.stride[1], conv.dilation[1])
         if top == bottom and left == right:
             new: nn.Module = _plain_conv(conv, (top, left))
         else:
@@ -116,12 +118,12 @@ def static_padding(model: nn.Module, image_size: int | tuple[int, int]) -> nn.Mo
                 pad=nn.ZeroPad2d((left, right, top, bottom)), conv=_plain_conv(conv, (0, 0)),
             ))
         new.train(conv.training)
-        _set_child(out, name, new)
+        set_child(out, name, new)
     log.debug("static_padding: %d Conv2dSame layers fixed for %dx%d input", len(same), height, width)
     return out
 
 
-def _conv_of(module: nn.Module) -> nn.Conv2d | None:
+def conv_of(module: nn.Module) -> nn.Conv2d | None:
     """The conv whose output ``module`` produces: a Conv2d, or the last Conv2d of a
     ``Sequential(pad, conv)`` made by :func:`static_padding`."""
     if isinstance(module, nn.Conv2d):
@@ -164,7 +166,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
             continue
         children = list(parent.named_children())
         for (_, prev), (name, bn) in zip(children, children[1:]):
-            conv = _conv_of(prev)
+            conv = conv_of(prev)
             if (type(bn) is nn.BatchNorm2d and conv is not None and bn.track_running_stats
                     and bn.running_mean is not None and bn.num_features == conv.out_channels):
                 _fold(conv, bn)

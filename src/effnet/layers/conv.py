@@ -26,8 +26,9 @@ def make_activation(name: str) -> nn.Module:
         raise ValueError(f"unknown activation {name!r}: expected one of {sorted(_ACTIVATIONS)}") from None
 
 
-def _same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
-    """TF "SAME": output = ceil(size / stride); extra padding goes to the bottom/right."""
+def same_pad(size: int, kernel: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """TF "SAME" padding of one spatial axis, as (before, after): output = ceil(size / stride);
+    extra padding goes to the bottom/right. Shared with :func:`effnet.deploy.surgery.static_padding`."""
     total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
     return total // 2, total - total // 2
 
@@ -42,8 +43,8 @@ class Conv2dSame(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         ih, iw = x.shape[-2:]
         kh, kw = self.kernel_size
-        top, bottom = _same_pad(ih, kh, self.stride[0], self.dilation[0])
-        left, right = _same_pad(iw, kw, self.stride[1], self.dilation[1])
+        top, bottom = same_pad(ih, kh, self.stride[0], self.dilation[0])
+        left, right = same_pad(iw, kw, self.stride[1], self.dilation[1])
         if top or bottom or left or right:
             x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
