@@ -44,6 +44,7 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(root / "photo.png")
     (root / "bad.yaml").write_text("name: [unclosed\n  stages: {")
+    (root / "wrongtype.yaml").write_text("epochs: ten\n")
     for c in ("x", "y"):
         (root / "imgs" / c).mkdir(parents=True)
         for i in range(3):
@@ -81,6 +82,11 @@ CASES = [
     ("files destroyed", ["export", "w.safetensors", "w.safetensors", "--format", "onnx"], ["also an input"]),
     ("files destroyed", ["export", "w.safetensors", "photo.png", "--format", "onnx"],
      ["already exists", "--overwrite"]),
+    # hangs: a search retried trials that could not succeed, training each first; refused up front
+    ("hangs", ["search", "--space", "b0", "--trials", "1", "--data", "/nonexistent", "--out", "run_search"],
+     ["/nonexistent", "no such folder"]),
+    ("hangs", ["search", "--space", "b0", "--trials", "1", "--reward", "v1", "--target-flops", "0", "--out",
+               "run_search"], ["--target-flops", "got 0"]),
     # hangs: a size that cannot fit ran for minutes before the kernel killed it; now refused at once
     ("hangs", ["predict", "photo.png", "--weights", "w.safetensors", "--resolution", "100000"],
      ["100000 px", "GiB", "available"]),
@@ -89,10 +95,18 @@ CASES = [
     ("silently wrong", ["predict", "photo.png", "--weights", "w.safetensors", "--topk", "0"], ["--topk 0"]),
     ("silently wrong", ["predict", "photo.png", "--weights", "nan.safetensors"], ["NaN", "diverged"]),
     ("silently wrong", ["train", "--image-size", "0", "--out", "run_zero"], ["--image-size 0"]),
+    ("silently wrong", ["eval", "--weights", "w.safetensors", "--data", "imgs"], ["['x', 'y']", "['a', 'b', 'c']"]),
+    ("silently wrong", ["scale", "study", "--flops", "1e9", "--out", "run_study"], ["ratios to the base", "1e+09"]),
+    ("silently wrong", ["scale", "fit", "--base", "bad.yaml", "--max-flops", "1G", "--save", "bad.yaml"],
+     ["also an input"]),
     # tracebacks: a malformed YAML file, an output under a file
     ("tracebacks", ["profile", "--spec", "bad.yaml"], ["bad.yaml"]),
     ("tracebacks", ["export", "w.safetensors", "photo.png/model.onnx"], ["photo.png", "not a folder"]),
     ("tracebacks", ["scale", "fit", "--max-params", "6M", "--save", "imgs"], ["imgs is a folder"]),
+    ("tracebacks", ["search", "--space", "b0", "--trials", "1", "--recipe", "bad.yaml", "--out", "run_search"],
+     ["recipe file bad.yaml", "not a readable YAML file"]),
+    ("tracebacks", ["scale", "study", "--recipe", "wrongtype.yaml", "--out", "run_study"],
+     ["recipe file wrongtype.yaml", "epochs: 'ten' should be a number"]),
     ("tracebacks", ["scale", "fit", "--max-params", "6M", "--save", "photo.png/spec.yaml"],
      ["photo.png is a file"]),
     # raw library messages
@@ -164,6 +178,10 @@ def boundary(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 def test_ctrl_c_is_exit_130_and_one_line(monkeypatch, capsys):
     code, err = boundary(monkeypatch, capsys, KeyboardInterrupt())
     assert code == 130 and err.strip() == "effnet list: interrupted"
+    # torch's own INFO loggers stay quiet (its FakeTensor cache statistics followed the line at exit).
+    import logging
+
+    assert logging.getLogger("torch._subclasses.fake_tensor").getEffectiveLevel() == logging.WARNING
 
 
 def test_os_errors_are_plain_words_with_the_path(monkeypatch, capsys):
@@ -313,3 +331,21 @@ def test_an_optimised_model_refuses_another_size_than_its_fixed_padding():
     fast = effnet.optimize(symmetric, x)
     with torch.no_grad():
         torch.testing.assert_close(fast(other), symmetric(other), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_search_is_exit_130_and_one_line(user, tmp_path):
+    """Ctrl-C while a search trains: one line and exit 130 (a traceback before), the study kept."""
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "effnet", "search", "--space", "b0", "--trials", "2", "--epochs",
+                             "1", "--train-subset", "64", "--out", str(tmp_path / "s")], cwd=user, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.stdout is not None
+    proc.stdout.readline()  # the space's summary: the command is inside its error boundary
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == "effnet search: interrupted"
+    assert not list(tmp_path.rglob("*.tmp"))

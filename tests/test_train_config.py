@@ -112,3 +112,11 @@ def test_recipe_file_changes_the_paper_recipe(tmp_path):
     path.write_text("- epochs\n- 7\n")
     with pytest.raises(ValueError, match="expected a mapping of training fields"):
         resolve_config(str(path), data="DIR")
+    # A file the YAML parser cannot read, or a word where a number belongs, named in one line
+    # (the parser's and the comparison's own errors reached search and the scaling lab raw).
+    path.write_text("epochs: [unclosed\n  batch_size: {")
+    with pytest.raises(ValueError, match=r"recipe file .*r.yaml: not a readable YAML file \(ParserError"):
+        resolve_config(str(path), data="DIR")
+    path.write_text("epochs: ten\n")
+    with pytest.raises(ValueError, match=r"wrong type \(epochs: 'ten' should be a number\)"):
+        resolve_config(str(path), data="DIR")

@@ -131,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        # INFO is for effnet's own progress lines; torch's INFO loggers would otherwise speak too
+        # (its FakeTensor cache statistics at exit after a Ctrl-C, for one).
+        logging.getLogger("torch").setLevel(logging.WARNING)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -454,7 +454,12 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
     elif Path(recipe).suffix in (".yaml", ".yml") and Path(recipe).is_file():
         import yaml
 
-        own = yaml.safe_load(Path(recipe).read_text()) or {}
+        try:
+            own = yaml.safe_load(Path(recipe).read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            # The parser's own text names "<unicode string>" and spans lines: say which file.
+            raise ValueError(f"recipe file {recipe}: not a readable YAML file ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())})") from e
         if not isinstance(own, dict):
             raise ValueError(f"recipe file {recipe}: expected a mapping of training fields (epochs: 30 ...), "
                              f"got a {type(own).__name__}")
@@ -487,7 +492,18 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
     if overrides.get("progressive") not in (None, "off") and "autoaugment" not in overrides:
         merged["autoaugment"] = False
         sources["autoaugment"] = "flag (--progressive replaces AutoAugment)"
-    cfg = TrainConfig.from_dict(merged)  # __post_init__ resolves "model" against the final model
+    try:
+        cfg = TrainConfig.from_dict(merged)  # __post_init__ resolves "model" against the final model
+    except TypeError as e:  # a value of the wrong type in a recipe file ("epochs: ten")
+        if recipe in RECIPES:
+            raise
+        types = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
+        # Name the field: a word where a number belongs is the common case ("epochs: ten").
+        named = [f"{k}: {v!r}" for k, v in merged.items() if isinstance(v, str) and k in types
+                 and ("int" in types[k] or "float" in types[k]) and "str" not in types[k]]
+        which = f" ({', '.join(named)} should be a number)" if named else f" ({e})"
+        raise ValueError(f"recipe file {recipe}: a value has the wrong type{which}; compare the file with the "
+                         f"defaults `effnet train --help` shows") from e
     return Resolved(cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(cfg)}, summary)
 
 
