@@ -245,8 +245,10 @@ def _check(split: Split, what: str, root: object) -> None:
         )
 
 
-def _seeded_split(n: int, labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Stratified: each class keeps about ``val_fraction`` of its samples for validation."""
+def seeded_split(n: int, labels: list[int], val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, val indices) of ``n`` samples, stratified and reproducible from ``seed``:
+    each class keeps about ``val_fraction`` of its samples for validation. Evaluation redraws a
+    run's split with it to check that the data it scores was never trained on."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction: expected a fraction in (0, 1), got {val_fraction}")
     rng = random.Random(seed)
@@ -276,7 +278,7 @@ def load_digits_split(val_fraction: float = 0.2, seed: int = 0) -> tuple[Split, 
     # Pixel values are 0..16: stretch to 0..255 so the usual normalisation applies.
     images = [Image.fromarray((img * (255.0 / 16.0)).round().astype("uint8"), mode="L") for img in d.images]
     full = Split(list(images), [int(t) for t in d.target], [str(i) for i in range(10)])
-    train, val = _seeded_split(len(full), full.labels, val_fraction, seed)
+    train, val = seeded_split(len(full), full.labels, val_fraction, seed)
     return _subset(full, train), _subset(full, val)
 
 
@@ -330,7 +332,7 @@ def load_splits(data: str | Path, val_fraction: float = 0.2, seed: int = 0) -> t
         full = Split(*_scan_classes(source))
         _check(full, "whole", source)
         _refuse_empty(full, source)
-        tr, va = _seeded_split(len(full), full.labels, val_fraction, seed)
+        tr, va = seeded_split(len(full), full.labels, val_fraction, seed)
         train, val = _subset(full, tr), _subset(full, va)
     _check(train, "train", root)
     _check(val, "val", root)

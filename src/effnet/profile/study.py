@@ -10,6 +10,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import torch
+from tqdm import tqdm
+
+from effnet.model import build
+from effnet.profile.measure import count_flops, count_params
+from effnet.registry import get_spec
 from effnet.scaling.compound import ALPHA, BETA, GAMMA
 from effnet.scaling.grid import GridPoint, grid_candidates, grid_points
 from effnet.scaling.limits import DEFAULT_LIMITS, SizeLimits, describe_size, size_problems
@@ -44,11 +50,6 @@ def _measure_architecture(spec: ModelSpec) -> tuple[int, int]:
     Cached by architecture (callers pass the spec with its name and nominal multipliers blanked,
     see :func:`_measure`): a grid listing or a repeated study counts each network once.
     """
-    import torch
-
-    from effnet.model import build
-    from effnet.profile import count_flops, count_params
-
     with torch.device("meta"):
         net = build(spec)
     return count_params(net), count_flops(net, spec.resolution)
@@ -157,10 +158,6 @@ def measure_grid(
     Every candidate is checked against ``limits`` before anything is built. ``progress`` shows
     a bar on stderr (when it is a terminal) for listings of more than a few networks.
     """
-    from tqdm import tqdm
-
-    from effnet.registry import get_spec
-
     spec = get_spec(base) if isinstance(base, str) else base
     if points is None:
         points = grid_points(1.0 if phi is None else phi, step, tolerance)

@@ -10,11 +10,26 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from effnet.data import UNREADABLE, DecodedDataset, SkipLog, Split, load_eval_split, make_loader
-from effnet.data.datasets import DECODE_ERRORS, decode
+from effnet.data import (
+    IMAGE_EXTENSIONS,
+    UNREADABLE,
+    DecodedDataset,
+    SkipLog,
+    Split,
+    load_digits_split,
+    load_eval_split,
+    load_splits,
+    make_loader,
+)
+from effnet.data.datasets import DECODE_ERRORS, decode, seeded_split
+from effnet.deploy.optimize import optimize
+from effnet.deploy.quantize import agreement as top1_agreement  # ``agreement`` names the measured value here
+from effnet.deploy.runtime import RUNTIMES, available_runtimes, describe, int8_session, session
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
+from effnet.train.score import default_device, score
 from effnet.viz.plots import plot_confusion
+from effnet.weights import load_model
 
 log = logging.getLogger(__name__)
 
@@ -36,68 +51,6 @@ class EvalResult:
     path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
     int8_agreement: float | None = None  # with int8: the fraction of images where int8's top-1 = fp32's
     trained_on: int = 0  # images of the evaluated split that the run (its split.json) trained on
-
-
-def default_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-@torch.no_grad()
-def score(
-    model: nn.Module, loader: torch.utils.data.DataLoader, normalize: nn.Module, device: torch.device,
-    num_classes: int, split: Split | None = None, skips: SkipLog | None = None, channels_last: bool = False,
-    autocast_dtype: torch.dtype | None = None, sharded: bool = False,
-) -> tuple[float, float, float, torch.Tensor]:
-    """``(loss, top1 %, top5 %, confusion (C, C))`` of ``model`` over ``loader``.
-
-    ``sharded``: the loader holds this rank's share of the split (in a torch.distributed job);
-    the plain sums are all-reduced over the ranks before they are divided, so every image
-    counts once and every rank returns the same scores.
-    """
-    was_training = model.training
-    model.eval()
-    loss_sum, top1, top5, n = 0.0, 0, 0, 0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    unreadable = SkipLog()  # this split's, for the error below; merged into ``skips``
-    for images, labels, index in loader:
-        bad = labels == UNREADABLE
-        if bad.any():
-            if split is not None:
-                unreadable.add(split, index[bad].tolist())
-            images, labels = images[~bad], labels[~bad]
-            if len(labels) == 0:
-                continue
-        x = normalize(images.to(device, non_blocking=True))
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        y = labels.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            logits = model(x)
-        logits = logits.float()
-        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        topk = logits.topk(k, dim=1).indices  # (B, k)
-        top1 += (topk[:, 0] == y).sum().item()
-        top5 += (topk == y[:, None]).any(dim=1).sum().item()
-        n += len(y)
-        confusion.index_put_((y.cpu(), topk[:, 0].cpu()), torch.ones(len(y), dtype=torch.long), accumulate=True)
-    model.train(was_training)
-    if skips is not None:
-        skips.update(unreadable)
-    if sharded:
-        totals = torch.tensor([loss_sum, top1, top5, n], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(totals)
-        loss_sum, top1, top5, n = totals[0].item(), totals[1].item(), totals[2].item(), int(totals[3].item())
-        confusion = confusion.to(device)
-        torch.distributed.all_reduce(confusion)
-        confusion = confusion.cpu()
-    if n == 0:
-        if unreadable.skipped:
-            raise ValueError(f"evaluation: no readable image in the split: {unreadable.summary()}")
-        raise ValueError("evaluation: the split holds no images")
-    return loss_sum / n, 100.0 * top1 / n, 100.0 * top5 / n, confusion
 
 
 def eval_preprocessing(recorded: Preprocessing, resolution: int | None = None) -> Preprocessing:
@@ -136,16 +89,12 @@ def _optimized(model: nn.Module, path: str, example: torch.Tensor,
     (fp32, or int8 calibrated on ``calibration``); an fp32 path on a runtime other than torch is
     :func:`effnet.deploy.runtime.session` of the weight file (its export cached beside it)."""
     if runtime != "torch":
-        from effnet.deploy.runtime import int8_session, session
-
         source = weights if weights is not None else model
         if path == "int8":  # ONNX Runtime's static int8, or its fp32 session when int8 does not pay
             return int8_session(source, calibration or [example], resolution=int(example.shape[-1]))
         return session(source, runtime, resolution=int(example.shape[-1]))
     if path == "plain":
         return model
-    from effnet.deploy.optimize import optimize
-
     int8 = path == "int8"
     # optimize's copies keep class_names / preprocessing (deepcopy, TracedInference, Int8Model).
     return optimize(model, example, int8=int8, calibration=calibration if int8 else None)
@@ -155,8 +104,6 @@ def _route(path: str, runtime: str, device: torch.device) -> str:
     """The runtime an fp32 path runs on: ``auto`` picks the fastest for ``--fast`` on the CPU
     (effnet.deploy.runtime.choose_runtime); the plain path stays the model as loaded unless a
     runtime is named."""
-    from effnet.deploy.runtime import RUNTIMES
-
     if runtime not in (*RUNTIMES, "auto"):
         raise ValueError(f"--runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
     if runtime not in ("torch", "auto") and device.type != "cpu":
@@ -167,8 +114,6 @@ def _route(path: str, runtime: str, device: torch.device) -> str:
         if runtime == "openvino":
             raise ValueError("--int8 runs on --runtime onnxruntime or torch (openvino runs the fp32 model)")
         if runtime == "auto":
-            from effnet.deploy.runtime import available_runtimes
-
             return "onnxruntime" if "onnxruntime" in available_runtimes() else "torch"
     return runtime
 
@@ -177,8 +122,6 @@ def describe_path(path: str) -> str:
     """One line naming the inference path (``fast:onnxruntime``: a runtime session), for the CLI."""
     path, _, runtime = path.partition(":")
     if runtime:
-        from effnet.deploy.runtime import describe
-
         what = "int8 (static QDQ, calibrated on the inputs)" if path == "int8" else f"{path} fp32"
         return f"{what} on {describe(runtime)}"
     return {
@@ -189,8 +132,6 @@ def describe_path(path: str) -> str:
 
 
 def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[str]]:
-    from effnet.weights import load_model
-
     model = load_model(weights, map_location=device)
     names = model.class_names or [str(i) for i in range(model.spec.num_classes)]  # type: ignore[union-attr]
     return model, list(names)
@@ -251,8 +192,6 @@ def evaluate(
         fast_model = _optimized(model, path, calibration[0][:1], calibration, runtime, weights)
         path = fast_model.path_label(path) if runtime != "torch" else path
         if path.partition(":")[0] == "int8":
-            from effnet.deploy.quantize import agreement as top1_agreement
-
             agreement = top1_agreement(model, fast_model, _images(loader, normalize, dev))
         model = fast_model
     log.debug("inference path: %s", describe_path(path))
@@ -309,16 +248,12 @@ def run_record(weights: str | Path) -> dict | None:
 
 def _redrawn(record: dict) -> tuple[Split, Split]:
     """A recorded split without file lists, drawn again from its data, fraction and seed."""
-    from effnet.data import load_splits
-
     return load_splits(record["data"], record["val_fraction"], record["seed"])
 
 
 def recorded_val_split(record: dict) -> Split:
     """The validation split a run recorded: its file list, or digits' seed and fraction."""
     if record["data"] == "digits":
-        from effnet.data import load_digits_split
-
         return load_digits_split(record["val_fraction"], record["seed"])[1]
     if "val" not in record:
         return _redrawn(record)[1]
@@ -338,11 +273,9 @@ def overlap_with_training(record: dict, data: object, split: Split, val_fraction
             return 0
         from sklearn.datasets import load_digits
 
-        from effnet.data.datasets import _seeded_split
-
         labels = [int(t) for t in load_digits().target]
-        trained, _ = _seeded_split(len(labels), labels, record["val_fraction"], record["seed"])
-        _, evaluated = _seeded_split(len(labels), labels, val_fraction, seed)
+        trained, _ = seeded_split(len(labels), labels, record["val_fraction"], record["seed"])
+        _, evaluated = seeded_split(len(labels), labels, val_fraction, seed)
         return len(set(trained) & set(evaluated))
     root = Path(record["data"])
     if "train" in record:
@@ -386,8 +319,6 @@ class Prediction:
 def image_files(paths: list[str | Path]) -> list[Path]:
     """``paths`` with each folder replaced by the image files under it (recursively, the
     extensions of :data:`effnet.data.IMAGE_EXTENSIONS`, sorted); files are kept as given."""
-    from effnet.data import IMAGE_EXTENSIONS
-
     out: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():

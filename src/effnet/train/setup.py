@@ -39,16 +39,20 @@ from effnet.data import (
     plan,
 )
 from effnet.files import atomic_write
-from effnet.model import EfficientNet
+from effnet.model import EfficientNet, build
 from effnet.preprocessing import Normalize, Preprocessing, choose_normalisation
+from effnet.profile.measure import count_params
+from effnet.registry import get_spec
+from effnet.scaling import scale
 from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
-from effnet.train.evaluate import default_device
 from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
 from effnet.train.rundir import CONFIG_FILE, claim, new_run_dir
+from effnet.train.score import default_device
 from effnet.train.state import Position, set_rng_state
 from effnet.train.stop import StopSignals
+from effnet.weights import model_from_weights, read_weights
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +235,6 @@ def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = Non
     file's preprocessing is attached as ``model.preprocessing``); else ``cfg.spec`` (a file) or
     ``cfg.model`` (a name), times ``width``/``depth``. The head is sized for ``num_classes`` and
     the config's dropout, drop-path and BatchNorm-momentum overrides apply in every case."""
-    from effnet.model import build
-    from effnet.registry import get_spec
-    from effnet.scaling import scale
-    from effnet.weights import model_from_weights, read_weights
-
     overrides = {k: v for k, v in dict(dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate,
                                        bn_momentum=cfg.bn_momentum).items() if v is not None}
     if spec is not None:
@@ -420,7 +419,7 @@ def set_up(cfg: TrainConfig, d: distributed.Dist, run_dir: Path | None, saved: d
     sizes = sorted({s.image_size for s in data.stages})
     log.info("run folder %s: %s (%d params) at %s px on %s, %d train / %d val images, %d classes, %d epochs, "
              "batch %d x %d, peak lr %.4g, %d CPU thread(s)", run_dir or "none (nothing is saved)", model.spec.name,
-             sum(p.numel() for p in model.parameters()), "-".join(map(str, sizes)) if len(sizes) < 3
+             count_params(model, trainable_only=False), "-".join(map(str, sizes)) if len(sizes) < 3
              else f"{sizes[0]}-{sizes[-1]}", device, len(train_split), len(val_split),
              len(data.class_names), cfg.epochs, cfg.batch_size, cfg.accum_steps, schedule.peak_lr, threads)
     if d.enabled:

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from effnet.files import atomic_write
+from effnet.weights import read_weights
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,6 @@ def describe_position(state: dict[str, Any]) -> str:
 
 def _what_is_intact(run_dir: Path) -> str:
     """What a damaged run folder still holds, and the commands that use it."""
-    from effnet.weights import read_weights
-
     parts = []
     for name in ("last.safetensors", "best.safetensors"):
         if not (run_dir / name).is_file():

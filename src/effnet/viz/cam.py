@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from effnet.model import EfficientNet
+from effnet.viz.plots import pyplot, save_fig
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -292,9 +293,7 @@ def plot_cams(path: str | Path, grid: Sequence[Sequence[ImageCam]], *, row_label
     """Overlays in a grid (EfficientNet Figure 7 layout: a row per image, a column per model or
     method), each panel titled with the explained class and the top-k predictions. Where the
     model saw nothing (outside a centre crop) the image is dimmed and left without a map."""
-    from effnet.viz.plots import _pyplot, _save_fig
-
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols = len(grid), max(len(r) for r in grid)
     # Panel size from the images' aspect ratio, so a 451x300 photo is not squeezed into a square.
     aspect = max(c.heatmap.shape[0] / c.heatmap.shape[1] for r in grid for c in r)
@@ -327,4 +326,4 @@ def plot_cams(path: str | Path, grid: Sequence[Sequence[ImageCam]], *, row_label
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return _save_fig(fig, path, dpi=110, fmt=fmt)
+    return save_fig(fig, path, dpi=110, fmt=fmt)

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from effnet.files import atomic_write
+from effnet.profile.measure import profile_model
 from effnet.specs.base import ModelSpec
 from effnet.specs.paper import PaperResult, paper_curves
+from effnet.viz.plots import pyplot
 
 log = logging.getLogger(__name__)
 
@@ -184,8 +186,6 @@ def run_point(name: str, metrics: Iterable[dict[str, Any]], spec: ModelSpec, res
               dataset: str = "", series: str = "training runs") -> ResultPoint:
     """A training run's point: its best validation top-1 (the epoch ``best.safetensors``
     holds) and the cost of its architecture at its evaluation ``resolution``, measured."""
-    from effnet.profile import profile_model
-
     tops = [float(r["val_top1"]) for r in metrics if r.get("val_top1") not in (None, "")]
     if not tops:
         raise ValueError(f"run {name}: metrics.csv has no finished epoch yet (no val_top1)")
@@ -301,8 +301,6 @@ def plot_results(path: str | Path, points: Sequence[ResultPoint], *, paper: bool
     """Accuracy against FLOPs (left) and against parameters (right): a row for the published
     ImageNet curves (with any ImageNet points of yours), a row for your other points. Writes
     ``path`` with each suffix in ``formats``; returns the files."""
-    from effnet.viz.plots import _pyplot
-
     bad = [f for f in formats if f not in ("png", "svg", "pdf")]
     if bad or not formats:
         raise ValueError(f"formats: expected some of png, svg, pdf, got {list(formats)}")
@@ -316,7 +314,7 @@ def plot_results(path: str | Path, points: Sequence[ResultPoint], *, paper: bool
     if mine:
         sets = sorted({p.dataset for p in mine if p.dataset})
         rows.append((f"your runs{' on ' + ', '.join(sets) if sets else ''}", mine))
-    plt = _pyplot()
+    plt = pyplot()
     # SVG text stays text (not glyph outlines): labels can be searched, edited and restyled.
     with plt.rc_context({"svg.fonttype": "none"}):
         return _plot_rows(plt, rows, Path(path), title, formats)

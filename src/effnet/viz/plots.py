@@ -18,7 +18,9 @@ if TYPE_CHECKING:
     from effnet.profile.study import ScaleRow
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the Agg backend (no display needed), imported on first use: the
+    figure modules (:mod:`effnet.viz.cam`, :mod:`effnet.viz.figures`) draw through it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -29,12 +31,13 @@ def _pyplot() -> Any:
 
 def _save(fig: Any, path: str | Path, dpi: int, fmt: str = "png") -> Path:
     out = atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return out
 
 
-def _save_fig(fig: Any, path: str | Path, dpi: int, fmt: str | None = None) -> Path:
-    """Like :func:`_save`, in the format named by ``fmt`` or by the file's suffix (png, svg, pdf)."""
+def save_fig(fig: Any, path: str | Path, dpi: int, fmt: str | None = None) -> Path:
+    """Write ``fig`` atomically and close it, in the format named by ``fmt`` or by the file's suffix
+    (png, svg, pdf)."""
     fmt = fmt or Path(path).suffix.lstrip(".").lower() or "png"
     if fmt not in ("png", "svg", "pdf"):
         raise ValueError(f"{path}: expected a .png, .svg or .pdf file name, got format {fmt!r}")
@@ -44,7 +47,7 @@ def _save_fig(fig: Any, path: str | Path, dpi: int, fmt: str | None = None) -> P
 def plot_curves(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     """Loss (train, val) and validation top-1 per epoch, from ``metrics.csv`` rows."""
     epochs = [r["epoch"] for r in rows]
-    fig, (a, b) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
     a.plot(epochs, [r["train_loss"] for r in rows], label="train")
     a.plot(epochs, [r["val_loss"] for r in rows], label="val")
     a.set_xlabel("epoch")
@@ -73,7 +76,7 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: str | Path) 
     """Confusion matrix (rows: true class, columns: predicted); counts written in the cells
     up to 20 classes, class names on the axes up to 40."""
     n = len(names)
-    fig, ax = _pyplot().subplots(figsize=(max(4, 0.4 * n + 2), max(4, 0.4 * n + 2)))
+    fig, ax = pyplot().subplots(figsize=(max(4, 0.4 * n + 2), max(4, 0.4 * n + 2)))
     image = ax.imshow(confusion.numpy(), cmap="Blues")
     if n <= 40:
         ax.set_xticks(range(n), names, rotation=90)
@@ -96,7 +99,7 @@ def plot_compound_study(rows: list[ScaleRow], path: str | Path, title: str = "")
     if not rows:
         raise ValueError("plot_compound_study: no rows to plot")
     phis = [r.phi for r in rows]
-    fig, (a, b) = _pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
     a.plot(phis, [r.flops_ratio for r in rows], "o-", label="measured")
     strategy = getattr(rows[0], "strategy", "compound")
     # compound and v2 predict (alpha*beta^2*gamma^2)^phi; the other strategies aim at 2^phi.
@@ -122,7 +125,7 @@ def plot_accuracy_flops(path: str | Path, points: list[dict[str, Any]], best: di
                         title: str = "") -> Path:
     """Validation top-1 against FLOPs for trained candidates (``points``: label,
     flops, top1, pruned), the best one marked: the scaling search's result."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     done = [p for p in points if not p.get("pruned")]
     cut = [p for p in points if p.get("pruned")]
@@ -144,7 +147,7 @@ def plot_strategies(path: str | Path, lines: dict[str, list[tuple[float, float]]
                     baseline: tuple[float, float] | None = None, title: str = "") -> Path:
     """Accuracy against FLOPs, one line per scaling strategy from the shared baseline
     (EfficientNet Figure 3 / Figure 8 layout)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pts in lines.items():
         ax.plot([f / 1e6 for f, _ in pts], [a for _, a in pts], "o-", label=name)
@@ -181,7 +184,7 @@ def plot_search(path: str | Path, points: list[dict[str, Any]], *, base_step_ms:
     step_ms, y, label, pruned, front, base, best), the base's step time S0 as a dashed line
     and the base's own trial, if any, marked. With ``pareto`` the non-dominated trials (the
     front of accuracy against step time and parameters) are drawn in their own colour."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     plain = [p for p in points if not p.get("pruned") and not p.get("front")]
     cut = [p for p in points if p.get("pruned")]

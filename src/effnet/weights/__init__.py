@@ -20,6 +20,7 @@ from effnet.weights.format import (
     save_weights,
 )
 from effnet.weights.hub import PRETRAINED, cache_dir, fetch_pretrained
+from effnet.weights.peers import list_peers
 
 __all__ = [
     "PRETRAINED",
@@ -41,16 +42,13 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``convert`` and ``list_peers`` load the converters (key maps of torchvision, timm, Keras and
+    """``convert`` loads the converters (key maps of torchvision, timm, Keras and
     efficientnet_pytorch) on first use: loading a model from an effnet file never needs them."""
     if name == "convert":
+        # Local: the converters load only when a file is converted.
         from effnet.weights.converters import convert
 
         return convert
-    if name == "list_peers":
-        from effnet.weights.peers import list_peers
-
-        return list_peers
     raise AttributeError(f"module 'effnet.weights' has no attribute {name!r}")
 
 

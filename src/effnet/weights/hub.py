@@ -221,6 +221,7 @@ def fetch_pretrained(name: str, table: dict[str, PretrainedSource] | None = None
 
 
 def _download_and_convert(name: str, entry: PretrainedSource, path: Path) -> Path:
+    # Local: the converters load only when a file is converted (here: downloaded).
     from effnet.weights.converters import convert
 
     log.info("downloading %s (%s)", entry.url, entry.checksum.describe())

@@ -23,9 +23,9 @@ from __future__ import annotations
 import torch
 
 from effnet.specs.base import ModelSpec
-from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, walk
-from effnet.weights.peers import get_peer
-from effnet.weights.torch_maps import _num_classes
+from effnet.weights.keymap import Converted, Mapping, map_state_dict, put_torch_layer, target_shapes, walk
+from effnet.weights.peers import HALF, PEERS, get_peer
+from effnet.weights.torch_maps import num_classes
 
 #: effnet block role -> (conv, BatchNorm) names inside ``_blocks.N``.
 _BLOCK = {"expand": ("_expand_conv", "_bn0"), "dw": ("_depthwise_conv", "_bn1"),
@@ -65,10 +65,8 @@ def convert_lukemelas(state: dict[str, torch.Tensor], model: str, advprop: bool 
     if advprop:
         if "lite" in model:
             raise ValueError(f"--advprop: there are no AdvProp weights of {model} (only efficientnet-b0..b8)")
-        from effnet.weights.peers import HALF
-
         pre = type(pre)(**{**pre.to_dict(), "mean": HALF, "std": HALF})
-    spec = peer.spec(_num_classes(state, "_fc.weight"))
+    spec = peer.spec(num_classes(state, "_fc.weight"))
     hint = ""
     if "conv_stem.weight" in state:
         hint = "; the keys look like a timm state dict (--source timm)"
@@ -87,9 +85,6 @@ def convert_lukemelas(state: dict[str, torch.Tensor], model: str, advprop: bool 
 
 def _guess(state: dict[str, torch.Tensor]) -> str:
     """Name the variant whose shapes the file has, so a wrong ``--model`` says which is right."""
-    from effnet.weights.keymap import target_shapes
-    from effnet.weights.peers import PEERS
-
     blocks = {k.split(".")[1] for k in state if k.startswith("_blocks.")}
     for (source, name), peer in PEERS.items():
         if source != "efficientnet_pytorch":

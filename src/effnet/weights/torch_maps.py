@@ -91,14 +91,15 @@ def convert_state_dict(
     if source == "keras":
         raise ValueError("Keras weights are .h5 files: use convert_keras(path, model) instead")
     cls_key = "classifier.1.weight" if source == "torchvision" else "classifier.weight"
-    spec = peer.spec(_num_classes(state, cls_key))
+    spec = peer.spec(num_classes(state, cls_key))
     mapping = torchvision_mapping(spec) if source == "torchvision" else timm_mapping(spec)
     out = map_state_dict(state, mapping, spec, what=f"{source}:{model}", hint=_layout_hint(state))
     return Converted(out, spec, peer.preprocessing, f"{source}:{model}")
 
 
-def _num_classes(state: dict[str, torch.Tensor], key: str) -> int | None:
-    """The classifier's output size (Linear weight is (out, in)), so fine-tuned heads convert."""
+def num_classes(state: dict[str, torch.Tensor], key: str) -> int | None:
+    """The classifier's output size read from ``state[key]`` (a Linear weight is (out, in)), or
+    None when absent: the converters of every peer use it so that fine-tuned heads convert."""
     t = state.get(key)
     return int(t.shape[0]) if t is not None and t.ndim == 2 else None
 
