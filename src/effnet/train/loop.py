@@ -53,8 +53,8 @@ from effnet.preprocessing import EvalTransform, Preprocessing
 from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
-from effnet.train.evaluate import score
 from effnet.train.rundir import METRICS_FILE, forget_unstarted, open_step_log, write_metrics
+from effnet.train.score import score
 from effnet.train.setup import Run, open_run_dir, set_up
 from effnet.train.state import STATE_FILE, drop_state_at, read_state, rng_state, write_state
 from effnet.train.stop import Interrupted, StopSignals
