@@ -97,8 +97,10 @@ CASES = [
     ("silently wrong", ["train", "--image-size", "0", "--out", "run_zero"], ["--image-size 0"]),
     ("silently wrong", ["eval", "--weights", "w.safetensors", "--data", "imgs"], ["['x', 'y']", "['a', 'b', 'c']"]),
     ("silently wrong", ["scale", "study", "--flops", "1e9", "--out", "run_study"], ["ratios to the base", "1e+09"]),
-    ("silently wrong", ["scale", "fit", "--base", "bad.yaml", "--max-flops", "1G", "--save", "bad.yaml"],
+    ("files destroyed", ["scale", "fit", "--base", "bad.yaml", "--max-flops", "1G", "--save", "bad.yaml"],
      ["also an input"]),
+    ("files destroyed", ["scale", "fit", "--max-params", "6M", "--save", "photo.png"],
+     ["photo.png already exists", "another --save path"]),
     # tracebacks: a malformed YAML file, an output under a file
     ("tracebacks", ["profile", "--spec", "bad.yaml"], ["bad.yaml"]),
     ("tracebacks", ["export", "w.safetensors", "photo.png/model.onnx"], ["photo.png", "not a folder"]),

@@ -127,17 +127,22 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
 
 
 def cmd_scale_fit(args: argparse.Namespace) -> int:
+    import errno
     from pathlib import Path
 
     from effnet.files import check_output
     from effnet.lab import fit
 
     if args.save:
-        # Checked before the search (a folder, an unwritable folder, the base spec file itself),
-        # and written after the result is printed, so a failed write never loses the result. An
-        # existing spec file is replaced as before unless the command has an --overwrite option.
+        # Checked before the search (a folder, an unwritable folder, the base spec file, an
+        # existing file), and written after the result is printed, so a failed write never loses
+        # the result.
+        overwrite = getattr(args, "overwrite", None)
         check_output(args.save, inputs=[args.base] if Path(args.base).is_file() else [],
-                     overwrite=getattr(args, "overwrite", True))
+                     overwrite=overwrite is None or overwrite)
+        if overwrite is None and Path(args.save).is_file():  # no --overwrite option here: never replace
+            raise FileExistsError(errno.EEXIST, f"{args.save} already exists and scale fit does not replace files: "
+                                  f"choose another --save path (or remove the file first)", args.save)
     r = fit(args.base, max_flops=args.max_flops, max_params=args.max_params, max_latency=args.max_latency,
             strategy=args.fit_strategy, step=args.step, device=args.device, batch=args.batch)
     if args.json:
