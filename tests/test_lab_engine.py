@@ -20,17 +20,19 @@ from effnet.lab.budget import trial_budget  # noqa: E402
 
 # --- convergence ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("curve, status", [
-    # Still climbing: the last two epochs (80, 90) beat the best before them (60) by 30 points.
+    # Still climbing: the last epoch (90) beats the best before it (80) by 10 points.
     ([20, 40, 60, 80, 90], "improving"),
-    # Plateau with noise: best of the last two (97.5) beats the best before (97.2) by 0.3 <= 1.
+    # Plateau with noise: the last epoch (97.5) beats the best before (97.2) by 0.3 <= 1.
     ([60, 90, 97.2, 96.9, 97.5], "converged"),
-    # A dip at the end is not improvement: best of the last two (95) is below the best before (97).
+    # Flat since epoch 3 after a steep start: converged (99 - 99 = 0).
+    ([46, 80, 99, 99], "converged"),
+    # A dip at the end is not improvement: the last (94) is below the best before (97).
     ([50, 97, 96, 95, 94], "converged"),
     # Exactly one point of gain is within the threshold; 1.5 is not.
     ([10, 50, 50, 51], "converged"),
     ([10, 50, 50, 51.5], "improving"),
-    # Two epochs (or fewer) cannot show that training stopped improving.
-    ([99, 99], "improving"),
+    # One epoch cannot show that training stopped improving.
+    ([99], "improving"),
     ([], "improving"),
     # A curve stuck at chance has stopped improving: converged (to a bad answer), not improving.
     ([10, 10, 9.7, 10, 10], "converged"),
@@ -80,6 +82,7 @@ def test_a_winner_that_had_not_converged_is_named_with_a_caveat():
     assert engine.winner_line("the best point", "converged") == ""
     assert "still improving" in engine.winner_line("the best point", "improving")
     assert "2/3 candidate(s) still improving" in engine.unconverged_line(["improving", "converged", "improving"])
+    assert engine.convergence([10, 50, 99, 99], window=2) == "improving"  # epochs 3-4 against 1-2
 
 
 # --- the budget ------------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ TRIAL_ZERO_INIT = True
 #: the proxy itself would favour resolution. At 64 px the stride-32 stage sees 2x2.
 DIGITS_TRIAL_SIZE = 64
 #: Below this many epochs a trial's curve cannot show whether it stopped improving
-#: (:func:`effnet.lab.engine.convergence` compares the last epochs with the ones before).
+#: (:func:`effnet.lab.engine.convergence` compares the last epoch with the best before it, and
+#: the first epoch is mostly warm-up: on digits 11-48% where the third reaches 97-99%).
 MIN_TRIAL_EPOCHS = 3
 #: Smallest stride-32 feature map (px) at which a trial's geometry is not decided by the proxy.
 MIN_LAST_MAP = 2
