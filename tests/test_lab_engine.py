@@ -271,3 +271,11 @@ def test_validation_lines_show_both_taus_and_an_unranked_reference():
     assert "paper (1.2, 1.1, 1.15)" in text and "90.00*" in text
     d = v.to_dict()
     assert d["kendall_tau"] == -1.0 and d["rows"][2]["proxy"] is None
+
+
+def test_noise_of_a_top1_is_two_binomial_standard_errors():
+    # p = 0.5 on 100 images: sqrt(0.25 / 100) = 0.05, two of them = 10 points.
+    assert engine.noise_points(50.0, 100) == pytest.approx(10.0)
+    # p = 0.98 on 359 images: 2 * sqrt(0.98 * 0.02 / 359) = 0.01478 -> 1.48 points.
+    assert engine.noise_points(98.0, 359) == pytest.approx(1.478, abs=1e-3)
+    assert math.isnan(engine.noise_points(90.0, None))

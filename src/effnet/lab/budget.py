@@ -101,6 +101,7 @@ class TrialBudget:
                 "eval_size": cfg.eval_size or ("trial size" if EVAL_AT_TRIAL_SIZE and cfg.progressive is None
                                                else "the spec's train/eval ratio"),
                 "progressive": cfg.progressive is not None, "classes": self.classes(),
+                "val_images": len(self._splits()[1]),
                 "overrides": json.loads(json.dumps(self.overrides, default=str))}
 
     def config(self) -> Any:
@@ -142,11 +143,14 @@ class TrialBudget:
                        f"ranking (aim for >= {MIN_TRIAL_STEPS}: more epochs, more data or a smaller --batch-size)")
         return out
 
-    def _split(self) -> Any:
+    def _splits(self) -> Any:
         from effnet.data.datasets import load_splits
 
         cfg = self.config()
-        return load_splits(self.data, cfg.val_fraction, cfg.seed)[0]
+        return load_splits(self.data, cfg.val_fraction, cfg.seed)
+
+    def _split(self) -> Any:
+        return self._splits()[0]
 
     def steps(self) -> int:
         """Optimiser steps one trial takes: batches per epoch (the training split, or its

@@ -141,6 +141,10 @@ class StudyReport:
             best = at[0]
             gap = f", {best.top1 - at[1].top1:+.2f} over {at[1].strategy}" if len(at) > 1 else ""
             line = f"at {m:g}x FLOPs: {best.strategy} best ({best.top1:.2f}%{gap})"
+            noise = engine.noise_points(best.top1, self.protocol.get("val_images"))
+            if len(at) > 1 and best.top1 - at[1].top1 < noise:
+                line += (f"; within the validation noise (2 standard errors = {noise:.1f} points on "
+                         f"{self.protocol.get('val_images')} images): not a ranking")
             if any(r.status != engine.CONVERGED for r in at):
                 line += "; provisional: " + ", ".join(r.strategy for r in at if r.status != engine.CONVERGED) + \
                         " still improving, so more epochs may reorder them"

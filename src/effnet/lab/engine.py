@@ -237,6 +237,15 @@ def chance_line(tops: Sequence[float], classes: int | None) -> str:
             f"{CHANCE_MARGIN:g} points): at this budget the ranking among them is noise")
 
 
+def noise_points(top1: float, val_images: int | None) -> float:
+    """Two standard errors (points) of a top-1 measured on ``val_images`` images (binomial):
+    a gap smaller than this between two candidates is not a finding."""
+    if not val_images:
+        return math.nan
+    p = min(max(top1 / 100.0, 0.0), 1.0)
+    return 200.0 * math.sqrt(max(p * (1 - p), 0.25 / val_images) / val_images)
+
+
 def winner_line(what: str, status: str, top1: float | None = None, classes: int | None = None) -> str:
     """The caveat a summary must carry when it names a winner that had not converged or that
     scored at chance."""
