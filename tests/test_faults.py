@@ -351,3 +351,14 @@ def test_ctrl_c_in_a_search_is_exit_130_and_one_line(user, tmp_path):
     assert proc.returncode == 130 and "Traceback" not in err
     assert err.strip().splitlines()[-1] == "effnet search: interrupted"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_an_existing_output_says_what_to_do(monkeypatch, capsys, tmp_path):
+    """'afile already exists' named no way out, and a path under a file was reported as existing."""
+    (tmp_path / "afile").write_text("x")
+    code, err = boundary(monkeypatch, capsys, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST),
+                                                              str(tmp_path / "afile")))
+    assert code == 1 and "already exists: choose another path" in err
+    under = tmp_path / "afile" / "x.json"
+    code, err = boundary(monkeypatch, capsys, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(under)))
+    assert err.strip() == f"effnet list: error: cannot write {under}: {tmp_path / 'afile'} is a file, not a folder"

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import traceback
+from pathlib import Path
 
 #: Each command and the module that registers it, in help order. A command line that names its
 #: command loads only that module (``effnet train`` never imports the lab, the search or the
@@ -80,7 +81,7 @@ _OS_ERRORS = {
     errno.EISDIR: "{path} is a folder; expected a file",
     errno.ENOTDIR: "{path}: a part of this path is a file, not a folder",
     errno.ENOENT: "no such file or folder: {path}",
-    errno.EEXIST: "{path} already exists",
+    errno.EEXIST: "{path} already exists: choose another path (or pass --overwrite where the command has it)",
     errno.ENAMETOOLONG: "file name too long: {path}",
 }
 
@@ -106,6 +107,11 @@ def describe_error(e: BaseException) -> str:
         path = e.filename if e.filename is not None else ""
         if e.filename2 is not None:
             path = f"{path} -> {e.filename2}"
+        if path and e.errno == errno.EEXIST and e.filename2 is None:
+            # mkdir(parents=True) under a file reports the whole path as existing: name the file.
+            parent = next((p for p in Path(path).parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                return f"cannot write {path}: {parent} is a file, not a folder"
         if path:
             return _OS_ERRORS[e.errno].format(path=path)
         if e.errno == errno.ENOSPC:
