@@ -455,9 +455,10 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
         import yaml
 
         try:
-            own = yaml.safe_load(Path(recipe).read_text()) or {}
+            with open(recipe, encoding="utf-8") as stream:  # a stream: the parser's marks name the file
+                own = yaml.safe_load(stream) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
-            # The parser's own text names "<unicode string>" and spans lines: say which file.
+            # The parser's own text spans lines: one line, saying which file.
             raise ValueError(f"recipe file {recipe}: not a readable YAML file ({type(e).__name__}: "
                              f"{' '.join(str(e).split())})") from e
         if not isinstance(own, dict):
