@@ -56,7 +56,8 @@ def test_multiply_adds_match_the_references(name):
     assert count_flops(name) / 1e9 == pytest.approx(MACS_G[name], rel=0.02)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", [n if n == "mobilenet_v1" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in NAMES])  # the others run forward/backward in test_model
 def test_forward_backward_and_feature_map_strides(name):
     torch.manual_seed(0)
     model = effnet.create_model(name, num_classes=5)

@@ -13,11 +13,10 @@ from effnet.scaling import STRATEGIES, get_strategy
 BASELINES = ("resnet18", "resnet50", "mobilenet_v1", "mobilenet_v2")
 
 
-#: By default each strategy runs once and each baseline at least once (the cheapest pairing that
-#: covers both); the other pairs, up to ResNet-50 at twice the width, run under ``slow``.
-DEFAULT_PAIRS = {("compound", "resnet18"), ("depth", "mobilenet_v1"), ("fast", "mobilenet_v2"),
-                 ("resolution", "resnet50"), ("tiny", "resnet18"), ("v2", "mobilenet_v1"),
-                 ("width", "mobilenet_v1")}
+#: By default one growing and one shrinking pair run (each strategy's multipliers are checked by
+#: hand in test_scaling_strategies); every other pair, up to ResNet-50 at twice the width, runs
+#: under ``slow``.
+DEFAULT_PAIRS = {("compound", "resnet18"), ("tiny", "mobilenet_v2")}
 
 
 @pytest.mark.parametrize(("strategy", "name"), [

@@ -131,6 +131,7 @@ def test_efficientnet_pytorch_peer_gives_logits_in_its_best_configuration():
         build_runner("efficientnet_pytorch", "", "efficientnetv2_s", 64)
 
 
+@pytest.mark.slow
 def test_bench_cli_reports_a_missing_peer_and_writes_the_documented_json(tmp_path, monkeypatch, capsys):
     # torchvision made unimportable whatever this Python has: None in sys.modules stops an import
     monkeypatch.setitem(sys.modules, "torchvision", None)

@@ -17,7 +17,7 @@ from effnet.layers import Conv2dSame, SqueezeExcite
 REPRESENTATIVE = [
     ("efficientnet_b0", {}, 64),
     ("efficientnet_b0", {"padding": "same"}, 72),
-    ("efficientnetv2_s", {}, 64),
+    ("efficientnetv2_b0", {}, 64),  # Fused-MBConv and MBConv, at a fraction of V2-S's cost
     ("efficientnet_lite0", {"padding": "same"}, 64),
     ("efficientnet_edgetpu_s", {}, 64),
     ("resnet18", {}, 64),

@@ -40,6 +40,7 @@ def photos() -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: list[Path]) -> None:
     from effnet.data.datasets import decode
     from effnet.preprocessing import EvalTransform, Normalize
@@ -98,6 +99,7 @@ def test_int8_rejects_non_cpu_tensors_and_foreign_models() -> None:
         quantize(model, torch.randn(1, 3, 64, 64), calibration=[torch.randn(1, 3, 72, 72)])
 
 
+@pytest.mark.slow
 def test_int8_model_keeps_checks_and_runs_on_cpu_only() -> None:
     torch.manual_seed(0)
     model = effnet.create_model("efficientnet_lite0", num_classes=4, padding="same").eval()

@@ -141,6 +141,7 @@ def test_optimize_with_a_runtime_returns_a_session(small_file: Path) -> None:
         session(small_file, "tensorrt")
 
 
+@pytest.mark.slow
 def test_predict_and_eval_take_the_runtime(small_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]):
     from PIL import Image
 

@@ -135,6 +135,7 @@ def test_a_stopped_run_says_so_once(capsys, monkeypatch):
     assert (captured.out + captured.err).count("Resume with: X") == 1
 
 
+@pytest.mark.slow
 def test_eval_and_predict_name_the_inference_path_once(capsys, caplog, tmp_path):
     import logging
 

@@ -76,6 +76,7 @@ def test_sampler_shards_make_the_single_process_batches():
         EpochSampler(4, 0, rank=2, world=2)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     recipe = tmp_path / "exact.yaml"
     recipe.write_text(yaml.safe_dump(EXACT))

@@ -37,6 +37,7 @@ def epochs_in(run: Path) -> list[int]:
 
 
 # --- one run per folder ------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_runs_started_together_do_not_share_a_folder(tmp_path):
     """The reported fault: both exited 0 and wrote over each other. Now one trains, the other
     stops with a message naming the folder (in use, or holding the first's finished run)."""
@@ -103,10 +104,10 @@ def test_an_earlier_run_needs_resume_or_overwrite(tmp_path):
 # --- SIGINT / SIGTERM ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig, code, group", [
     (signal.SIGINT, 130, False),
-    (signal.SIGTERM, 143, False),
+    pytest.param(signal.SIGTERM, 143, False, marks=pytest.mark.slow),
     # A terminal's Ctrl-C signals the whole process group: the loader workers too, which must
     # leave the stop to the main process.
-    (signal.SIGINT, 130, True),
+    pytest.param(signal.SIGINT, 130, True, marks=pytest.mark.slow),
 ], ids=["SIGINT", "SIGTERM", "SIGINT-group-with-workers"])
 def test_a_signal_stops_at_a_safe_point_and_the_run_resumes(tmp_path, sig, code, group):
     run = tmp_path / "run"

@@ -151,6 +151,7 @@ def test_fine_tune_keeps_the_weights_normalisation_and_resume_needs_no_initial_f
     assert pp.scale == 1 / 128
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume(tmp_path):
     """A run killed mid-epoch resumes from its last checkpoint and ends like an uninterrupted one."""
     cfg = dict(recipe="debug", epochs=4, threads=1, train_subset=320, batch_size=32)
