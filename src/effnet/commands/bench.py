@@ -41,14 +41,25 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-peak", action="store_true", help="skip the peak training memory (one subprocess each)")
     p.add_argument("--keep-denormals", action="store_true",
                    help="CPU: do not flush subnormal floats (random-init SE gates make them; see README)")
-    p.add_argument("--out", metavar="JSON", default=None, help="also write every measurement to this JSON file")
+    p.add_argument("--out", metavar="JSON", default=None,
+                   help="also write every measurement to this JSON file (an existing file is replaced only "
+                        "with --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_bench)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from effnet.bench.run import run, table, write_json
+    from effnet.files import check_output
 
+    for option in ("resolution", "batch", "train_batch", "train_resolution", "iters", "batch_iters",
+                   "train_iters", "rounds", "threads"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            raise ValueError(f"--{option.replace('_', '-')} {value}: expected a positive number")
+    if args.out:  # checked before minutes of measuring, so a bad path loses nothing
+        check_output(args.out, overwrite=args.overwrite)
     result = run(args.models, resolution=args.resolution, libs=args.libs, quick=args.quick, batch=args.batch,
                  train_batch=args.train_batch, train_resolution=args.train_resolution, iters=args.iters,
                  batch_iters=args.batch_iters, train_iters=args.train_iters, rounds=args.rounds,
