@@ -123,8 +123,9 @@ def _hand_forward(model, noskip_stages):
 _X: dict[str, torch.Tensor] = {}
 
 
-@pytest.mark.parametrize("name, blocks_without_skip", [("efficientnet_edgetpu_m", 1), ("efficientnet_edgetpu_l", 1),
-                                                       ("efficientnet_b0", 0)])
+@pytest.mark.parametrize("name, blocks_without_skip", [
+    ("efficientnet_edgetpu_m", 1), pytest.param("efficientnet_edgetpu_l", 1, marks=pytest.mark.slow),
+    ("efficientnet_b0", 0)])
 def test_edgetpu_first_stage_has_no_residual(name, blocks_without_skip):
     spec = get_spec(name).replace(num_classes=10)
     model = build(spec).eval()
