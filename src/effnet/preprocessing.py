@@ -101,7 +101,8 @@ class PreprocessedModel(nn.Module):
         return self.model(self.normalize(x))
 
 
-def _resample(name: str) -> int:
+def resample(name: str) -> int:
+    """PIL's resampling filter for an interpolation name (``bilinear``, ``bicubic``, ``nearest``)."""
     if name not in _RESAMPLE:
         raise ValueError(f"interpolation: expected one of {sorted(_RESAMPLE)}, got {name!r}")
     return _RESAMPLE[name]
@@ -112,14 +113,22 @@ def to_uint8_tensor(img: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
 
 
+def center_crop_geometry(width: int, height: int, resize: int, crop: int) -> tuple[
+        tuple[int, int], tuple[int, int, int, int]]:
+    """Where the evaluation view of a ``width`` x ``height`` image comes from: the size its shorter
+    side goes to ``resize`` at (aspect kept, never below ``crop``), and the centred ``crop`` box
+    in that resized image (left, top, right, bottom). The one home of this rounding: the
+    evaluation transform and the CAM's crop view both use it."""
+    s = resize / min(width, height)
+    nw, nh = max(crop, round(width * s)), max(crop, round(height * s))
+    left, top = (nw - crop) // 2, (nh - crop) // 2
+    return (nw, nh), (left, top, left + crop, top + crop)
+
+
 def resize_center_crop(img: Image.Image, resize: int, crop: int, interpolation: str) -> Image.Image:
     """Shorter side to ``resize`` (aspect kept), then a centred ``crop`` x ``crop`` square."""
-    w, h = img.size
-    s = resize / min(w, h)
-    nw, nh = max(crop, round(w * s)), max(crop, round(h * s))
-    img = img.resize((nw, nh), _resample(interpolation))
-    left, top = (nw - crop) // 2, (nh - crop) // 2
-    return img.crop((left, top, left + crop, top + crop))
+    size, box = center_crop_geometry(*img.size, resize, crop)
+    return img.resize(size, resample(interpolation)).crop(box)
 
 
 @dataclass(frozen=True)

@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from effnet.model import EfficientNet
+from effnet.preprocessing import Preprocessing, center_crop_geometry, resample
 from effnet.viz.plots import pyplot, save_fig
 
 if TYPE_CHECKING:
@@ -49,15 +49,6 @@ log = logging.getLogger(__name__)
 
 CAM_METHODS = ("cam", "gradcam")
 VIEWS = ("full", "crop")
-
-
-class _Geometry(Protocol):
-    """The resize/crop fields of :class:`effnet.preprocessing.Preprocessing` (named here as a
-    protocol: ``effnet.viz`` sits below ``effnet.preprocessing`` in the import order)."""
-
-    resolution: int
-    crop_pct: float
-    interpolation: str
 
 
 @dataclass
@@ -205,42 +196,34 @@ def resolve_class(cls: int | str | None, class_names: Sequence[str]) -> int | No
                      + (f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; give an index"))
 
 
-def view_geometry(width: int, height: int, geometry: _Geometry, view: str = "full") -> tuple[
+def view_geometry(width: int, height: int, geometry: Preprocessing, view: str = "full") -> tuple[
         tuple[int, int], tuple[int, int, int, int] | None, tuple[float, float, float, float]]:
     """How an image of ``width`` x ``height`` is fed: ``(resized size (w, h), crop box in the
     resized image or None, the region seen in original coordinates (x0, y0, x1, y1))``.
 
-    The shorter side goes to ``floor(resolution / crop_pct)`` as in the evaluation transform
-    (``effnet.preprocessing.resize_center_crop``, whose rounding this repeats so that the crop
-    view feeds the very pixels ``effnet predict`` does)."""
+    The shorter side goes to ``floor(resolution / crop_pct)`` as in the evaluation transform; the
+    crop view takes the evaluation transform's own box (:func:`effnet.preprocessing.center_crop_geometry`),
+    so it feeds the very pixels ``effnet predict`` does."""
     if view not in VIEWS:
         raise ValueError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
-    crop = geometry.resolution
-    resize = int(math.floor(crop / geometry.crop_pct))
-    s = resize / min(width, height)
     if view == "full":
+        s = geometry.resize / min(width, height)
         size = (max(1, round(width * s)), max(1, round(height * s)))
         return size, None, (0.0, 0.0, float(width), float(height))
-    nw, nh = max(crop, round(width * s)), max(crop, round(height * s))
-    left, top = (nw - crop) // 2, (nh - crop) // 2
+    (nw, nh), (left, top, right, bottom) = center_crop_geometry(width, height, geometry.resize, geometry.resolution)
     sx, sy = width / nw, height / nh
-    return (nw, nh), (left, top, left + crop, top + crop), (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+    return (nw, nh), (left, top, right, bottom), (left * sx, top * sy, right * sx, bottom * sy)
 
 
-def image_input(image: Image.Image, geometry: _Geometry, view: str = "full") -> tuple[
+def image_input(image: Image.Image, geometry: Preprocessing, view: str = "full") -> tuple[
         torch.Tensor, tuple[float, float, float, float]]:
     """The uint8 (3, H, W) tensor fed to the network for ``image`` (RGB) and the region of the
     original it covers (see :func:`view_geometry`)."""
-    from PIL import Image
 
     if image.mode != "RGB":  # grayscale, palette, RGBA: the network takes three channels
         image = image.convert("RGB")
     size, crop, box = view_geometry(*image.size, geometry, view)
-    try:
-        resample = Image.Resampling[geometry.interpolation.upper()]
-    except KeyError:
-        raise ValueError(f"interpolation: expected bilinear, bicubic or nearest, got {geometry.interpolation!r}") from None
-    img = image.resize(size, resample)
+    img = image.resize(size, resample(geometry.interpolation))
     if crop is not None:
         img = img.crop(crop)
     x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -267,7 +250,7 @@ def to_image_map(raw: torch.Tensor, image_size: tuple[int, int], box: tuple[floa
 
 
 def image_cam(
-    model: EfficientNet, image: Image.Image, geometry: _Geometry, normalize: Callable[[torch.Tensor], torch.Tensor],
+    model: EfficientNet, image: Image.Image, geometry: Preprocessing, normalize: Callable[[torch.Tensor], torch.Tensor],
     class_names: Sequence[str], *, method: str = "cam", target: int | None = None, view: str = "full",
     topk: int = 3, layer: str | None = None,
 ) -> ImageCam:
