@@ -100,6 +100,9 @@ CASES = [
     ("files destroyed", ["bench", "--libs", "effnet", "--quick", "--no-train", "--out", "w.safetensors"],
      ["w.safetensors already exists", "--overwrite"]),
     ("silently wrong", ["bench", "--resolution", "0"], ["--resolution 0"]),
+    ("silently wrong", ["scale", "search", "--train-subset", "0", "--out", "run_s"], ["--train-subset 0"]),
+    ("tracebacks", ["scale", "study", "--out", "photo.png/sub"], ["photo.png is a file"]),
+    ("tracebacks", ["search", "--space", "b0", "--trials", "1", "--out", "photo.png"], ["photo.png: is a file"]),
     ("files destroyed", ["scale", "fit", "--base", "bad.yaml", "--max-flops", "1G", "--save", "bad.yaml"],
      ["also an input"]),
     ("files destroyed", ["scale", "fit", "--max-params", "6M", "--save", "photo.png"],
@@ -365,3 +368,17 @@ def test_an_existing_output_says_what_to_do(monkeypatch, capsys, tmp_path):
     under = tmp_path / "afile" / "x.json"
     code, err = boundary(monkeypatch, capsys, FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(under)))
     assert err.strip() == f"effnet list: error: cannot write {under}: {tmp_path / 'afile'} is a file, not a folder"
+
+
+def test_a_budget_beyond_the_largest_size_says_it_was_not_reached():
+    """`scale fit --max-flops 1e30` named the phi cap as the budget's limit while its own table
+    showed the next size fitting too. Every candidate up to the cap fits, so the answer is the
+    cap and the result must say the budget was not what stopped the search."""
+    from effnet.lab import fit
+
+    r = fit("efficientnet_b0", max_flops=1e30, phi_limit=1.0, step=0.25)
+    assert all(c.fits for c in r.tried)
+    assert r.best is not None and r.best.phi == 1.0
+    assert r.capped and "not reached" in r.capped
+    bounded = fit("efficientnet_b0", max_flops="0.5G", step=0.25)
+    assert bounded.capped is None and bounded.next_larger is not None and not bounded.next_larger.fits

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M"
@@ -17,3 +20,54 @@ def print_table(header: list[str], rows: list[list[str]]) -> None:
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+
+
+def check_device(name: str, option: str = "--device") -> None:
+    """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` that this PyTorch can use, else one line
+    saying why (a CPU-only build, no visible GPU, an index out of range)."""
+    import torch
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if torch.version.cuda is None and torch.version.hip is None:
+            raise ValueError(f"{option} {name}: this PyTorch ({torch.__version__}) is a CPU-only build; use "
+                             f"--device cpu, or install a CUDA build of PyTorch")
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise ValueError(f"{option} {name}: no CUDA device is visible (check the driver and "
+                             f"CUDA_VISIBLE_DEVICES); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"{option} {name}: only {count} CUDA device(s) are visible (cuda:0 to "
+                             f"cuda:{count - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {name}: MPS (Apple GPU) is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
+def check_out_folder(path: str | Path, option: str = "--out") -> Path:
+    """A folder a command will write its results into, checked before any training: not an
+    existing file, not under a file, and writable where it will be created."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {out}: is a file; expected a folder for the results (choose another path)")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
+            if not os.access(parent if not out.exists() else out, os.W_OK | os.X_OK):
+                raise ValueError(f"{option} {out}: cannot write in {parent if not out.exists() else out} "
+                                 "(permission denied); choose another folder")
+            break
+    return out
+
+
+def check_positive(option: str, value: int | float | None) -> None:
+    """Counts and sizes the user typed must be positive (0 used to mean "everything" silently)."""
+    if value is not None and value <= 0:
+        raise ValueError(f"{option} {value}: expected a positive number")

@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from effnet.commands.common import fmt_flops, fmt_params, print_table
+from effnet.commands.common import check_out_folder, check_positive, fmt_flops, fmt_params, print_table
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -52,6 +52,13 @@ def _training_options(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", default=out, help=f"folder for the table, JSON and plot (default {out})")
     p.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print the results as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_training_options(args: argparse.Namespace) -> None:
+    """What search and study can refuse before any training: the output folder and the counts."""
+    check_out_folder(args.out)
+    for option in ("train_subset", "batch_size", "epochs", "workers"):
+        check_positive("--" + option.replace("_", "-"), getattr(args, option, None))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -104,6 +111,7 @@ def cmd_scale_search(args: argparse.Namespace) -> int:
     from effnet.lab import search
     from effnet.lab.search import format_table
 
+    _check_training_options(args)
     _quiet_optuna()
     rep = search(_base(args), data=args.data, epochs=args.epochs, phi=args.search_phi, step=args.step,
                  tolerance=args.tolerance, image_size=args.image_size, storage=args.storage, study=args.study,
@@ -118,6 +126,7 @@ def cmd_scale_study(args: argparse.Namespace) -> int:
     from effnet.lab import study
     from effnet.lab.compare import format_study
 
+    _check_training_options(args)
     _quiet_optuna()
     rep = study(_base(args), data=args.data, flops=args.flops, strategies=args.strategies, epochs=args.epochs,
                 image_size=args.image_size, storage=args.storage, study_name=args.study, workers=args.workers,
@@ -161,7 +170,9 @@ def cmd_scale_fit(args: argparse.Namespace) -> int:
               f"{c.flops / 1e9:7.3f}G  {lat}  {'yes' if c.fits else 'no'}{mark}")
     if r.best is not None:
         print(f"largest that fits: phi={r.best.phi:g} ({r.best.name}, {r.best.resolution} px)")
-    if r.next_larger is not None:
+    if r.capped:
+        print(f"note: {r.capped}")
+    elif r.next_larger is not None:
         print(f"next larger: phi={r.next_larger.phi:g} is over the budget")
     if args.save and r.spec is not None:
         sys.stdout.flush()

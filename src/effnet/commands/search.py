@@ -5,11 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 
+from effnet.commands.common import check_device, check_out_folder, check_positive
+
 
 def cmd_search(args: argparse.Namespace) -> int:
     from effnet.search.run import run
     from effnet.search.space import load_space
 
+    # Refused before a study file is created or anything trains.
+    check_device(args.device)
+    check_out_folder(args.out)
+    check_positive("--train-subset", args.train_subset)
     space = load_space(args.space)  # refused here, before anything trains
     if not args.json:
         print(space.describe(), flush=True)  # the space's size, before the search starts

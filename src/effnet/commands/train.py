@@ -27,6 +27,8 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effnet.commands.common import check_device
+
 if TYPE_CHECKING:
     from effnet.data.progressive import ProgressiveSpec
     from effnet.train import RunResult
@@ -383,34 +385,6 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise ValueError(f"{option} {value:g}: expected {bound} {unit}".rstrip())
     if getattr(args, "device", None) is not None:
         check_device(args.device)
-
-
-def check_device(name: str, option: str = "--device") -> None:
-    """``auto``, ``cpu``, ``cuda[:N]`` or ``mps`` that this PyTorch can use, else one line
-    saying why (a CPU-only build, no visible GPU, an index out of range)."""
-    import torch
-
-    if name == "auto":
-        return
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda":
-        if torch.version.cuda is None and torch.version.hip is None:
-            raise ValueError(f"{option} {name}: this PyTorch ({torch.__version__}) is a CPU-only build; use "
-                             f"--device cpu, or install a CUDA build of PyTorch")
-        count = torch.cuda.device_count()
-        if count == 0:
-            raise ValueError(f"{option} {name}: no CUDA device is visible (check the driver and "
-                             f"CUDA_VISIBLE_DEVICES); use --device cpu")
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f"{option} {name}: only {count} CUDA device(s) are visible (cuda:0 to "
-                             f"cuda:{count - 1})")
-    elif dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"{option} {name}: MPS (Apple GPU) is not available here; use --device cpu")
-    elif dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"{option} {name!r}: expected auto, cpu, cuda, cuda:N or mps")
 
 
 def _free_memory(device: str) -> int | None:

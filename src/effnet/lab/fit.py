@@ -75,13 +75,15 @@ class FitResult:
     budget: str  # e.g. "flops <= 1e+09"
     best: FitCandidate | None
     next_larger: FitCandidate | None
+    #: Why the answer is not the budget's limit, when the largest buildable model still fits.
+    capped: str | None = None
     tried: list[FitCandidate] = field(default_factory=list)
     spec: ModelSpec | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"base": self.base, "strategy": self.strategy, "budget": self.budget,
                 "best": asdict(self.best) if self.best else None,
-                "next_larger": asdict(self.next_larger) if self.next_larger else None,
+                "next_larger": asdict(self.next_larger) if self.next_larger else None, "capped": self.capped,
                 "tried": [asdict(c) for c in self.tried], "spec": self.spec.to_dict() if self.spec else None}
 
 
@@ -143,6 +145,11 @@ def fit(
         raise ValueError(f"no model of strategy {strategy!r} from {spec0.name} fits {result.budget}{hint}")
     result.best, result.spec = at(lo_k), specs[lo_k]
     result.next_larger = at(lo_k + 1)
+    if result.next_larger is None or result.next_larger.fits:
+        # The search stopped at phi_limit or the size limits, not at the budget.
+        result.capped = (f"the budget was not reached: the search stops at phi {phi_limit:g} and at the sizes "
+                         f"effnet builds, so phi={lo_k * step:g} is the largest model searched, not the largest "
+                         f"within the budget")
     result.tried = sorted((c for c in tried.values() if c is not None), key=lambda c: c.phi)
     return result
 
@@ -155,7 +162,14 @@ def _bracket(fits: Callable[[int], bool], k_max: float) -> int | None:
         while fits(hi):
             lo, hi = hi, hi * 2
             if hi > k_max:
-                return lo  # the strategy's limit of sensible sizes is reached first
+                # The limit of sensible sizes comes before the budget: bisect up to the limit
+                # itself, so that the answer is the largest size effnet builds, not the last
+                # doubling below it.
+                top = int(k_max)
+                if fits(top):
+                    return top
+                hi = top
+                break
     else:
         hi, lo = 0, -1
         while not fits(lo):
