@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from effnet import create_model
 from effnet.layers import ConvBnAct, MBConv, SqueezeExcite
 from effnet.layers.activations import memory_efficient, memory_efficient_enabled, set_memory_efficient
 from effnet.model import build
-from effnet import create_model
 from effnet.registry import get_spec
 from effnet.scaling import scale
 from effnet.train import run_trial
