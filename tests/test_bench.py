@@ -170,7 +170,7 @@ def test_bench_refuses_bad_input(capsys):
     assert main(["bench", "--models", "efficientnet_b9", "--no-progress"]) == 1
     assert "efficientnet_b9" in capsys.readouterr().err
     assert main(["bench", "--models", "tinynet_e", "--batch", "0", "--no-progress"]) == 1
-    assert "batch: expected a positive integer" in capsys.readouterr().err
+    assert "--batch 0: expected a positive number" in capsys.readouterr().err
 
 
 @pytest.mark.gpu

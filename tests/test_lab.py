@@ -65,6 +65,7 @@ def test_other_settings_on_an_existing_study_are_refused_and_lose_nothing(tmp_pa
     assert len(search(base, step=0.2, tolerance=0.2, out=out, **TINY).rows) == len(rep.rows)
 
 
+@pytest.mark.slow  # a full and a pruned grid: the suite's longest test
 def test_pruning_trains_fewer_epochs_and_says_how_many(tmp_path, base):
     kw = dict(TINY, epochs=3, step=0.1, tolerance=0.1)
     full = search(base, out=tmp_path / "full", **kw)
