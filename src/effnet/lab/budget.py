@@ -16,8 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import effnet.data
+import effnet.profile
+import effnet.train
+from effnet.data.progressive import Range
+from effnet.lab.store import prune_check
 from effnet.registry import get_spec
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
+from effnet.train.config import TrainConfig, resolve_config
+
+# effnet.data, effnet.profile and effnet.train load their torch-backed names on first use
+# (PEP 562): the CLI parser imports this module, which must not load torch.
 
 #: Trial defaults that differ from the recipe's, and why: an EMA of a few hundred steps is
 #: still mostly the initial weights, so a short trial scored on it would rank every candidate
@@ -106,8 +115,6 @@ class TrialBudget:
 
     def config(self) -> Any:
         """The recipe with this budget's overrides, as every trial resolves it."""
-        from effnet.train.config import resolve_config
-
         return resolve_config(self.recipe, data=self.data, **{**TRIAL_DEFAULTS, **self.overrides})
 
     def longer(self, epochs: int) -> TrialBudget:
@@ -144,10 +151,8 @@ class TrialBudget:
         return out
 
     def _splits(self) -> Any:
-        from effnet.data.datasets import load_splits
-
         cfg = self.config()
-        return load_splits(self.data, cfg.val_fraction, cfg.seed)
+        return effnet.data.load_splits(self.data, cfg.val_fraction, cfg.seed)
 
     def _split(self) -> Any:
         return self._splits()[0]
@@ -173,24 +178,23 @@ class TrialBudget:
 
         import torch
 
-        from effnet.model import build
-        from effnet.profile import count_flops
-        from effnet.train import run_trial
+        from effnet.model import build  # loads torch: the CLI parser imports this module
 
         started = time.time()
         # Parameters of the architecture with its own (1000-class) head, as the papers and the
         # grid's FLOPs count them; counted before training, so a pruned trial records them too.
         with torch.device("meta"):
-            params = sum(p.numel() for p in build(spec).parameters())
+            params = effnet.profile.count_params(build(spec))
         cfg = self.config()
         overrides = dict(self.overrides)
         if cfg.progressive is not None:
             # Progressive learning sets the image size per stage and ignores image_size: scale its
             # size range instead, so that a candidate's resolution still acts.
             overrides["progressive"] = scaled_progressive(cfg.progressive, image_size / self.image_size)
-        attrs: dict[str, Any] = {"image_size": image_size, "flops_trained": count_flops(spec, image_size),
-                                 "flops_nominal": count_flops(spec, spec.resolution), "epochs_trained": 0,
-                                 "params": params, "curve": []}
+        attrs: dict[str, Any] = {"image_size": image_size,
+                                 "flops_trained": effnet.profile.count_flops(spec, image_size),
+                                 "flops_nominal": effnet.profile.count_flops(spec, spec.resolution),
+                                 "epochs_trained": 0, "params": params, "curve": []}
         speeds: list[float] = []
         batch = cfg.batch_size
 
@@ -200,17 +204,15 @@ class TrialBudget:
             attrs.update(epochs_trained=int(row["epoch"]), top1=float(row["val_top1"]),
                          seconds=time.time() - started, step_ms=_step_ms(batch, speeds))
             if trial is not None:
-                from effnet.lab.store import prune_check
-
                 prune_check(trial, int(row["epoch"]), float(row["val_top1"]), attrs)
 
         if self.zero_init_last:
-            from effnet.model import ZERO_INIT_LAST
+            from effnet.model import ZERO_INIT_LAST  # loads torch: the CLI parser imports this module
 
             spec = spec.replace(extra={**spec.extra, ZERO_INIT_LAST: True})
         if EVAL_AT_TRIAL_SIZE and "eval_size" not in overrides and cfg.progressive is None:
             overrides["eval_size"] = image_size
-        r = run_trial(spec, data=self.data, epochs=self.epochs, image_size=image_size, config=self.recipe,
+        r = effnet.train.run_trial(spec, data=self.data, epochs=self.epochs, image_size=image_size, config=self.recipe,
                       on_epoch=on_epoch, **{**TRIAL_DEFAULTS, **overrides})
         attrs.update(top1=r.final_top1, best_top1=r.best_top1, seconds=r.seconds,
                      final_loss=r.final_loss)
@@ -220,8 +222,6 @@ class TrialBudget:
 def scaled_progressive(prog: Any, factor: float) -> Any:
     """Progressive ranges with the image sizes multiplied by ``factor`` (a grid point's
     gamma^phi): the stages keep their number, regularisation and divisor."""
-    from effnet.data.progressive import Range
-
     if factor == 1:
         return prog
     size = Range(max(MIN_INPUT_SIZE, round(prog.image_size.start * factor)),
@@ -255,8 +255,6 @@ def trial_budget(spec: ModelSpec, *, data: str, epochs: int, image_size: int | N
         image_size = DIGITS_TRIAL_SIZE if data == "digits" else (spec.train_resolution or spec.resolution)
     if image_size < MIN_INPUT_SIZE:
         raise ValueError(f"image_size: expected >= {MIN_INPUT_SIZE} px (five stride-2 reductions), got {image_size}")
-    from effnet.train.config import TrainConfig
-
     unknown = sorted(set(overrides) - {f for f in TrainConfig.__dataclass_fields__})
     if unknown:
         raise ValueError(f"unknown training option(s) {unknown}: expected TrainConfig fields")

@@ -16,9 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import effnet.profile
 from effnet.lab import engine, store
 from effnet.lab.budget import base_spec, trial_budget
+from effnet.scaling.strategies import get_strategy
 from effnet.specs.base import ModelSpec
+
+# effnet.profile loads its torch-backed names on first use (PEP 562): the CLI parser imports
+# this module, which must not load torch.
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +50,18 @@ def solve_phi(base: ModelSpec, strategy: str, multiple: float, *, tolerance: flo
     integers), so the ratio is bracketed and bisected; of the bracket's two ends the closer
     wins. A multiple no phi reaches within ``tolerance`` is refused, naming the closest.
     """
-    from effnet.profile import count_flops
-    from effnet.scaling.strategies import get_strategy
-
     if multiple <= 0:
         raise ValueError(f"FLOPs multiple: expected > 0, got {multiple}")
     if tolerance <= 0:
         raise ValueError(f"tolerance: expected > 0, got {tolerance}")
     rule = get_strategy(strategy)
-    base_flops = count_flops(base)
+    base_flops = effnet.profile.count_flops(base)
     cache: dict[float, tuple[ModelSpec, float]] = {}
 
     def ratio(phi: float) -> float:
         if phi not in cache:
             spec = rule.apply(base, phi)
-            cache[phi] = (spec, count_flops(spec) / base_flops)
+            cache[phi] = (spec, effnet.profile.count_flops(spec) / base_flops)
         return cache[phi][1]
 
     lo, hi = 0.0, 1.0 if multiple >= 1 else -1.0
@@ -86,7 +88,7 @@ def solve_phi(base: ModelSpec, strategy: str, multiple: float, *, tolerance: flo
         raise ValueError(f"strategy {strategy!r} cannot scale {base.name} to {multiple:g}x FLOPs within "
                          f"{tolerance:.0%}: the closest is {r:.3f}x at phi={phi:.4g} (rounding of channels or "
                          f"repeats makes the FLOPs jump there); pick another multiple")
-    flops = count_flops(spec)
+    flops = effnet.profile.count_flops(spec)
     return Matched(strategy, multiple, phi, spec.replace(name=f"{base.name}_{strategy}_x{multiple:g}"), flops, r)
 
 
@@ -194,9 +196,7 @@ def study(
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
     matched = [solve_phi(spec, s, m, tolerance=tolerance) for s in strategies for m in flops]
-    from effnet.profile import count_flops
-
-    base_flops = count_flops(spec)
+    base_flops = effnet.profile.count_flops(spec)
     candidates = [store.Candidate("baseline", {"phi": 0.0}, {"strategy": "baseline", "multiple": 1.0,
                                                              "flops": base_flops, "flops_ratio": 1.0})]
     specs = {"baseline": spec.to_dict()}
@@ -260,6 +260,7 @@ def _report(job: engine.SpecJob, base: ModelSpec, budget: Any) -> StudyReport:
 
 
 def _write(rep: StudyReport, out: Path) -> StudyReport:
+    # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_strategies
 
     out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,14 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import effnet.profile
 from effnet.lab.budget import base_spec
+from effnet.scaling import size_problems
+from effnet.scaling.strategies import get_strategy
 from effnet.specs.base import ModelSpec
+
+# effnet.profile loads its torch-backed names on first use (PEP 562): the CLI parser imports
+# this module, which must not load torch.
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +102,6 @@ def fit(
     (multiply-adds, '2G'), ``max_params`` ('10M') or ``max_latency`` ('15ms' for a batch of
     ``batch`` on ``device``). Returns it (``best``, with its ``spec``), the next larger
     candidate (over the budget) and every candidate measured on the way."""
-    from effnet.scaling.strategies import get_strategy
-
     given = {k: v for k, v in (("flops", max_flops), ("params", max_params), ("latency", max_latency))
              if v is not None}
     if len(given) != 1:
@@ -120,8 +124,6 @@ def fit(
         if k not in tried:
             try:
                 spec = spec0 if k == 0 else rule.apply(spec0, k * step)
-                from effnet.scaling import size_problems
-
                 if size_problems(spec):
                     raise ValueError("; ".join(size_problems(spec)))
             except ValueError as e:
@@ -197,17 +199,16 @@ def _fmt(kind: str, value: float) -> str:
 def _measure(kind: str, device: str, batch: int, runs: int) -> Callable[[ModelSpec, float, float], FitCandidate]:
     import torch
 
-    from effnet.model import build
-    from effnet.profile import count_flops, latency
+    from effnet.model import build  # loads torch: the CLI parser imports this module
 
     def measure(spec: ModelSpec, phi: float, limit: float) -> FitCandidate:
         with torch.device("meta"):
-            params = sum(p.numel() for p in build(spec).parameters())
-        flops = count_flops(spec)
+            params = effnet.profile.count_params(build(spec))
+        flops = effnet.profile.count_flops(spec)
         lat = None
         if kind == "latency":
             model = build(spec).to(device).eval()
-            lat = latency(model, spec.resolution, batch=batch, runs=runs)
+            lat = effnet.profile.latency(model, spec.resolution, batch=batch, runs=runs)
             del model
         cost = {"flops": flops, "params": params, "latency": lat if lat is not None else math.inf}[kind]
         log.info("phi=%.3g %s: %s", phi, spec.name, _fmt(kind, cost))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from effnet.lab import engine, store
-from effnet.lab.budget import base_spec, trial_budget
+from effnet.lab.budget import TrialBudget, base_spec, trial_budget
 from effnet.scaling import ALPHA, BETA, GAMMA, compound_scale
 from effnet.specs.base import ModelSpec
 
@@ -99,7 +99,7 @@ class SearchReport:
 def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
     """The distinct grid points (``effnet scale grid``) as study candidates, with their
     measured FLOPs ratio."""
-    from effnet.profile.study import measure_grid
+    from effnet.profile.study import measure_grid  # loads torch: the CLI parser imports this module
 
     rows = measure_grid(base, phi=phi, step=step, tolerance=tolerance)
     return [
@@ -206,8 +206,6 @@ def _base_arg(base: str | ModelSpec, spec: ModelSpec, out: Path) -> str:
 
 def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str, write: bool = True) -> SearchReport:
     """Read the study back into rows (and, with ``write``, write the JSON, table and plot)."""
-    from effnet.lab.budget import TrialBudget
-
     study = job.open()
     done = store.results(study)
     by_key = {c.key: c for c in job.candidates}
@@ -242,6 +240,7 @@ def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str,
 
 
 def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str) -> SearchReport:
+    # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_accuracy_flops
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ would fail the next candidate alike, so the worker stops with :class:`TrialFaile
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -38,6 +39,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from effnet.files import atomic_write
 
 if TYPE_CHECKING:
     import optuna
@@ -699,10 +702,6 @@ def results(study: optuna.Study) -> dict[str, optuna.trial.FrozenTrial]:
 def save_report(folder: Path, table: str, report: Any) -> None:
     """``table.txt`` and ``results.json`` (``report.to_dict()``) in ``folder``, each written
     atomically; their paths join ``report.files``."""
-    import json
-
-    from effnet.files import atomic_write
-
     folder.mkdir(parents=True, exist_ok=True)
     report.files.update(json=str(folder / "results.json"), table=str(folder / "table.txt"))
     atomic_write(folder / "table.txt", lambda tmp: Path(tmp).write_text(table + "\n"))

@@ -21,11 +21,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import effnet.profile
 from effnet.lab import engine, store
-from effnet.lab.budget import trial_budget
+from effnet.lab.budget import TrialBudget, trial_budget
 from effnet.search.reward import B0_TARGET_FLOPS, mnas_hard, mnas_soft, pareto_front, v2_reward
 from effnet.search.space import SearchSpace, load_space
 from effnet.specs.base import ModelSpec
+
+# effnet.profile loads its torch-backed names on first use (PEP 562): the CLI parser imports
+# this module, which must not load torch.
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +171,6 @@ class _Job:
                                 sampler=make_sampler(self.sampler, seed))
 
     def evaluate(self, trial: Any) -> tuple[float | list[float], dict[str, Any]]:
-        from effnet.lab.budget import TrialBudget
-
         budget = TrialBudget.from_dict(self.budget)
         spec = self.space.sample(trial)
         base = trial.study.user_attrs[BASE]
@@ -200,19 +202,18 @@ def measure(spec: ModelSpec, image_size: int, step: StepBudget, target_kind: str
     ``image_size`` (batch 1)."""
     import torch
 
-    from effnet.model import build
-    from effnet.profile import count_flops, latency, step_time
+    from effnet.model import build  # loads torch: the CLI parser imports this module
 
     with torch.device("meta"):
-        params = sum(p.numel() for p in build(spec).parameters())
+        params = effnet.profile.count_params(build(spec))
     out: dict[str, Any] = {
-        "step_time_ms": 1e3 * step_time(spec, image_size, step.batch, device=step.device, warmup=step.warmup,
-                                        steps=step.steps, threads=step.threads),
-        "params": params, "flops": count_flops(spec, spec.resolution),
+        "step_time_ms": 1e3 * effnet.profile.step_time(spec, image_size, step.batch, device=step.device,
+                                                       warmup=step.warmup, steps=step.steps, threads=step.threads),
+        "params": params, "flops": effnet.profile.count_flops(spec, spec.resolution),
     }
     if target_kind == "latency":
         net = build(spec).to(step.device)
-        out["latency_ms"] = 1e3 * latency(net, image_size, threads=step.threads)
+        out["latency_ms"] = 1e3 * effnet.profile.latency(net, image_size, threads=step.threads)
     return out
 
 
@@ -220,8 +221,6 @@ def _base_metrics(job: _Job, study: Any) -> dict[str, Any]:
     """The base's S0, P0 and FLOPs: measured once per study and stored in it; the base itself
     is queued as the study's first trial when the space contains it (its reward is the
     reference every candidate is compared to)."""
-    from effnet.lab.budget import TrialBudget
-
     known = study.user_attrs.get(BASE)
     if known is not None:
         return known
@@ -320,8 +319,6 @@ def _validate(job: _Job, rep: SearchReport, k: int, epochs: int, workers: int, p
     """Retrain ``k`` finished candidates longer and rank them again by the search's own reward,
     with each candidate's S and P as measured and the longer run's top-1 as A (the reward is
     A times a factor of S and P, so the longer reward is the longer top-1 times that factor)."""
-    from effnet.lab.budget import TrialBudget
-
     budget = TrialBudget.from_dict(job.budget)
     done = {f"trial{r.number}": r for r in rep.rows if r.state == "complete"}
     chosen = engine.pick_for_validation({key: r.reward for key, r in done.items()}, k, seed=0)
@@ -348,8 +345,6 @@ def _row(t: Any, space: SearchSpace) -> TrialRow:
 
 def report(job: _Job, write: bool = True) -> SearchReport:
     """Read the study back into rows; write best.yaml, the table, results.json and the plot."""
-    from effnet.lab.budget import TrialBudget
-
     budget = TrialBudget.from_dict(job.budget)
     study = job.open()
     base = study.user_attrs.get(BASE, {})
@@ -373,6 +368,7 @@ def report(job: _Job, write: bool = True) -> SearchReport:
 
 
 def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
+    # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_search
 
     folder.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from effnet.lab.budget import base_spec
+from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec, StageSpec
 
 if TYPE_CHECKING:
@@ -221,16 +223,12 @@ def around(base: ModelSpec, name: str, *, op: Sequence[str], kernel: Sequence[in
 
 
 def _v2(base_name: str, name: str) -> SearchSpace:
-    from effnet.registry import get_spec
-
     return around(get_spec(base_name), name, op=SEARCH_OPS, kernel=(3, 5), expand=(1, 4, 6), se=(0.0, 0.25),
                   source="EfficientNetV2 section 3.3 (op, kernel, expansion, layers; channels from the "
                          "backbone) with MnasNet's SE choice {0, 0.25}")
 
 
 def _b0(name: str) -> SearchSpace:
-    from effnet.registry import get_spec
-
     # MnasNet section 4.1: conv ops {depthwise-separable, MB3, MB6} (an MBConv of expansion 1 is a
     # depthwise-separable conv), kernel {3, 5}, SE {0, 0.25}, layers {-1, 0, +1}.
     return around(get_spec("efficientnet_b0"), name, op=("mbconv",), kernel=(3, 5), expand=(1, 3, 6),
@@ -265,8 +263,6 @@ def space_from_dict(d: Any, *, where: str = "space", folder: Path | None = None)
           - {}
 
     A choice missing from both keeps the base stage's own value (layers: 0)."""
-    from effnet.lab.budget import base_spec
-
     if not isinstance(d, dict):
         raise SpaceError(f"{where}: expected a mapping with base, default and/or stages, got {type(d).__name__}")
     unknown = sorted(set(d) - {"name", "base", "default", "stages", "source"})

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from effnet.files import atomic_write
+
 Op = Literal["mbconv", "fused", "basic", "bottleneck", "dsconv"]
 Padding = Literal["symmetric", "same"]
 HeadRule = Literal["scaled", "fixed", "at_least_base"]
@@ -263,8 +265,6 @@ class ModelSpec:
 
     def save(self, path: str | Path) -> Path:
         """Write the spec as YAML (``.yaml``/``.yml``) or JSON (anything else)."""
-        from effnet.files import atomic_write
-
         path = Path(path)
         text = self.to_yaml() if path.suffix in (".yaml", ".yml") else self.to_json()
         return atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
-from effnet.specs.base import check_fields
+from effnet.registry import get_spec
+from effnet.specs.base import ModelSpec, check_fields
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
@@ -410,8 +411,6 @@ def data_facts(data: str, val_fraction: float, seed: int, weights: str, device: 
         except OSError:
             continue  # an unreadable file is reported by the run itself
         sides.append(min(size))
-    from effnet.registry import get_spec
-    from effnet.specs.base import ModelSpec
     from effnet.weights.format import read_spec
 
     path = Path(weights)
