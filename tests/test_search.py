@@ -323,3 +323,14 @@ def test_a_killed_workers_trial_is_trained_again_by_the_next_run(lab):
     third.communicate(timeout=60)
     assert not [x for p, e, x in events() if p == third.pid]
     assert math.isfinite(study.trials[0].value)
+
+
+def test_the_table_of_a_study_without_a_measured_base_shows_dashes_not_a_division_error():
+    """format_table divided by the base's parameters and step time, which are 0 when the base
+    was never measured: the ratio columns show '-' instead."""
+    import dataclasses
+
+    from effnet.search.run import SearchReport, _ratio
+
+    assert _ratio(3.0, 0) == "    -" and _ratio(3.0, 2.0) == " 1.50"
+    assert dataclasses.is_dataclass(SearchReport)

@@ -198,7 +198,7 @@ def _register_scale_lab(scale_sub: Any) -> None:
     p.set_defaults(func=cmd_scale_search, command="scale search")
 
     p = scale_sub.add_parser("study", help="compare scaling strategies at matched FLOPs, trained on your data",
-                             description="Scale the base by each strategy to each FLOPs multiple (within 5%%), "
+                             description="Scale the base by each strategy to each FLOPs multiple (within 5%), "
                                          "train them and the baseline, plot accuracy against FLOPs.")
     _training_options(p, "scale_study")
     p.add_argument("--flops", type=_floats, default=(2.0,), help="FLOPs multiples, comma-separated (default 2)")

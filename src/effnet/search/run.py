@@ -401,6 +401,12 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
     return rep
 
 
+def _ratio(value: float, base: float) -> str:
+    """``value / base`` in a 5-wide column, or ``-`` when the base is unknown (0: a study whose
+    base was never measured) rather than a ZeroDivisionError."""
+    return f"{value / base:5.2f}" if base else f"{'-':>5}"
+
+
 def format_table(rep: SearchReport) -> str:
     head = (f"{'trial':>5}  {'state':<8}  {'top-1':>6}  {'S ms':>7}  {'S/S0':>5}  {'params':>7}  {'P/P0':>5}  "
             f"{'FLOPs':>8}  {'reward':>7}  architecture (per stage: op kernel e=expand s=SE x=layers)")
@@ -409,7 +415,7 @@ def format_table(rep: SearchReport) -> str:
         marks = [m for m, on in (("base", r.is_base), ("front", r.on_front),
                                  ("best", rep.best is not None and r.number == rep.best.number)) if on]
         lines.append(f"{r.number:5d}  {r.state:<8}  {r.top1:5.1f}{engine.mark(r.status):1}  {r.step_ms:7.1f}  "
-                     f"{r.step_ms / rep.base_step_ms:5.2f}  {r.params / 1e6:6.2f}M  {r.params / rep.base_params:5.2f}  "
+                     f"{_ratio(r.step_ms, rep.base_step_ms)}  {r.params / 1e6:6.2f}M  {_ratio(r.params, rep.base_params)}  "
                      f"{r.flops / 1e6:7.1f}M  {r.reward:7.2f}  {r.arch}{'  <- ' + ', '.join(marks) if marks else ''}")
     lines.append("")
     lines.append(f"base: training step {rep.base_step_ms:.1f} ms, {rep.base_params / 1e6:.2f}M parameters, "
