@@ -103,6 +103,7 @@ CASES = [
     ("silently wrong", ["scale", "search", "--train-subset", "0", "--out", "run_s"], ["--train-subset 0"]),
     ("tracebacks", ["scale", "study", "--out", "photo.png/sub"], ["photo.png is a file"]),
     ("tracebacks", ["search", "--space", "b0", "--trials", "1", "--out", "photo.png"], ["photo.png: is a file"]),
+    ("raw messages", ["scale", "search", "--out", "/proc/effnet_out"], ["cannot be created"]),
     ("files destroyed", ["scale", "fit", "--base", "bad.yaml", "--max-flops", "1G", "--save", "bad.yaml"],
      ["also an input"]),
     ("files destroyed", ["scale", "fit", "--max-params", "6M", "--save", "photo.png"],

@@ -64,6 +64,18 @@ def check_out_folder(path: str | Path, option: str = "--out") -> Path:
                 raise ValueError(f"{option} {out}: cannot write in {parent if not out.exists() else out} "
                                  "(permission denied); choose another folder")
             break
+    if not out.exists():
+        # Some places refuse new folders whatever the permissions say (/proc, a read-only mount):
+        # try once, and leave nothing behind.
+        try:
+            out.mkdir(parents=True)
+        except OSError as e:
+            raise ValueError(f"{option} {out}: this folder cannot be created ({e.strerror}); choose another "
+                             "folder") from None
+        for made in [out, *out.parents]:
+            if made == parent:
+                break
+            made.rmdir()
     return out
 
 
