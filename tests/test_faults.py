@@ -383,3 +383,15 @@ def test_a_budget_beyond_the_largest_size_says_it_was_not_reached():
     assert r.capped and "not reached" in r.capped
     bounded = fit("efficientnet_b0", max_flops="0.5G", step=0.25)
     assert bounded.capped is None and bounded.next_larger is not None and not bounded.next_larger.fits
+
+
+def test_an_optimised_model_refuses_nan_input_like_the_model():
+    """optimize()'s traced path skipped the model's NaN check: NaN in gave NaN out with no error."""
+    model = effnet.create_model("efficientnet_b0", num_classes=3).eval()
+    fast = effnet.optimize(model, torch.randn(1, 3, 64, 64))
+    x = torch.randn(1, 3, 64, 64)
+    assert torch.isfinite(fast(x)).all()
+    x[0, 0, 0, 0] = float("nan")
+    for net in (model, fast):
+        with pytest.raises(ValueError, match="NaN/inf"):
+            net(x)

@@ -96,6 +96,12 @@ class TracedInference(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) and x.ndim == 4 else None
         if size == self.input_size:
+            # The trace skips the model's own input checks (a data-dependent branch does not
+            # trace), so the one that matters for a silent wrong answer is repeated here.
+            if not bool(torch.isfinite(x).all()):
+                bad = int((~torch.isfinite(x)).sum())
+                raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
+                                 f"decoding and normalisation that produced it")
             return self.traced(x)
         if size is not None and self.fixed_size:
             h, w = self.input_size
