@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from effnet.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -47,14 +48,4 @@ if TYPE_CHECKING:  # static checkers see the real names; nothing is imported at 
     from effnet.weights import create_model, load_model
 
 
-def __getattr__(name: str) -> Any:  # PEP 562
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'effnet' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later look-ups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())

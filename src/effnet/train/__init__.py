@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 import types
 from typing import Any
+
+from effnet.lazy import lazy_attributes
 
 # Names load on first use (PEP 562): the command line builds its parser from TrainConfig
 # (effnet.train.config), and importing this package for that must not load torch.
@@ -22,17 +23,7 @@ _LAZY: dict[str, str] = {name: module for module, names in (
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY, globals())
 
 
 class _Package(types.ModuleType):
