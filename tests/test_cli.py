@@ -161,3 +161,22 @@ def test_a_named_command_loads_only_its_own_module():
             "print(sorted(m for m in sys.modules if m in COMMAND_MODULES))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "['effnet.commands.train']"  # not profile, scale, search, deploy, viz, bench ...
+
+
+def test_every_option_of_every_command_has_help():
+    """Twenty options once had no help text (eval/predict --weights, --topk, --device ...)."""
+    import argparse
+
+    from effnet.cli import build_parser
+
+    def missing(parser: argparse.ArgumentParser, path: list[str]) -> list[str]:
+        out = []
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    out += missing(sub, [*path, name])
+            elif a.option_strings and not isinstance(a, argparse._HelpAction) and not a.help:
+                out.append(f"effnet {' '.join(path)} {a.option_strings[0]}")
+        return out
+
+    assert missing(build_parser(), []) == []

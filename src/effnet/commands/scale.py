@@ -344,7 +344,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help=f"one of {', '.join(STRATEGIES)} (default compound); phi is the strategy's coefficient, "
                         f"2^phi its FLOPs multiple ((alpha*beta^2*gamma^2)^phi for compound and v2)")
     p.add_argument("--phi", type=float, nargs="+", help="one or more scaling coefficients (any real)")
-    p.add_argument("--phi-range", type=float, nargs=3, metavar=("START", "STOP", "STEP"))
+    p.add_argument("--phi-range", type=float, nargs=3, metavar=("START", "STOP", "STEP"),
+                   help="every phi from START to STOP in steps of STEP (both ends included)")
     p.add_argument("--alpha", type=float, default=None, help=f"compound/v2: depth base (default {ALPHA})")
     p.add_argument("--beta", type=float, default=None, help=f"compound/v2: width base (default {BETA})")
     p.add_argument("--gamma", type=float, default=None, help=f"compound/v2: resolution base (default {GAMMA})")

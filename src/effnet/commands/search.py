@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="v1 on measured inference latency instead, with this target T")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default sqlite:///OUT/study.db)")
     p.add_argument("--study", default=None, help="study name (default arch-SPACE-REWARD)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="tpe")
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                   help="how candidates are drawn: Optuna's tpe (default), random, or nsga2 (multi-objective)")
     p.add_argument("--seed", type=int, default=None, help="seed of the sampler")
     p.add_argument("--prune", action="store_true", help="successive halving on top-1 after each epoch")
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine")

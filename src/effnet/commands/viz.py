@@ -281,16 +281,18 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     c.add_argument("--labels", nargs="+", help="column names for the models (default: the file names)")
     c.add_argument("--class", dest="cls", metavar="K",
                    help="class to explain, an index or a name ('tiger cat'); default each image's top-1")
-    c.add_argument("--method", choices=("cam", "gradcam", "both"), default="cam")
+    c.add_argument("--method", choices=("cam", "gradcam", "both"), default="cam",
+                   help="exact CAM (classifier weights x last feature map), Grad-CAM, or both side by side "
+                        "(default cam)")
     c.add_argument("--view", choices=("full", "crop"), default="full",
                    help="full: the whole image, shorter side resized as for evaluation (default); crop: the "
                         "evaluation centre crop, as effnet predict sees it, mapped back onto the image")
     c.add_argument("--layer", help="Grad-CAM at this module (e.g. stages.4) instead of the last feature map")
-    c.add_argument("--topk", type=int, default=3)
+    c.add_argument("--topk", type=int, default=3, help="classes named in each map's title (default 3)")
     c.add_argument("--out", default="cam", metavar="DIR",
                    help="output folder (default ./cam); a map already there is replaced only with --overwrite")
     c.add_argument("--overwrite", action="store_true", help="replace maps that exist in --out")
-    c.add_argument("--device", default="cpu")
+    c.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     c.add_argument("--threads", type=int, help="CPU threads (default: the cores other processes leave idle)")
     c.add_argument("--json", action="store_true", help="print the predictions, peaks and files as JSON")
     c.set_defaults(func=cmd_cam)
@@ -307,8 +309,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="output path without suffix; one file per --format (default effnet_plot); an "
                         "existing file is replaced only with --overwrite, a SOURCE never")
     p.add_argument("--overwrite", action="store_true", help="replace figures that exist")
-    p.add_argument("--format", nargs="+", default=["png", "svg"], choices=("png", "svg", "pdf"))
+    p.add_argument("--format", nargs="+", default=["png", "svg"], choices=("png", "svg", "pdf"),
+                   help="file formats written (default png svg)")
     p.add_argument("--no-paper", action="store_true", help="leave out the published curves")
     p.add_argument("--dataset", help="data set name for results.json files (they do not record it)")
-    p.add_argument("--title")
+    p.add_argument("--title", help="figure title (default: what is plotted)")
     p.set_defaults(func=cmd_plot)
