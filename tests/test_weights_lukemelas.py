@@ -18,9 +18,10 @@ from effnet.weights.peers import HALF, LITE_MEAN
 ref = pytest.importorskip("efficientnet_pytorch", reason="efficientnet_pytorch (test extra) is not installed")
 
 
-def _reference(name: str, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    model = ref.EfficientNet.from_name(name).eval()
+def _randomise(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm statistics and affine parameters drawn at random and the classifier scaled, so
+    the logits are of order 1-10 and the tolerance means something (the port's and its Lite
+    fork's models share the ``_fc`` name)."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -28,8 +29,13 @@ def _reference(name: str, seed: int = 0) -> torch.nn.Module:
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.2, 0.2)
-        model._fc.weight.mul_(50.0)  # logits of order 1-10, so the tolerance means something
+        model._fc.weight.mul_(50.0)
     return model
+
+
+def _reference(name: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    return _randomise(ref.EfficientNet.from_name(name).eval())
 
 
 @pytest.mark.parametrize(("name", "res"), [("efficientnet-b0", 224), ("efficientnet-b3", 300)])
@@ -119,16 +125,8 @@ def test_lite_fork_random_weights_reproduce_its_logits(name: str, res: int, tmp_
     lite = pytest.importorskip("efficientnet_lite_pytorch", reason="the Lite fork (efficientnet-lite-pytorch) "
                                                                    "is not installed")
     torch.manual_seed(0)
-    peer = lite.EfficientNet.from_name(name).eval()
+    peer = _randomise(lite.EfficientNet.from_name(name).eval())
     assert peer._global_params.image_size == res
-    with torch.no_grad():
-        for m in peer.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 1.5)
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.2, 0.2)
-        peer._fc.weight.mul_(50.0)  # logits of order 1-10, so the tolerance means something
     src = tmp_path / "lite.pth"
     torch.save(peer.state_dict(), src)
     model = load_model(convert(src, tmp_path / "w.safetensors", "efficientnet_pytorch", name))
