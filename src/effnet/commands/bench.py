@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from effnet.commands.common import check_positive
+
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from effnet.bench.names import LIBRARIES
@@ -55,9 +57,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     for option in ("resolution", "batch", "train_batch", "train_resolution", "iters", "batch_iters",
                    "train_iters", "rounds", "threads"):
-        value = getattr(args, option)
-        if value is not None and value < 1:
-            raise ValueError(f"--{option.replace('_', '-')} {value}: expected a positive number")
+        check_positive("--" + option.replace("_", "-"), getattr(args, option))
     if args.out:  # checked before minutes of measuring, so a bad path loses nothing
         check_output(args.out, overwrite=args.overwrite)
     result = run(args.models, resolution=args.resolution, libs=args.libs, quick=args.quick, batch=args.batch,
