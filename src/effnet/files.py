@@ -97,6 +97,13 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwri
     if out.exists() and not overwrite:
         raise FileExistsError(errno.EEXIST, f"{out} already exists: pass {option} to replace it, or choose "
                               "another path", str(out))
+    writable_parent(out)
+    return out
+
+
+def writable_parent(out: Path) -> Path:
+    """The nearest existing folder above ``out``, where ``out`` (a file or a folder) would be
+    created; refused when that is a file or not writable."""
     for parent in out.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -105,5 +112,5 @@ def check_output(path: str | Path, *, inputs: Iterable[str | Path] = (), overwri
             if not os.access(parent, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, f"cannot write {out}: folder {parent} is not writable",
                                       str(out))
-            break
-    return out
+            return parent
+    return Path(out.anchor or ".")

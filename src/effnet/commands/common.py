@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from effnet.files import writable_parent
+
 
 def fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M"
@@ -56,26 +58,22 @@ def check_out_folder(path: str | Path, option: str = "--out") -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{option} {out}: is a file; expected a folder for the results (choose another path)")
-    for parent in out.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ValueError(f"{option} {out}: {parent} is a file, not a folder")
-            if not os.access(parent if not out.exists() else out, os.W_OK | os.X_OK):
-                raise ValueError(f"{option} {out}: cannot write in {parent if not out.exists() else out} "
-                                 "(permission denied); choose another folder")
+    if out.exists():
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ValueError(f"{option} {out}: cannot write in {out} (permission denied); choose another folder")
+        return out
+    parent = writable_parent(out)
+    # Some places refuse new folders whatever the permissions say (/proc, a read-only mount):
+    # try once, and leave nothing behind.
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        raise ValueError(f"{option} {out}: this folder cannot be created ({e.strerror}); choose another "
+                         "folder") from None
+    for made in [out, *out.parents]:
+        if made == parent:
             break
-    if not out.exists():
-        # Some places refuse new folders whatever the permissions say (/proc, a read-only mount):
-        # try once, and leave nothing behind.
-        try:
-            out.mkdir(parents=True)
-        except OSError as e:
-            raise ValueError(f"{option} {out}: this folder cannot be created ({e.strerror}); choose another "
-                             "folder") from None
-        for made in [out, *out.parents]:
-            if made == parent:
-                break
-            made.rmdir()
+        made.rmdir()
     return out
 
 
