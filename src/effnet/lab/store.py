@@ -589,8 +589,20 @@ def _run_one(study: optuna.Study, trial: optuna.Trial, label: str,
     else:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
-        _retrying(lambda t=trial, v=value: study.tell(t, v), "record a trial")
+        _retrying(lambda t=trial, v=value: _tell_once(study, t, v), "record a trial")
     return None
+
+
+def _tell_once(study: Any, trial: Any, value: float) -> None:
+    """``study.tell`` that may be retried: a first attempt can commit and still raise (SQLite's
+    "database is locked" after the write), and the retry then finds the trial finished. That
+    trial is recorded, which is what the retry was for."""
+    from optuna.exceptions import UpdateFinishedTrialError  # optuna: the lab's storage, loaded with it
+
+    try:
+        study.tell(trial, value)
+    except UpdateFinishedTrialError:
+        log.debug("trial %d was already recorded by an earlier attempt", trial.number)
 
 
 class SampledJob(Protocol):
