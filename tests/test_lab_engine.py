@@ -14,7 +14,7 @@ optuna = pytest.importorskip("optuna")
 import effnet  # noqa: E402
 from effnet.cli import main  # noqa: E402
 from effnet.data.progressive import Range  # noqa: E402
-from effnet.lab import engine, store  # noqa: E402
+from effnet.lab import engine, liveness, queue, store  # noqa: E402
 from effnet.lab.budget import trial_budget  # noqa: E402
 
 
@@ -158,8 +158,8 @@ def test_a_trial_whose_training_raises_stops_a_fixed_list_at_once(tmp_path):
         raise ValueError("bad option")
 
     cands = [store.Candidate(f"c{i}", {"x": float(i)}) for i in range(3)]
-    with pytest.raises(store.TrialFailed, match="candidate c0 failed: ValueError: bad option"):
-        store.work(study, cands, evaluate)
+    with pytest.raises(queue.TrialFailed, match="candidate c0 failed: ValueError: bad option"):
+        queue.work(study, cands, evaluate)
     assert calls == ["c0"]
     failed = [t for t in study.get_trials() if t.state.name == "FAIL"]
     assert [t.user_attrs[store.ERROR] for t in failed] == ["ValueError: bad option"]
@@ -174,9 +174,9 @@ def test_a_sampled_search_stops_after_failures_in_a_row(tmp_path):
         calls.append(trial.number)
         raise OSError("disk gone")
 
-    with pytest.raises(store.TrialFailed, match=f"{store.MAX_FAILURES_IN_A_ROW} trials in a row failed"):
-        store.work_sampled(study, 10, evaluate)
-    assert len(calls) == store.MAX_FAILURES_IN_A_ROW
+    with pytest.raises(queue.TrialFailed, match=f"{queue.MAX_FAILURES_IN_A_ROW} trials in a row failed"):
+        queue.work_sampled(study, 10, evaluate)
+    assert len(calls) == queue.MAX_FAILURES_IN_A_ROW
 
 
 # --- dead workers and shared measurements ------------------------------------------------------------
@@ -185,18 +185,18 @@ def test_a_worker_is_judged_dead_only_where_its_pid_means_something():
     import subprocess
     import sys
 
-    here = store.machine_id()
-    me = {store.PID: os.getpid(), store.MACHINE: here, store.STARTED: store.process_start(os.getpid()),
-          store.TOKEN: store.process_token()}
-    assert not store.worker_gone(me)
+    here = liveness.machine_id()
+    me = {liveness.PID: os.getpid(), liveness.MACHINE: here, liveness.STARTED: liveness.process_start(os.getpid()),
+          liveness.TOKEN: liveness.process_token()}
+    assert not liveness.worker_gone(me)
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()
-    dead = {**me, store.PID: p.pid, store.TOKEN: "other"}
-    assert store.worker_gone(dead)
+    dead = {**me, liveness.PID: p.pid, liveness.TOKEN: "other"}
+    assert liveness.worker_gone(dead)
     # The same PID in another container (same hostname, other PID namespace): heartbeat only.
-    assert not store.worker_gone({**dead, store.MACHINE: here + "-elsewhere"})
+    assert not liveness.worker_gone({**dead, liveness.MACHINE: here + "-elsewhere"})
     # A PID reused by a newer process (alive, other start time) is not the worker.
-    assert store.worker_gone({**me, store.TOKEN: "other", store.STARTED: "1"})
+    assert liveness.worker_gone({**me, liveness.TOKEN: "other", liveness.STARTED: "1"})
 
 
 def test_first_writer_wins_and_every_writer_reads_it_back(tmp_path):

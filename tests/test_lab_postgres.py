@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 WORKER = textwrap.dedent('''
     import os, sys, time
-    from effnet.lab import store
+    from effnet.lab import queue, store
 
     storage, n, log = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     candidates = [store.Candidate(f"c{i}", {"x": float(i)}) for i in range(n)]
@@ -40,7 +40,7 @@ WORKER = textwrap.dedent('''
         time.sleep(0.3)
         return float(cand.params["x"]), {"pid": os.getpid()}
 
-    store.work(store.open_study(storage, "pg", {"kind": "test", "n": n}), candidates, evaluate)
+    queue.work(store.open_study(storage, "pg", {"kind": "test", "n": n}), candidates, evaluate)
 ''')
 
 

@@ -13,11 +13,11 @@ import pytest
 
 optuna = pytest.importorskip("optuna")
 
-from effnet.lab import store  # noqa: E402
+from effnet.lab import queue, store  # noqa: E402
 
 JOB = textwrap.dedent('''
     import os, sys, time
-    from effnet.lab import store
+    from effnet.lab import queue, store
 
     class SleepJob:
         def __init__(self, storage, n, seconds, log):
@@ -38,7 +38,7 @@ JOB = textwrap.dedent('''
     if __name__ == "__main__":
         storage, n, seconds, log = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
         job = SleepJob(storage, n, seconds, log)
-        store.work(job.open(), job.candidates, job.evaluate)
+        queue.work(job.open(), job.candidates, job.evaluate)
 ''')
 
 
@@ -104,8 +104,8 @@ def test_rerun_of_a_finished_study_trains_nothing(tmp_path):
         calls.append(cand.key)
         return cand.params["x"], {}
 
-    assert store.work(store.open_study(storage, "t", {"a": 1}), cands, evaluate) == 3
-    assert store.work(store.open_study(storage, "t", {"a": 1}), cands, evaluate) == 0
+    assert queue.work(store.open_study(storage, "t", {"a": 1}), cands, evaluate) == 3
+    assert queue.work(store.open_study(storage, "t", {"a": 1}), cands, evaluate) == 0
     assert calls == ["c0", "c1", "c2"]
     assert {k: t.value for k, t in store.results(store.open_study(storage, "t", {"a": 1})).items()} == \
         {"c0": 0.0, "c1": 1.0, "c2": 2.0}
@@ -121,20 +121,20 @@ def test_a_failing_candidate_stops_the_run_and_is_retried_by_the_next_one(tmp_pa
             raise RuntimeError("out of memory")
         return 1.0, {}
 
-    with pytest.raises(store.TrialFailed, match="candidate c1 failed: RuntimeError: out of memory; fix the cause"):
-        store.work(store.open_study(storage, "t", {}), cands, evaluate)
+    with pytest.raises(queue.TrialFailed, match="candidate c1 failed: RuntimeError: out of memory; fix the cause"):
+        queue.work(store.open_study(storage, "t", {}), cands, evaluate)
     study = store.open_study(storage, "t", {})
     failed = [t for t in study.trials if t.state.name == "FAIL"]
     assert [t.user_attrs[store.ERROR] for t in failed] == ["RuntimeError: out of memory"]
     broken.clear()
-    assert store.work(study, cands, evaluate) == 1
+    assert queue.work(study, cands, evaluate) == 1
     assert sorted(store.results(study)) == ["c0", "c1"]
 
 
 def test_a_study_with_other_settings_is_refused_naming_the_difference(tmp_path):
     storage = f"sqlite:///{tmp_path / 's.db'}"
     study = store.open_study(storage, "t", {"epochs": 2, "phi": 1.0})
-    store.work(study, [store.Candidate("c0", {"x": 0.0})], lambda t, c: (1.0, {}))
+    queue.work(study, [store.Candidate("c0", {"x": 0.0})], lambda t, c: (1.0, {}))
     with pytest.raises(store.StudyError, match=r"epochs: study has 2, this run asks 3.*new --study"):
         store.open_study(storage, "t", {"epochs": 3, "phi": 1.0})
     assert len(store.results(store.open_study(storage, "t", {"epochs": 2, "phi": 1.0}))) == 1  # kept

@@ -254,7 +254,7 @@ def test_pareto_front_contains_no_dominated_trial(tmp_path):
 JOB = textwrap.dedent('''
     import os, sys, time
     import optuna
-    from effnet.lab import store
+    from effnet.lab import queue, store
 
     storage, n, seconds, log = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 
@@ -268,7 +268,7 @@ JOB = textwrap.dedent('''
         return float(x), {}
 
     study = store.open_study(storage, "t", {"kind": "test"}, sampler=optuna.samplers.RandomSampler())
-    store.work_sampled(study, n, evaluate)
+    queue.work_sampled(study, n, evaluate)
 ''')
 
 

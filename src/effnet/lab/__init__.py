@@ -6,7 +6,8 @@
 
 These sit above the training code (``effnet.train``), which they call in-process; the pure
 parts (strategies, the grid) are in :mod:`effnet.scaling`. Trials live in Optuna studies
-(:mod:`effnet.lab.store`), shared with the architecture search.
+(:mod:`effnet.lab.store`); workers take candidates from their queue (:mod:`effnet.lab.queue`), which
+puts a dead worker's candidate back (:mod:`effnet.lab.liveness`). The architecture search shares all three.
 """
 
 from effnet.lab.compare import solve_phi, study

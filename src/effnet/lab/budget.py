@@ -20,7 +20,7 @@ import effnet.data
 import effnet.profile
 import effnet.train
 from effnet.data.progressive import Range
-from effnet.lab.store import prune_check
+from effnet.lab.queue import prune_check
 from effnet.registry import get_spec
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 from effnet.train.config import TrainConfig, resolve_config

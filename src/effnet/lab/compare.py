@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import effnet.profile
-from effnet.lab import engine, store
+from effnet.lab import engine, queue, store
 from effnet.lab.budget import base_spec, trial_budget
 from effnet.scaling.strategies import get_strategy
 from effnet.specs.base import ModelSpec
@@ -218,7 +218,7 @@ def study(
         log.warning("%s", w)
     log.info("scaling study of %s: %d model(s) (%s at %s x FLOPs, and the baseline), %d epoch(s) each",
              spec.name, len(candidates), ", ".join(strategies), ", ".join(f"{m:g}" for m in flops), epochs)
-    store.run_workers(job, workers, progress)
+    queue.run_workers(job, workers, progress)
     rep = _report(job, spec, budget)
     if validate and len(rep.rows) == rep.candidates:
         scores = {r.key: r.top1 for r in rep.rows}

@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from effnet.lab import store
+from effnet.lab import queue, store
 from effnet.lab.budget import TrialBudget
 from effnet.specs.base import ModelSpec
 
@@ -201,7 +201,7 @@ def validate(
                   {key: spec.to_dict() for key, _, spec, _, _ in chosen}, {key: size for key, _, _, size, _ in chosen})
     job.open()
     log.info("validating the proxy: %d candidate(s) retrained for %d epoch(s) in study %r", len(chosen), epochs, name)
-    store.run_workers(job, workers, progress)
+    queue.run_workers(job, workers, progress)
     done = store.results(job.open())
     have = [(key, label, proxy, done[key]) for key, label, _, _, proxy in chosen
             if key in done and done[key].value is not None]

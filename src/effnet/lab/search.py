@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.lab import engine, store
+from effnet.lab import engine, queue, store
 from effnet.lab.budget import TrialBudget, base_spec, trial_budget
 from effnet.scaling import ALPHA, BETA, GAMMA, compound_scale
 from effnet.specs.base import ModelSpec
@@ -167,7 +167,7 @@ def search(
         log.warning("%s", w)
     log.info("scale search %s: %d grid point(s), %d epoch(s) each at %d px x gamma^%g, study %r in %s",
              spec.name, len(candidates), epochs, budget.image_size, phi, study, storage)
-    store.run_workers(job, workers, progress)
+    queue.run_workers(job, workers, progress)
     rep = report(job, _base_arg(base, spec, out), phi, str(out), spec.name, write=False)
     if validate and rep.complete:
         scores = {r.key: r.top1 for r in rep.rows if r.state == "complete"}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import effnet.profile
-from effnet.lab import engine, store
+from effnet.lab import engine, queue, store
 from effnet.lab.budget import TrialBudget, trial_budget
 from effnet.search.reward import B0_TARGET_FLOPS, mnas_hard, mnas_soft, pareto_front, v2_reward
 from effnet.search.space import SearchSpace, load_space
@@ -306,7 +306,7 @@ def run(
     for w in budget.warnings():
         log.warning("%s", w)
     started = time.time()
-    store.run_workers(job, workers, progress)
+    queue.run_workers(job, workers, progress)
     log.info("search took %.1f s", time.time() - started)
     rep = report(job, write=False)
     if validate and rep.complete and rep.reward != "pareto":
