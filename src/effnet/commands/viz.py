@@ -56,24 +56,10 @@ def _run_label(path: Path) -> str:
     return path.stem
 
 
-def cam_images(
-    images: list[str | Path], weights: list[str | Path], out: str | Path, *, methods: tuple[str, ...] = ("cam",),
-    target: int | str | None = None, view: str = "full", layer: str | None = None, topk: int = 3,
-    labels: list[str] | None = None, compare: bool = False, device: str = "cpu", overwrite: bool = False,
-) -> CamReport:
-    """Maps of each image under each model (a weight file each) and method, drawn over the
-    original images into ``out``: ``<image>_<methods>.png`` per image (a column per method), or,
-    with ``compare``, one ``compare_<methods>.png`` grid (a row per image, a column per model and
-    method; EfficientNet Figure 7). Unreadable images are skipped and listed in the report; none
-    readable is an error."""
-    import torch
-    from tqdm import tqdm
-
-    from effnet.data.datasets import DECODE_ERRORS, decode
-    from effnet.files import check_output
-    from effnet.preprocessing import Normalize
-    from effnet.viz.cam import CAM_METHODS, VIEWS, image_cam, plot_cams, resolve_class
-    from effnet.weights import load_model
+def _check_cam_options(images: list[str | Path], weights: list[str | Path], methods: tuple[str, ...], view: str,
+                       topk: int) -> None:
+    """Refuse a `cam` call that cannot make a map, before any model is loaded."""
+    from effnet.viz.cam import CAM_METHODS, VIEWS
 
     if not images:
         raise ValueError("cam: no images given")
@@ -86,15 +72,31 @@ def cam_images(
         raise ValueError(f"view: expected one of {', '.join(VIEWS)}, got {view!r}")
     if topk < 1:
         raise ValueError(f"topk: expected at least 1, got {topk}")
-    names = _labels([str(w) for w in weights], labels)
+
+
+def _load_cam_models(weights: list[str | Path], target: int | str | None, device: str) -> list[tuple]:
+    """(model, its normaliser, its class names, the target class index or None) per weight
+    file; every model is loaded first, so that a missing file fails before any work."""
+    import torch
+
+    from effnet.preprocessing import Normalize
+    from effnet.viz.cam import resolve_class
+    from effnet.weights import load_model
+
     dev = torch.device(device)
     models = []
-    for w in weights:  # load every model first: a missing file fails before any work
+    for w in weights:
         m = load_model(w, map_location=dev)
         models.append((m, Normalize(m.preprocessing).to(dev), list(m.class_names or []),
                        resolve_class(target, list(m.class_names or [str(i) for i in range(m.spec.num_classes)]))))
+    return models
 
-    report = CamReport()
+
+def _decode_images(images: list[str | Path], report: CamReport) -> list[tuple[Path, object]]:
+    """The images that decode, as (path, image); the others go to ``report.skipped`` with the
+    reason. None readable is an error."""
+    from effnet.data.datasets import DECODE_ERRORS, decode
+
     decoded = []
     for path in images:
         try:
@@ -108,16 +110,19 @@ def cam_images(
     if not decoded:
         raise ValueError(f"cam: none of the {len(images)} image(s) could be read: "
                          + "; ".join(f"{p} ({r})" for p, r in report.skipped.items()))
+    return decoded
 
-    out = Path(out)
-    tag = "_".join(methods)
-    grid: list[list[ImageCam]] = []
-    # The files to write, named and checked before any map is drawn: never over an input image or
-    # weight file, nor over an earlier figure unless overwrite.
+
+def _plan_cam_files(out: Path, stems: list[str], tag: str, compare: bool, inputs: list[str | Path],
+                    overwrite: bool) -> list[Path]:
+    """The files to write, named and checked before any map is drawn: never over an input image
+    or weight file, nor over an earlier figure unless ``overwrite``."""
+    from effnet.files import check_output
+
     used: set[str] = set()
     planned: list[Path] = []
-    for path, _ in ([] if compare else decoded):
-        stem = path.stem if path.stem not in used else f"{path.stem}_{len(used)}"
+    for stem in ([] if compare else stems):
+        stem = stem if stem not in used else f"{stem}_{len(used)}"
         used.add(stem)
         planned.append(out / f"{stem}_{tag}.png")
     if compare:
@@ -125,8 +130,33 @@ def cam_images(
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} is a file; expected a folder for the maps")
     for target_file in planned:
-        check_output(target_file, inputs=[*images, *weights], overwrite=overwrite)
-    files = iter(planned)
+        check_output(target_file, inputs=inputs, overwrite=overwrite)
+    return planned
+
+
+def cam_images(
+    images: list[str | Path], weights: list[str | Path], out: str | Path, *, methods: tuple[str, ...] = ("cam",),
+    target: int | str | None = None, view: str = "full", layer: str | None = None, topk: int = 3,
+    labels: list[str] | None = None, compare: bool = False, device: str = "cpu", overwrite: bool = False,
+) -> CamReport:
+    """Maps of each image under each model (a weight file each) and method, drawn over the
+    original images into ``out``: ``<image>_<methods>.png`` per image (a column per method), or,
+    with ``compare``, one ``compare_<methods>.png`` grid (a row per image, a column per model and
+    method; EfficientNet Figure 7). Unreadable images are skipped and listed in the report; none
+    readable is an error."""
+    from tqdm import tqdm
+
+    from effnet.viz.cam import image_cam, plot_cams
+
+    _check_cam_options(images, weights, methods, view, topk)
+    names = _labels([str(w) for w in weights], labels)
+    models = _load_cam_models(weights, target, device)
+    report = CamReport()
+    decoded = _decode_images(images, report)
+    tag = "_".join(methods)
+    files = iter(_plan_cam_files(Path(out), [p.stem for p, _ in decoded], tag, compare, [*images, *weights],
+                                 overwrite))
+    grid: list[list[ImageCam]] = []
     work = len(decoded) * len(models) * len(methods)
     with tqdm(total=work, desc="cam", unit="map", disable=work < 4, file=sys.stderr) as bar:
         for path, img in decoded:
