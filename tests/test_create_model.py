@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,29 @@ def test_weights_load_with_a_new_head_and_overrides(tmp_path: Path):
     assert model.spec.num_classes == 7 and model.spec.dropout == 0.5
     assert torch.equal(model.stem.conv.weight, source.stem.conv.weight)
     assert model.classifier.out_features == 7
+
+
+def test_a_cache_hit_loads_no_converter(tmp_path: Path):
+    """``create_model(name, pretrained=True)`` with the converted file in the cache reads it and
+    nothing else: the download step and the converters' key maps stay unloaded (a fresh
+    interpreter, since other tests load them). The source's URL is never contacted."""
+    spec = get_spec("tinynet_e")
+    torch.manual_seed(0)
+    saved = build(spec)
+    (tmp_path / "cache").mkdir()
+    save_weights(saved, tmp_path / "cache" / "tinynet_e.timm.safetensors")
+    code = """
+import sys
+import effnet
+from effnet.registry import PRETRAINED, Checksum, PretrainedSource
+PRETRAINED["tinynet_e"] = PretrainedSource("http://127.0.0.1:9/tinynet_e-0123abcd.pth", "timm", "tinynet_e",
+                                           Checksum("sha256", "0123abcd", prefix=True))
+model = effnet.create_model("tinynet_e", pretrained=True)
+print(float(model.stem.conv.weight.sum()))
+print(sorted(m for m in sys.modules if m.startswith("effnet.weights.")))
+"""
+    env = {**os.environ, "EFFNET_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    weight_sum, loaded = out.stdout.splitlines()
+    assert float(weight_sum) == pytest.approx(float(saved.stem.conv.weight.detach().sum()))  # the cached file's tensors
+    assert loaded == "['effnet.weights.format', 'effnet.weights.hub']"

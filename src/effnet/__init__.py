@@ -9,12 +9,15 @@ from effnet.lazy import lazy_attributes
 __version__ = "0.1.0"
 
 # The front door is lazy (PEP 562): every public name is looked up in this table and its module is
-# imported on first use. ``import effnet`` must not load torch: the command line imports the package
-# to build its parser, and torch alone costs over a second, so ``effnet --help`` would wait for it.
-# It also keeps ``import effnet.data`` (or ``effnet.model``) from pulling in the upper layers
-# (weights, deploy), which tests/test_layers.py checks.
+# imported on first use. It cannot simply import its names: the console script (``effnet.cli:main``)
+# makes Python import this package before any command runs, so an eager ``from effnet.model import
+# ...`` here would load torch (over a second) for ``effnet --help`` too. Only an entry point outside
+# the package (a second top-level module) would avoid that; one table is the smaller cost. It also
+# keeps ``import effnet.data`` (or ``effnet.model``) from pulling in the upper layers (weights,
+# deploy), which tests/test_layers.py checks.
 _LAZY: dict[str, str] = {
-    "EfficientNet": "effnet.model",
+    "ConvNet": "effnet.model",
+    "EfficientNet": "effnet.model",  # ConvNet's earlier name, kept importable
     "build": "effnet.model",
     "REGISTRY": "effnet.registry",
     "get_spec": "effnet.registry",
@@ -33,7 +36,7 @@ _LAZY: dict[str, str] = {
 }
 
 __all__ = [
-    "REGISTRY", "EfficientNet", "ModelSpec", "Session", "StageSpec", "__version__", "build", "compound_scale",
+    "REGISTRY", "ConvNet", "EfficientNet", "ModelSpec", "Session", "StageSpec", "__version__", "build", "compound_scale",
     "create_model", "export", "get_spec", "list_models", "load_model", "optimize", "round_filters",
     "round_repeats", "scale",
 ]
@@ -41,7 +44,7 @@ __all__ = [
 if TYPE_CHECKING:  # static checkers see the real names; nothing is imported at run time
     from effnet.deploy.export import export
     from effnet.deploy.runtime import Session, optimize
-    from effnet.model import EfficientNet, build
+    from effnet.model import ConvNet, EfficientNet, build
     from effnet.registry import REGISTRY, get_spec, list_models
     from effnet.scaling import compound_scale, round_filters, round_repeats, scale
     from effnet.specs import ModelSpec, StageSpec

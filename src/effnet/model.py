@@ -13,12 +13,13 @@ from torch import nn
 from effnet.layers import BLOCKS, ConvBnAct
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
-__all__ = ["MIN_INPUT_SIZE", "EfficientNet", "build"]
+__all__ = ["MIN_INPUT_SIZE", "ConvNet", "EfficientNet", "build"]
 
 
-class EfficientNet(nn.Module):
-    """The network a :class:`~effnet.specs.ModelSpec` describes: EfficientNet V1/V2, and the
-    ResNet / MobileNet baselines written in the same spec language (``effnet.specs.baselines``).
+class ConvNet(nn.Module):
+    """The convolutional network a :class:`~effnet.specs.ModelSpec` describes: EfficientNet V1/V2
+    (and Lite, EdgeTPU, TinyNet), and the ResNet / MobileNet baselines written in the same spec
+    language (``effnet.specs.baselines``). Named for what it builds, not for one family of it.
 
     Layout: ``stem`` (kxk stride-2 conv-BN-act) -> ``stem_pool`` (3x3 stride-2 max pool when
     ``spec.stem_pool``, else an identity) -> ``stages[i][j]`` (the blocks of
@@ -37,7 +38,7 @@ class EfficientNet(nn.Module):
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         if not isinstance(spec, ModelSpec):
-            raise TypeError(f"EfficientNet: expected a ModelSpec, got {type(spec).__name__}")
+            raise TypeError(f"ConvNet: expected a ModelSpec, got {type(spec).__name__}")
         self.spec = spec
         norm = dict(bn_eps=spec.bn_eps, bn_momentum=spec.bn_momentum)
 
@@ -301,7 +302,13 @@ def zero_init_last(model: nn.Module) -> int:
     return count
 
 
-def build(spec: ModelSpec) -> EfficientNet:
+#: The class's earlier name, kept importable: user code, and modules of the package outside the model
+#: layer, still write ``EfficientNet``. It is the same class (``isinstance`` checks agree), and no
+#: saved format records the name: weight files hold tensors plus the spec as JSON.
+EfficientNet = ConvNet
+
+
+def build(spec: ModelSpec) -> ConvNet:
     """Build the network a finished spec describes (make changes with ``spec.replace`` or
     :func:`effnet.create_model` first)."""
-    return EfficientNet(spec)
+    return ConvNet(spec)

@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from effnet import registry
-from effnet.model import EfficientNet, build
+from effnet.lazy import lazy_attributes
+from effnet.model import ConvNet, build
 from effnet.preprocessing import PreprocessedModel, Preprocessing
-from effnet.specs.base import ModelSpec
+from effnet.weights import hub
 from effnet.weights.format import (
     WeightFile,
     check_state_dict,
@@ -20,7 +21,6 @@ from effnet.weights.format import (
     save_weights,
 )
 from effnet.weights.hub import PRETRAINED, cache_dir, fetch_pretrained
-from effnet.weights.peers import list_peers
 
 __all__ = [
     "PRETRAINED",
@@ -33,7 +33,6 @@ __all__ = [
     "create_model",
     "fetch_pretrained",
     "list_peers",
-    "load_into",
     "load_model",
     "model_from_weights",
     "read_weights",
@@ -41,20 +40,15 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """``convert`` loads the converters (key maps of torchvision, timm, Keras and
-    efficientnet_pytorch) on first use: loading a model from an effnet file never needs them."""
-    if name == "convert":
-        # Local: the converters load only when a file is converted.
-        from effnet.weights.converters import convert
-
-        return convert
-    raise AttributeError(f"module 'effnet.weights' has no attribute {name!r}")
+#: Loaded on first use: the converters (key maps of torchvision, timm, Keras and
+#: efficientnet_pytorch) and the peer tables, which loading a model from an effnet file never needs.
+__getattr__, __dir__ = lazy_attributes(__name__, {"convert": "effnet.weights.converters",
+                                            "list_peers": "effnet.weights.peers"}, globals())
 
 
 def model_from_weights(
     wf: WeightFile, *, what: str, num_classes: int | None = None, **spec_changes: Any
-) -> EfficientNet:
+) -> ConvNet:
     """The architecture a weight file records (with ``spec_changes``), its tensors loaded and
     checked (``what`` names the file in errors), and its preprocessing, source and class names
     attached as attributes. A ``num_classes`` other than the file's gets a new head."""
@@ -98,24 +92,29 @@ def load_model(
 _SHAPE_FIELDS = ("stages", "stem_channels", "stem_kernel", "stem_pool", "head_channels", "in_channels")
 
 
-def load_into(
-    name: str, spec: ModelSpec, num_classes: int = 1000, weights: str | Path | None = None,
-    pretrained: bool = False, **overrides: Any,
-) -> EfficientNet:
-    """Build ``spec`` (registered as ``name``) and load ``weights`` (a file) into it;
-    ``pretrained=True`` uses the published weights (downloaded once, then cached).
+def create_model(
+    name: str, num_classes: int = 1000, *, weights: str | Path | None = None, pretrained: bool = False,
+    **overrides: Any,
+) -> ConvNet:
+    """Build a registered model by name (``effnet.create_model``), optionally with weights.
 
-    The runtime details recorded in the file (BatchNorm eps, TF "same" padding, activation)
-    are kept, since the weights only reproduce their outputs with them; the layer shapes must
-    be those of ``name``. A classifier of a different size than ``num_classes`` is replaced by
-    a new head (fine-tuning).
+    ``overrides`` are spec fields, checked once by :func:`effnet.registry.resolve`
+    (``width``/``depth`` are refused). ``weights`` is a self-describing weight file that must fit
+    the named architecture; ``pretrained`` uses the registry entry's published weights
+    (downloaded and converted once, then read from the cache). Without either, random weights.
+
+    The runtime details recorded in a weight file (BatchNorm eps, TF "same" padding, activation)
+    are kept, since the weights only reproduce their outputs with them; the layer shapes must be
+    those of ``name``. A classifier of a different size than ``num_classes`` is replaced by a new
+    head (fine-tuning).
     """
+    entry = registry.resolve(name, num_classes, **overrides)
+    if weights is None and not pretrained:
+        return build(entry.spec)
     if weights is None:
-        if not pretrained:
-            raise ValueError(f"load_into({name!r}): expected weights=PATH or pretrained=True")
-        weights = fetch_pretrained(name)
+        weights = hub.pretrained_file(entry)
     wf = read_weights(weights)
-    differ = [f for f in _SHAPE_FIELDS if getattr(wf.spec, f) != getattr(spec, f)]
+    differ = [f for f in _SHAPE_FIELDS if getattr(wf.spec, f) != getattr(entry.spec, f)]
     if differ:
         raise ValueError(
             f"weights {weights} are for {wf.spec.name!r} ({wf.source or 'unknown source'}), whose "
@@ -124,21 +123,3 @@ def load_into(
         )
     return model_from_weights(wf, what=f"weights {weights} for {name}", num_classes=num_classes,
                               name=name, **overrides)
-
-
-def create_model(
-    name: str, num_classes: int = 1000, *, weights: str | Path | None = None, pretrained: bool = False,
-    **overrides: Any,
-) -> EfficientNet:
-    """Build a registered model by name (``effnet.create_model``), optionally with weights.
-
-    ``overrides`` are spec fields, checked once by :func:`effnet.registry.resolve_spec`
-    (``width``/``depth`` are refused). ``weights`` is a self-describing weight file that must fit
-    the named architecture; ``pretrained`` fetches the published weights (downloaded and
-    converted once, then cached). Without either, random weights.
-    """
-    spec = registry.resolve_spec(name, num_classes, **overrides)
-    if weights is None and not pretrained:
-        return build(spec)
-    return load_into(name, spec, num_classes=num_classes, weights=weights, pretrained=pretrained,
-                     **overrides)
