@@ -29,7 +29,7 @@ CUP_BOX = (175, 15, 410, 290)
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """One torch thread: on the shared 2-core machine, two spinning OpenMP threads made each
-    Lite0 map take ~5 s instead of 0.1 s (effnet.train.setup.auto_threads says why)."""
+    Lite0 map take ~5 s instead of 0.1 s (effnet.train.auto_threads says why)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

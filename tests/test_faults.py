@@ -294,8 +294,7 @@ def test_overwrite_removes_the_earlier_runs_split(tmp_path):
     """split.json (the run's train/val file lists, what `effnet eval RUN_DIR` scores on) was not
     among the files --overwrite clears: the new run's folder kept the old run's split whenever the
     new one failed before writing its own, and eval then scored the wrong images."""
-    from effnet.train.rundir import claim
-    from effnet.train.setup import SPLIT_FILE
+    from effnet.train.rundir import SPLIT_FILE, claim
 
     run = tmp_path / "run"
     run.mkdir()

@@ -18,9 +18,11 @@ from effnet.model import build
 from effnet.registry import get_spec
 from effnet.scaling import scale
 from effnet.train import evaluate, resolve_config
-from effnet.train.config import CPU_IMAGE_SIZE, DataFacts, finetune_sizing, resolve
+from effnet.train.config import resolve
 from effnet.train.loop import plateaued, stage_title
-from effnet.train.setup import build_model, freeze_backbone, peak_lr, write_split
+from effnet.train.model import build_model, freeze_backbone, peak_lr
+from effnet.train.recipes import CPU_IMAGE_SIZE, DataFacts, finetune_sizing
+from effnet.train.rundir import write_split
 from effnet.weights import save_weights
 from test_data import make_folder
 
@@ -182,10 +184,10 @@ def test_plateau_and_stage_titles():
 
     from effnet.data import Stage
 
-    one = Stage(0, 0, 224, None, None, None)
+    one = Stage(0, 0, 224, 224, None, 0.0, 0.0)
     assert stage_title(one, 1, 0) == "training"
     assert stage_title(one, 1, 4) == "training, resumed at epoch 5"
-    assert stage_title(Stage(1, 6, 256, None, None, None), 3, 6) == "stage 2/3 from epoch 7"
+    assert stage_title(Stage(1, 6, 256, 256, None, 0.0, 0.0), 3, 6) == "stage 2/3 from epoch 7"
 
 
 # --- evaluation: the run's recorded split, overlap, class names ------------------------------------

@@ -182,8 +182,9 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("effnet.profile.counts", "effnet.model"): CLI_LIGHT,
     ("effnet.profile.counts", "effnet.profile.measure"): CLI_LIGHT,
     ("effnet.weights.hub", "effnet.weights.download"): CONVERTERS,
-    ("effnet.train.config", "effnet.data"): CLI_LIGHT,
     ("effnet.train.config", "effnet.weights.format"): CLI_LIGHT,
+    ("effnet.train.recipes", "effnet.data"): CLI_LIGHT,
+    ("effnet.train.recipes", "effnet.weights.format"): CLI_LIGHT,
     # effnet.model, effnet.profile.study and effnet.viz load torch on import, and the parser imports
     # every lab and search module (it reads the rewards from effnet.search.run, which imports the lab).
     ("effnet.lab.budget", "effnet.model"): CLI_LIGHT,

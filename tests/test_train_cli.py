@@ -11,7 +11,7 @@ import pytest
 
 import effnet.train
 from effnet.cli import build_parser, main
-from effnet.commands.train import build_config, config_overrides
+from effnet.commands.train import config_overrides, resolve_args
 from effnet.data.progressive import V2_PRESETS, Range
 from effnet.train.config import RECIPES, TrainConfig, resolve_config
 
@@ -25,6 +25,10 @@ def parse(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["train", *argv])
 
 
+def config_of(args: argparse.Namespace) -> TrainConfig:
+    return resolve_args(args).cfg
+
+
 def test_every_config_field_has_an_option_with_help():
     options = {a.dest: a for a in _train_parser()._actions}
     for f in dataclasses.fields(TrainConfig):
@@ -34,7 +38,7 @@ def test_every_config_field_has_an_option_with_help():
 
 
 def test_options_parse_into_typed_config_values():
-    cfg = build_config(parse(
+    cfg = config_of(parse(
         "--recipe", "paper_v2", "--model", "efficientnetv2_m", "--data", "imgs", "--epochs", "3",
         "--lr", "0.1", "--subset", "64", "--save-every", "7", "--dist-timeout", "5",  # established spellings
         "--weight-decay", "0", "--no-ema", "--no-channels-last", "--compile", "--overwrite",
@@ -58,19 +62,19 @@ def test_options_parse_into_typed_config_values():
 
 def test_only_given_options_override_the_recipe():
     assert config_overrides(parse()) == {}
-    assert build_config(parse()) == resolve_config()  # digits by default
-    cfg = build_config(parse("--recipe", "digits", "--hflip"))
+    assert config_of(parse()) == resolve_config()  # digits by default
+    cfg = config_of(parse("--recipe", "digits", "--hflip"))
     assert cfg.hflip and cfg.epochs == RECIPES["digits"]["epochs"] and cfg.width == 0.5
 
 
 def test_progressive_options():
-    assert build_config(parse("--recipe", "digits")).progressive is None
+    assert config_of(parse("--recipe", "digits")).progressive is None
     recipe = RECIPES["digits_progressive"]["progressive"]
-    cfg = build_config(parse("--recipe", "digits_progressive", "--sizes", "32", "48"))
+    cfg = config_of(parse("--recipe", "digits_progressive", "--sizes", "32", "48"))
     assert cfg.progressive == dataclasses.replace(recipe, image_size=Range(32, 48))
-    cfg = build_config(parse("--progressive", "efficientnetv2_m", "--stages", "2"))
+    cfg = config_of(parse("--progressive", "efficientnetv2_m", "--stages", "2"))
     assert cfg.progressive == dataclasses.replace(V2_PRESETS["efficientnetv2_m"], stages=2) and not cfg.autoaugment
-    assert build_config(parse("--recipe", "paper_v2", "--progressive", "off")).progressive is None
+    assert config_of(parse("--recipe", "paper_v2", "--progressive", "off")).progressive is None
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -104,8 +108,10 @@ def test_invalid_values_are_clear_errors(capsys, monkeypatch, argv, message):
 def test_cli_calls_train_with_the_config_or_the_run_to_resume(capsys, monkeypatch, tmp_path):
     calls = []
 
-    def fake_train(cfg, resume=None):
+    def fake_train(cfg, resume=None, on_checkpoint=None, **kwargs):
         calls.append((cfg, resume))
+        on_checkpoint(tmp_path, [{"epoch": 1, "train_loss": 2.0, "val_loss": 1.5, "val_top1": 40.0},
+                                 {"epoch": 2, "train_loss": 1.0, "val_loss": 1.2, "val_top1": 60.0}])
         return SimpleNamespace(is_main=True, epochs=cfg.epochs, final_top1=90.0, best_top1=91.0,
                                run_dir=tmp_path, skipped=[])
 
@@ -113,6 +119,8 @@ def test_cli_calls_train_with_the_config_or_the_run_to_resume(capsys, monkeypatc
     assert main(["train", "--recipe", "debug", "--epochs", "1", "--out", str(tmp_path)]) == 0
     assert calls[-1] == (resolve_config("debug", epochs=1, out=str(tmp_path)), None)
     assert "final top-1 90.00%" in capsys.readouterr().out
+    # The command line draws the curves after each checkpoint (train() itself returns data).
+    assert (tmp_path / "curves.png").read_bytes().startswith(b"\x89PNG")
     assert main(["train", "--resume", str(tmp_path)]) == 0
     assert calls[-1][1] == str(tmp_path)
 

@@ -282,7 +282,7 @@ def test_a_step_whose_batches_were_all_skipped_leaves_the_fp16_scaler_alone():
     from types import SimpleNamespace
 
     from effnet.train.loop import optimizer_step
-    from effnet.train.state import Position
+    from effnet.train.rundir import Position
 
     model = torch.nn.Linear(2, 2)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)

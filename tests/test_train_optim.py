@@ -9,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range, plan, stage_at, stage_values
-from effnet.train.optim import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
+from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range, Stage, plan, stage_at
+from effnet.registry import get_spec
+from effnet.train.model import ModelEMA, RMSpropTF, lr_at, param_groups, scaled_lr
 
 
 def test_linear_lr_scaling():
@@ -176,26 +177,53 @@ def test_ema_warmup_caps_decay_and_state_round_trips():
     assert other.updates == 1 and torch.equal(other.module.running_mean, ema.module.running_mean)
 
 
+B0 = get_spec("efficientnet_b0")  # trains and is evaluated at 224 px
+
+
+def values(stages):
+    return [(s.image_size, s.dropout, s.randaugment, s.mixup) for s in stages]
+
+
 def test_progressive_ramps_linear():
     spec = ProgressiveSpec(3, Range(32, 64), Range(0.1, 0.3), Range(5, 15), Range(0.0, 0.2))
-    assert stage_values(spec, 0) == (32, pytest.approx(0.1), pytest.approx(5), pytest.approx(0.0))
-    assert stage_values(spec, 1) == (48, pytest.approx(0.2), pytest.approx(10), pytest.approx(0.1))
-    assert stage_values(spec, 2) == (64, pytest.approx(0.3), pytest.approx(15), pytest.approx(0.2))
+    assert values(plan(spec, 3, B0)) == [(32, pytest.approx(0.1), pytest.approx(5), pytest.approx(0.0)),
+                                         (48, pytest.approx(0.2), pytest.approx(10), pytest.approx(0.1)),
+                                         (64, pytest.approx(0.3), pytest.approx(15), pytest.approx(0.2))]
 
 
 def test_progressive_official_sizes_v2_s():
     spec = ProgressiveSpec(**{**V2_PRESETS["efficientnetv2_s"].__dict__, "size_rule": "official"})
-    assert [stage_values(spec, i)[0] for i in range(4)] == [171, 214, 257, 300]  # docs/paper.md section 8
-    paper = V2_PRESETS["efficientnetv2_m"]
-    assert [round(stage_values(paper, i)[3], 4) for i in range(4)] == [0.0, 0.0667, 0.1333, 0.2]
-    assert [stage_values(V2_PRESETS["efficientnetv2_l"], i)[2] for i in (0, 3)] == [5, 25]
+    assert [s.image_size for s in plan(spec, 4, B0)] == [171, 214, 257, 300]  # docs/paper.md section 8
+    assert [round(s.mixup, 4) for s in plan(V2_PRESETS["efficientnetv2_m"], 4, B0)] == [0.0, 0.0667, 0.1333, 0.2]
+    assert [s.randaugment for s in plan(V2_PRESETS["efficientnetv2_l"], 4, B0)][::3] == [5, 25]
+
+
+def test_progressive_ranges_left_out_keep_the_recipes_values():
+    stages = plan(ProgressiveSpec(2, Range(32, 48), None, None, None), 2, B0, randaugment=7.0, mixup=0.3)
+    assert values(stages) == [(32, None, 7.0, 0.3), (48, None, 7.0, 0.3)]  # None dropout: the model's own
+
+
+def test_one_stage_without_progressive_learning():
+    assert plan(None, 5, B0) == [Stage(0, 0, 224, 224, None, 0.0, 0.0)]  # the spec's own size
+    assert plan(None, 5, B0, image_size=64, randaugment=9.0, mixup=0.2) == [Stage(0, 0, 64, 64, None, 9.0, 0.2)]
+    assert plan(None, 5, B0, image_size=200, eval_size=256)[0].eval_size == 256  # --eval-size wins
+
+
+def test_each_stage_is_evaluated_at_the_specs_train_eval_ratio():
+    """V2-S grows 128 -> 300 px (V2 Table 6) and is evaluated at 384 (official README): each
+    stage at its size x 384 / 300, by hand: 128 -> 163.8, 185 -> 236.8, 242 -> 309.8."""
+    v2s = get_spec("efficientnetv2_s")
+    stages = plan(V2_PRESETS["efficientnetv2_s"], 8, v2s)
+    assert [(s.image_size, s.eval_size) for s in stages] == [(128, 164), (185, 237), (242, 310), (300, 384)]
+    # With --eval-size, the last stage is evaluated at it and the earlier ones in proportion.
+    assert [s.eval_size for s in plan(ProgressiveSpec(2, Range(32, 64)), 2, B0, eval_size=80)] == [40, 80]
 
 
 def test_progressive_plan_splits_epochs():
-    stages = plan(ProgressiveSpec(4, Range(128, 300)), 350)
+    stages = plan(ProgressiveSpec(4, Range(128, 300)), 350, B0)
     assert [s.first_epoch for s in stages] == [0, 88, 176, 263]  # ~87 epochs per stage
     assert stage_at(stages, 87).index == 0 and stage_at(stages, 88).index == 1
     assert stage_at(stages, 349).image_size == 300
-    assert len(plan(ProgressiveSpec(4), 2)) == 2  # never more stages than epochs
+    assert len(plan(ProgressiveSpec(4), 2, B0)) == 2  # never more stages than epochs
     spec = ProgressiveSpec(3, Range(32, 64), size_divisor=8)
-    assert [s.image_size for s in plan(spec, 6)] == [32, 48, 64]
+    assert [s.image_size for s in plan(spec, 6, B0)] == [32, 48, 64]

@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any
 from effnet.commands.common import check_device
 
 if TYPE_CHECKING:
-    from effnet.data.progressive import ProgressiveSpec
     from effnet.train import RunResult
     from effnet.train.config import Resolved, TrainConfig
 
@@ -102,14 +101,32 @@ def _help_text(f: dataclasses.Field) -> str:  # type: ignore[type-arg]
     """A field's help, with the recipe names spelled out where it refers to the RECIPES table."""
     text = f.metadata.get("help", "")
     if f.name in RECIPE_DEPENDENT:
-        from effnet.train.config import recipe_defaults
-
         text += f" (default by recipe: {recipe_defaults(f.name)})".replace("%", "%%")
     if "RECIPES" in text:
         from effnet.train.config import RECIPES
 
         text = text.replace("(RECIPES)", f"({', '.join(RECIPES)})").replace("RECIPES", ", ".join(RECIPES))
     return text
+
+
+def recipe_defaults(name: str) -> str:
+    """Each recipe's value of the field ``name`` in a few words (``--help`` of the options whose
+    default depends on the recipe)."""
+    from effnet.train.config import TrainConfig
+    from effnet.train.recipes import FINETUNE_EPOCHS, FINETUNE_FROZEN_LR, RECIPES
+
+    sized = {"epochs": f"{FINETUNE_EPOCHS[0]}-{FINETUNE_EPOCHS[1]} from the data",
+             "batch_size": "8-32 from the data", "image_size": "from the data and the weights"}
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
+    parts = []
+    for recipe, values in RECIPES.items():
+        value = sized[name] if recipe == "finetune" and name in sized else values.get(name, default)
+        if name == "lr_per_256" and values.get("lr_batch_floor"):
+            value = f"{value:g} (peak lr, not scaled below batch {values['lr_batch_floor']})"
+        if name == "lr_per_256" and recipe == "finetune":
+            value = value[:-1] + f"; {FINETUNE_FROZEN_LR:g} with --freeze-backbone)"
+        parts.append(f"{recipe} {value if isinstance(value, str) else f'{value:g}' if value is not None else 'the spec'}")
+    return "; ".join(parts)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,15 +139,9 @@ def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
-def build_config(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` of a new run: ``--recipe`` with the given options on top,
-    ``--pretrained`` turned into a weights file, ``--stages``/``--sizes`` applied to the
-    progressive ranges."""
-    return resolve_args(args).cfg
-
-
 def resolve_args(args: argparse.Namespace) -> Resolved:
-    """:func:`build_config` with where each value came from (``effnet.train.config.resolve``)."""
+    """The config of a new run, with where each value came from: the options given, passed to
+    ``effnet.train.config.resolve`` (``--pretrained`` becomes the cached weights file)."""
     from effnet.train.config import resolve
 
     overrides = config_overrides(args)
@@ -140,26 +151,10 @@ def resolve_args(args: argparse.Namespace) -> Resolved:
         from effnet.weights.hub import fetch_pretrained
 
         overrides["weights"] = str(fetch_pretrained(overrides["model"]))
-    recipe = overrides.pop("recipe", None)
-    try:
-        resolved = resolve(recipe, **overrides)
-    except TypeError as e:  # a value of the wrong type in a recipe file ("epochs: ten")
-        raise ValueError(f"--recipe {recipe}: a value has the wrong type ({e}); compare the file with the "
-                         f"defaults `effnet train --help` shows") from e
-    except Exception as e:
-        import yaml
-
-        if not isinstance(e, yaml.YAMLError):
-            raise
-        raise ValueError(f"--recipe {recipe}: not a readable YAML file ({type(e).__name__}: "
-                         f"{' '.join(str(e).split())})") from e
-    cfg = resolved.cfg
+    resolved = resolve(overrides.pop("recipe", None), stages=getattr(args, "stages", None),
+                       sizes=getattr(args, "sizes", None), **overrides)
     if getattr(args, "pretrained", False):
         resolved.sources["weights"] = "flag (--pretrained)"
-    progressive = _adjust_progressive(cfg.progressive, getattr(args, "stages", None), getattr(args, "sizes", None))
-    if progressive is not cfg.progressive:
-        cfg.progressive = progressive
-        resolved.sources["progressive"] = "flag (--stages/--sizes)"
     return resolved
 
 
@@ -169,24 +164,6 @@ def describe_config(resolved: Resolved) -> list[str]:
     width = max(map(len, d))
     return [f"  {_option_name(k)[2:]:<{width}}  {json.dumps(v) if isinstance(v, (dict, list)) else v}"
             f"  [{resolved.sources.get(k, 'default')}]" for k, v in d.items()]
-
-
-def _adjust_progressive(spec: ProgressiveSpec | None, stages: int | None,
-                        sizes: list[int] | None) -> ProgressiveSpec | None:
-    """``--stages``/``--sizes`` change the number of stages and the image-size range of the
-    resolved progressive ranges (the recipe's, or ``--progressive``'s)."""
-    from effnet.data.progressive import Range
-
-    if stages is None and sizes is None:
-        return spec
-    if spec is None:
-        raise ValueError("--stages/--sizes need progressive learning: add --progressive on (or a preset)")
-    changes: dict[str, Any] = {}
-    if stages is not None:
-        changes["stages"] = stages
-    if sizes is not None:
-        changes["image_size"] = Range(*sizes)
-    return dataclasses.replace(spec, **changes)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -223,13 +200,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _run_training(args: argparse.Namespace) -> RunResult:
-    from effnet.train import resolve_config, train
+    from effnet.train import TrainConfig, train
 
     check_arguments(args)
     if getattr(args, "resume", None):
         # A resumed run continues with its recorded config.yaml, changing at most the learning rate
         # and the epochs; anything else given would be silently ignored, so say so instead.
-        from effnet.train.loop import RESUME_CHANGES
+        from effnet.train.config import RESUME_CHANGES
 
         given = config_overrides(args)
         changes = {k: v for k, v in given.items() if k in RESUME_CHANGES}
@@ -239,12 +216,22 @@ def _run_training(args: argparse.Namespace) -> RunResult:
             raise ValueError(f"--resume {args.resume} continues with the run's recorded config (config.yaml), "
                              f"changing only --lr and --epochs, so {', '.join(ignored)} would be ignored: drop "
                              f"them, or start a new run")
-        return train(resolve_config(), resume=args.resume, **({"resume_changes": changes} if changes else {}))
+        return train(TrainConfig(), resume=args.resume, **({"resume_changes": changes} if changes else {}),
+                     on_checkpoint=draw_curves)
     resolved = resolve_args(args)
     if resolved.summary:
         print(resolved.summary, flush=True)
     check_training_memory(resolved.cfg)
-    return train(resolved.cfg)
+    return train(resolved.cfg, on_checkpoint=draw_curves)
+
+
+def draw_curves(folder: Path, rows: list[dict[str, Any]]) -> None:
+    """The report step of a run from the command line, after each epoch's checkpoint: the loss
+    and accuracy curves (``curves.png``) of the metrics so far."""
+    from effnet.train.rundir import CURVES_FILE
+    from effnet.viz.plots import plot_curves
+
+    plot_curves(folder / CURVES_FILE, rows)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -265,7 +252,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     check_inference_memory(args.weights, args.resolution, args.batch_size, args.device)
     # The confusion PNG is drawn after the scores are printed: a failed side file never loses them.
     r = evaluate(args.weights, args.data, batch_size=args.batch_size, device=args.device,
-                 confusion_png=None, workers=args.workers, resolution=args.resolution,
+                 workers=args.workers, resolution=args.resolution,
                  fast=args.fast, int8=args.int8, runtime=args.runtime)
     if args.json:
         print(json.dumps(r.__dict__, indent=2), flush=True)

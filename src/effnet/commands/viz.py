@@ -186,7 +186,7 @@ def cam_images(
 def cmd_cam(args: argparse.Namespace) -> int:
     import torch
 
-    from effnet.train.setup import auto_threads
+    from effnet.train import auto_threads
 
     # On a shared CPU, spinning OpenMP threads on busy cores cost more than they give (see
     # auto_threads): 2 threads on a loaded 2-core machine took 27 s for 4 maps, 1 thread 6 s.

@@ -11,8 +11,8 @@ _LAZY: dict[str, str] = {name: module for module, names in (
     ("effnet.data.datasets", ("DIGITS", "IMAGE_EXTENSIONS", "UNREADABLE", "DecodedDataset", "SkipLog", "Split",
                               "load_digits_split", "load_eval_split", "load_splits", "to_rgb")),
     ("effnet.data.loader", ("EpochSampler", "make_loader")),
-    ("effnet.data.progressive", ("V2_PRESETS", "ProgressiveSpec", "Range", "Stage", "plan", "stage_at",
-                                 "stage_values")),
+    ("effnet.data.progressive", ("V2_PRESETS", "ProgressiveSpec", "Range", "Stage", "eval_resolution", "plan",
+                                 "stage_at")),
     ("effnet.data.transforms", ("AugmentSettings", "LoadTransform", "Targets", "TrainAugment")),
 ) for name in names}
 

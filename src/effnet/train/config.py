@@ -1,8 +1,10 @@
-"""Training configuration: one typed dataclass, and the named recipes as small presets over it.
+"""The pipeline's first step, the training configuration: one typed dataclass, and
+:func:`resolve`, the one function that makes a config of a recipe, the data, the options given
+and (for a resumed run) the run's recorded config.
 
-A recipe is a dict of field overrides; ``effnet train --recipe NAME`` (or a YAML file with the
-same fields) picks one, and command-line options override it. The resolved config is written to
-the run folder as ``config.yaml``.
+A recipe (:data:`~effnet.train.recipes.RECIPES`) is a dict of field overrides; ``effnet train
+--recipe NAME`` (or a YAML file with the same fields) picks one, and command-line options override
+it. The resolved config is written to the run folder as ``config.yaml``.
 
 Each field carries its help text (and its allowed values, where they are a fixed set) in its
 metadata: ``effnet train`` derives one option per field from them (effnet.commands.train), so the list
@@ -13,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from effnet.data.progressive import V2_PRESETS, ProgressiveSpec, Range
-from effnet.registry import get_spec
-from effnet.specs.base import ModelSpec, check_fields
+from effnet.specs.base import check_fields
+from effnet.train.recipes import FINETUNE_FROZEN_LR, PAPER_V1, RECIPES, data_facts, finetune_sizing
+
+log = logging.getLogger(__name__)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[str, ...] | None = None,
@@ -192,103 +194,6 @@ class TrainConfig:
         return cls(**d)
 
 
-_V2_TRAIN = dict(
-    # EfficientNetV2 section 5.1: RMSProp 0.9/0.9, wd 1e-5, batch 4096 warm-up to 0.256 (0.016 per
-    # 256) then x0.97 every 2.4 epochs, EMA 0.9999, survival 0.8; RandAugment + mixup, grown by
-    # progressive learning in 4 stages (Table 6).
-    # progressive="model": the Table 6 ranges of whichever model is trained (resolved after the
-    # overrides, so `--recipe paper_v2 --model efficientnetv2_m` grows to 380 px, not V2-S's 300).
-    model="efficientnetv2_s", autoaugment=False, randaugment_magnitude=15.0, progressive="model", epochs=350,
-)
-
-#: The ``finetune`` recipe's peak learning rate (SGD, any batch up to 256). Measured from Lite0
-#: weights on digits (7 epochs at 32 px, crops 0.5-1): 0.01 ended at 98.1% val top-1, 0.03 at
-#: 98.6% (99.4% with the digits crops 0.8-1); on the 3 x 20 photo folder both reached 100% in
-#: the first epoch.
-FINETUNE_LR = 0.03
-#: Its learning rate with a frozen backbone. A step on a linear head moves the logits by about
-#: lr x |features|^2, and Lite0's 1280 pooled features have |f|^2 of about 1000 on photos: at
-#: 0.03 the head overshoots (train loss 2.2 on 3 classes while val loss was 0.0000); at 0.001
-#: it converges to the label-smoothing floor (0.33) within 2 epochs.
-FINETUNE_FROZEN_LR = 0.001
-
-#: The EfficientNet (V1) paper recipe (section 5.2 and the official code; docs/paper.md section
-#: 4): RMSProp 0.9/0.9 eps 1e-3, lr 0.016 per 256 images, 5 warm-up epochs then x0.97 every 2.4
-#: epochs, wd 1e-5 (not on BN/bias), label smoothing 0.1, EMA 0.9999, AutoAugment, the spec's
-#: dropout and stochastic depth (0.2), 350 epochs. Every field in which it differs from the
-#: defaults (the ``digits`` recipe) is listed, so that it is complete on its own; the other
-#: recipes except the digits ones, and recipe files, are changes to it.
-PAPER_V1: dict[str, Any] = dict(
-    width=1.0, depth=1.0, dropout=None, drop_path_rate=None, bn_momentum=None, image_size=None, crop_pct=0.875,
-    interpolation="bicubic", crop_scale=(0.08, 1.0), hflip=True, autoaugment=True, epochs=350, batch_size=128,
-    optimizer="rmsprop_tf", lr_per_256=0.016, weight_decay=1e-5, schedule="exponential", warmup_epochs=5.0,
-    ema_decay=0.9999,
-)
-
-#: Named recipes: field values over :class:`TrainConfig`'s defaults (the ``digits`` recipe).
-RECIPES: dict[str, dict[str, Any]] = {
-    # EfficientNet section 5.2 + official code. Launch: effnet train --recipe paper_v1 --data DIR
-    "paper_v1": PAPER_V1,
-    # EfficientNetV2 sections 4.2 and 5.1. Launch: effnet train --recipe paper_v2 --data DIR
-    "paper_v2": {**PAPER_V1, **_V2_TRAIN},
-    # V2 transfer (V2 section 5.2; docs/paper.md section 8): lr 0.001 cosine, no weight decay, short.
-    # Launch: effnet train --recipe transfer_v2 --weights W.safetensors --data DIR
-    "transfer_v2": PAPER_V1 | dict(
-        model="efficientnetv2_s", autoaugment=False, randaugment_magnitude=15.0, progressive=None,
-        lr_per_256=0.001 * 256 / 512, schedule="cosine", weight_decay=0.0, warmup_epochs=1.0,
-        epochs=20, batch_size=64,
-    ),
-    # The embedded default job: 8x8 digits upsampled to 32 px on a B0 at half width and depth.
-    # From scratch with ~1400 images, AdamW + cosine converges in far fewer steps than the
-    # paper's RMSProp schedule (tuned for 350 ImageNet epochs). Launch: effnet train
-    "digits": dict(
-        data="digits", model="efficientnet_b0", width=0.5, depth=0.5, image_size=32, crop_pct=1.0,
-        interpolation="bilinear", crop_scale=(0.8, 1.0), hflip=False, autoaugment=False,
-        epochs=20, batch_size=32, optimizer="adamw", lr_per_256=0.032, weight_decay=0.01,
-        schedule="cosine", warmup_epochs=1.0, bn_momentum=0.1, ema_decay=0.998, drop_path_rate=0.1,
-        dropout=0.1,
-    ),
-    # V2 progressive learning on digits: 3 stages, 32 -> 64 px, dropout and mixup grown
-    # (RandAugment's photometric ops wreck 8x8 glyphs, so it stays off here).
-    # Launch: effnet train --recipe digits_progressive
-    "digits_progressive": PAPER_V1 | dict(
-        data="digits", model="efficientnet_b0", width=0.5, depth=0.5, crop_pct=1.0,
-        interpolation="bilinear", crop_scale=(0.8, 1.0), hflip=False, autoaugment=False,
-        epochs=18, batch_size=32, optimizer="adamw", lr_per_256=0.032, weight_decay=0.01,
-        schedule="cosine", warmup_epochs=1.0, bn_momentum=0.1, ema_decay=0.998, drop_path_rate=0.1,
-        progressive=ProgressiveSpec(3, Range(32, 64), Range(0.05, 0.2), None, Range(0, 0.2),
-                                    size_divisor=8),
-    ),
-    # Fine-tuning pretrained weights on a small folder (the default with --weights/--pretrained).
-    # Batch, epochs, image size and loader processes come from the data (finetune_sizing).
-    # SGD with a fixed peak lr (no linear scaling below batch 256, see lr_batch_floor) and a
-    # cosine decay, no warm-up: the head starts at zero (setup.build_model), so the first steps
-    # cannot wreck the pretrained features. BatchNorm momentum 0.1 (PyTorch's default, ten
-    # times the TF ports' 0.01): the running statistics the evaluation uses must follow the new
-    # data within an epoch (on digits at 32 px, 0.01 left epoch 1 at 22% against 50%). Light augmentation (a mild random-resized crop and
-    # flips, no AutoAugment/RandAugment, no mixup) and no EMA: a few hundred steps are too few
-    # for an average to leave the initial weights. Early stopping ends the run on a plateau.
-    # Launch: effnet train --weights W.safetensors --data DIR
-    "finetune": PAPER_V1 | dict(
-        optimizer="sgd", momentum=0.9, lr_per_256=FINETUNE_LR, lr_batch_floor=256, weight_decay=1e-4,
-        schedule="cosine", warmup_epochs=0.0, label_smoothing=0.1, ema=False, bn_momentum=0.1, autoaugment=False,
-        randaugment_magnitude=0.0, mixup_alpha=0.0, cutmix_alpha=0.0, crop_scale=(0.5, 1.0), hflip=True,
-        progressive=None, patience=3,
-    ),
-    # Seconds-long smoke test that still learns: 48 steps (512 images, 3 epochs) reach 58-71%
-    # top-1 on digits (seeds 0-2; chance is 10%), where 16 steps (256 images, 2 epochs) stayed at
-    # chance. No EMA: over 48 steps it is still mostly the initial weights; BatchNorm momentum 0.3
-    # so that the running statistics the evaluation uses catch up within those few steps.
-    # Launch: effnet train --recipe debug
-    "debug": PAPER_V1 | dict(
-        data="digits", model="efficientnet_b0", width=0.5, depth=0.25, image_size=32, crop_pct=1.0,
-        interpolation="bilinear", crop_scale=(0.6, 1.0), hflip=False, autoaugment=False,
-        epochs=3, batch_size=32, train_subset=512, warmup_epochs=0.5, bn_momentum=0.3,
-        optimizer="adamw", lr_per_256=0.032, weight_decay=0.01, schedule="cosine", ema=False,
-    ),
-}
-
-
 def resolve_progressive(value: ProgressiveSpec | dict | str | None, model: str,
                         spec: str | None = None) -> ProgressiveSpec | None:
     """The progressive ranges ``value`` stands for.
@@ -330,104 +235,6 @@ def resolve_progressive(value: ProgressiveSpec | dict | str | None, model: str,
 
 
 @dataclass(frozen=True)
-class DataFacts:
-    """What the ``finetune`` recipe is sized from: the training split and the initial weights."""
-
-    train_images: int
-    classes: int
-    short_side: int  # median shorter side of (a sample of) the training images, px
-    weights_size: int  # the weights' training resolution, px
-    cuda: bool  # a CUDA device will train
-
-
-#: The finetune epoch count aims at about this many optimiser steps (between the epoch bounds).
-FINETUNE_STEPS = 300
-FINETUNE_EPOCHS = (5, 30)
-#: On a CPU the finetune image size stays at or below this: a 224 px epoch of Lite0 costs three
-#: times a 128 px one, and pretrained features still transfer at 128 px.
-CPU_IMAGE_SIZE = 128
-#: Below this many training images the loader decodes in the training process: starting worker
-#: processes every epoch costs more than decoding a few hundred images.
-IN_PROCESS_IMAGES = 1000
-
-
-def recipe_defaults(name: str) -> str:
-    """Each recipe's value of the field ``name`` in a few words (``--help`` of the options whose
-    default depends on the recipe)."""
-    sized = {"epochs": f"{FINETUNE_EPOCHS[0]}-{FINETUNE_EPOCHS[1]} from the data",
-             "batch_size": "8-32 from the data", "image_size": "from the data and the weights"}
-    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[name]
-    parts = []
-    for recipe, values in RECIPES.items():
-        value = sized[name] if recipe == "finetune" and name in sized else values.get(name, default)
-        if name == "lr_per_256" and values.get("lr_batch_floor"):
-            value = f"{value:g} (peak lr, not scaled below batch {values['lr_batch_floor']})"
-        if name == "lr_per_256" and recipe == "finetune":
-            value = value[:-1] + f"; {FINETUNE_FROZEN_LR:g} with --freeze-backbone)"
-        parts.append(f"{recipe} {value if isinstance(value, str) else f'{value:g}' if value is not None else 'the spec'}")
-    return "; ".join(parts)
-
-
-def finetune_sizing(facts: DataFacts) -> dict[str, tuple[Any, str]]:
-    """The ``finetune`` recipe's data-dependent values, each with the reason it was chosen."""
-    n = facts.train_images
-    batch = min(32, max(8, n // 4))
-    steps = max(1, n // batch)
-    lo, hi = FINETUNE_EPOCHS
-    epochs = min(hi, max(lo, math.ceil(FINETUNE_STEPS / steps)))
-    # Upsampling small images far beyond their own size adds cost, not detail.
-    native = max(32, 32 * math.ceil(4 * facts.short_side / 32))
-    size = min(facts.weights_size, native, facts.weights_size if facts.cuda else CPU_IMAGE_SIZE)
-    why_size = ("the weights' size" if size == facts.weights_size
-                else f"4x the images' {facts.short_side} px" if size == native
-                else f"CPU cap (weights: {facts.weights_size} px)")
-    return {
-        "batch_size": (batch, f"{n} training images / 4, within 8-32"),
-        "epochs": (epochs, f"about {FINETUNE_STEPS} steps of {steps} per epoch, within {lo}-{hi}"),
-        "image_size": (size, why_size),
-        "workers": (0 if n < IN_PROCESS_IMAGES else None,
-                    f"{'in-process' if n < IN_PROCESS_IMAGES else 'default'} decoding for {n} images"),
-    }
-
-
-def data_facts(data: str, val_fraction: float, seed: int, weights: str, device: str) -> DataFacts:
-    """Count and measure the training split of ``data`` and read the training size of the
-    ``weights`` (a weight file, else a spec file or a registered model name)."""
-    from PIL import Image
-
-    from effnet.data import load_splits
-
-    quiet = logging.getLogger("effnet.data")  # the run itself logs the data layout, once
-    level = quiet.level
-    quiet.setLevel(logging.WARNING)
-    try:
-        train, _ = load_splits(data, val_fraction, seed)
-    finally:
-        quiet.setLevel(level)
-    sides = []
-    for item in train.items[:: max(1, len(train.items) // 32)][:32]:
-        try:
-            size = item.size if isinstance(item, Image.Image) else Image.open(item).size
-        except OSError:
-            continue  # an unreadable file is reported by the run itself
-        sides.append(min(size))
-    from effnet.weights.format import read_spec
-
-    path = Path(weights)
-    spec = (read_spec(path)[0] if path.suffix == ".safetensors" or path.is_dir() else
-            ModelSpec.load(path) if path.suffix in (".yaml", ".yml", ".json") else get_spec(weights))
-    return DataFacts(len(train), len(train.class_names), int(statistics.median(sides)) if sides else 224,
-                     spec.train_resolution or spec.resolution,
-                     device.startswith("cuda") or (device == "auto" and _cuda_available()))
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-@dataclass(frozen=True)
 class Resolved:
     """A resolved config, where each field's value came from (``flag``, ``recipe NAME``,
     ``data: why``, ``weights``, ``default``), and the one-line summary of a data-sized recipe."""
@@ -437,11 +244,69 @@ class Resolved:
     summary: str | None = None
 
 
-def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any) -> Resolved:
-    """:func:`resolve_config` with the origin of every value (for ``effnet train --dry-run``)."""
+def resolve(recipe: str | None = None, data: str | None = None, *, resumed: dict[str, Any] | None = None,
+            stages: int | None = None, sizes: tuple[int, int] | None = None, **overrides: Any) -> Resolved:
+    """The one place a training config is resolved, with the origin of every value (``effnet
+    train --dry-run`` prints them).
+
+    A recipe (name or YAML file; default ``finetune`` when ``weights`` are given, ``digits`` for
+    the digits data, else ``paper_v1``) with ``overrides`` (``None`` values ignored) applied on
+    top. The ``finetune`` recipe sizes its batch, epochs, image size and loader processes from
+    the data (:func:`~effnet.train.recipes.finetune_sizing`). With ``weights``, ``model`` records
+    the weights' own architecture.
+
+    ``progressive`` words are resolved after the overrides are applied: ``"model"`` follows the
+    final ``model``, and ``"on"`` keeps the recipe's own ranges if it has some (else the default
+    ranges). An override that turns progressive learning on also turns AutoAugment off unless
+    ``autoaugment`` is given too: V2 grows RandAugment with the image size (V2 section 4.2,
+    Table 6), in place of V1's AutoAugment. ``stages``/``sizes`` then change the number of
+    stages and the image-size range of the resolved ranges.
+
+    ``resumed``: a run's resume state (``state.pt``): its recorded config is used as it is, with
+    at most the :data:`RESUME_CHANGES` among ``overrides``.
+    """
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if data is not None:
         overrides["data"] = data
+    if resumed is not None:
+        return Resolved(_resumed(resumed, overrides), {})
+    recipe, base, sources = _recipe(recipe, overrides)
+    summary = None
+    if recipe == "finetune":
+        base, sized, summary = _size_finetune(base, overrides)
+        sources.update(sized)
+    merged = {**base, **overrides}
+    sources.update({k: "flag" for k in overrides})
+    if merged.get("weights") and "model" not in overrides:
+        # The weights decide the architecture: record the model that is trained, not the recipe's.
+        from effnet.weights.format import read_spec
+
+        merged["model"], sources["model"] = read_spec(merged["weights"])[0].name, "weights"
+    if overrides.get("progressive") == "on":
+        # "on": the recipe's ranges (its model preset, if it follows the model and one exists),
+        # else the default ones.
+        own, model = base.get("progressive"), merged.get("model", TrainConfig.model)
+        if own == "model":
+            merged["progressive"] = "model" if model in V2_PRESETS and not merged.get("spec") else "on"
+        elif own not in (None, "off"):
+            merged["progressive"] = own
+    if overrides.get("progressive") not in (None, "off") and "autoaugment" not in overrides:
+        merged["autoaugment"] = False
+        sources["autoaugment"] = "flag (--progressive replaces AutoAugment)"
+    cfg = _build(merged, recipe)
+    if stages is not None or sizes is not None:
+        if cfg.progressive is None:
+            raise ValueError("--stages/--sizes need progressive learning: add --progressive on (or a preset)")
+        changes = {"stages": stages} if stages is not None else {}
+        if sizes is not None:
+            changes["image_size"] = Range(*sizes)
+        cfg.progressive = dataclasses.replace(cfg.progressive, **changes)
+        sources["progressive"] = "flag (--stages/--sizes)"
+    return Resolved(cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(cfg)}, summary)
+
+
+def _recipe(recipe: str | None, overrides: dict[str, Any]) -> tuple[str, dict[str, Any], dict[str, str]]:
+    """The recipe's name, its field values and their sources (a named recipe or a YAML file)."""
     chosen = "flag"
     if recipe is None:
         recipe = ("finetune" if overrides.get("weights") else
@@ -468,32 +333,13 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
         base.setdefault("recipe", str(recipe))
     else:
         raise ValueError(f"unknown recipe {recipe!r}: expected one of {sorted(RECIPES)} or a .yaml file")
-    sources = {k: f"recipe {recipe}" for k in base} | {"recipe": chosen}
-    summary = None
-    if recipe == "finetune":
-        base, sized, summary = _size_finetune(base, overrides)
-        sources.update(sized)
-    merged = {**base, **overrides}
-    sources.update({k: "flag" for k in overrides})
-    if merged.get("weights"):
-        # The weights decide the architecture: record the model that is trained, not the recipe's.
-        from effnet.weights.format import read_spec
+    return recipe, base, {k: f"recipe {recipe}" for k in base} | {"recipe": chosen}
 
-        if "model" not in overrides:
-            merged["model"], sources["model"] = read_spec(merged["weights"])[0].name, "weights"
-    if overrides.get("progressive") == "on":
-        # "on": the recipe's ranges (its model preset, if it follows the model and one exists),
-        # else the default ones.
-        own, model = base.get("progressive"), merged.get("model", TrainConfig.model)
-        if own == "model":
-            merged["progressive"] = "model" if model in V2_PRESETS and not merged.get("spec") else "on"
-        elif own not in (None, "off"):
-            merged["progressive"] = own
-    if overrides.get("progressive") not in (None, "off") and "autoaugment" not in overrides:
-        merged["autoaugment"] = False
-        sources["autoaugment"] = "flag (--progressive replaces AutoAugment)"
+
+def _build(merged: dict[str, Any], recipe: str) -> TrainConfig:
+    """The config of the merged values; a recipe file's value of the wrong type is named."""
     try:
-        cfg = TrainConfig.from_dict(merged)  # __post_init__ resolves "model" against the final model
+        return TrainConfig.from_dict(merged)  # __post_init__ resolves "model" against the final model
     except TypeError as e:  # a value of the wrong type in a recipe file ("epochs: ten")
         if recipe in RECIPES:
             raise
@@ -504,7 +350,27 @@ def resolve(recipe: str | None = None, data: str | None = None, **overrides: Any
         which = f" ({', '.join(named)} should be a number)" if named else f" ({e})"
         raise ValueError(f"recipe file {recipe}: a value has the wrong type{which}; compare the file with the "
                          f"defaults `effnet train --help` shows") from e
-    return Resolved(cfg, {f.name: sources.get(f.name, "default") for f in dataclasses.fields(cfg)}, summary)
+
+
+#: Options a resumed run may change: the learning rate (the usual cure for a diverged run) and
+#: the number of epochs (the schedule is recomputed for the new length from the current step).
+RESUME_CHANGES = ("lr_per_256", "epochs")
+
+
+def _resumed(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
+    """The recorded config of a resumed run with ``changes`` (only :data:`RESUME_CHANGES`)."""
+    refused = sorted(set(changes) - set(RESUME_CHANGES))
+    if refused:
+        raise ValueError(f"a resumed run can change only {', '.join(RESUME_CHANGES)}, not {', '.join(refused)}")
+    recorded = dict(saved["config"])
+    for k, v in changes.items():
+        if recorded.get(k) != v:
+            log.warning("resume: %s changed from %s to %s", k, recorded.get(k), v)
+    cfg = TrainConfig.from_dict({**recorded, **changes})
+    if cfg.epochs <= saved["epoch"] and "epochs" in changes:
+        raise ValueError(f"--epochs {cfg.epochs}: the run has already completed {saved['epoch']} epoch(s); "
+                         f"give more to go on")
+    return cfg
 
 
 def _size_finetune(base: dict[str, Any], overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str], str]:
@@ -538,16 +404,7 @@ def _size_finetune(base: dict[str, Any], overrides: dict[str, Any]) -> tuple[dic
 
 
 def resolve_config(recipe: str | None = None, data: str | None = None, **overrides: Any) -> TrainConfig:
-    """A recipe (name or YAML file; default ``finetune`` when ``weights`` are given, ``digits``
-    for the digits data, else ``paper_v1``) with ``overrides`` (``None`` values ignored) applied
-    on top. The ``finetune`` recipe sizes its batch, epochs, image size and loader processes from
-    the data (:func:`finetune_sizing`). With ``weights``, ``model`` records the weights' own
-    architecture.
-
-    ``progressive`` words are resolved after the overrides are applied: ``"model"`` follows the
-    final ``model``, and ``"on"`` keeps the recipe's own ranges if it has some (else the default
-    ranges). An override that
-    turns progressive learning on also turns AutoAugment off unless ``autoaugment`` is given too:
-    V2 grows RandAugment with the image size (V2 section 4.2, Table 6), in place of V1's
-    AutoAugment."""
+    """The config :func:`resolve` makes of a recipe (name or YAML file; default ``finetune`` when
+    ``weights`` are given, ``digits`` for the digits data, else ``paper_v1``) with ``overrides``
+    (``None`` values ignored) on top; see :func:`resolve` for how each value is chosen."""
     return resolve(recipe, data, **overrides).cfg

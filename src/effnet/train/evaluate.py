@@ -28,7 +28,6 @@ from effnet.deploy.runtime import RUNTIMES, available_runtimes, describe, int8_s
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
 from effnet.train.score import default_device, score
-from effnet.viz.plots import plot_confusion
 from effnet.weights import load_model
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ class EvalResult:
     confusion: list[list[int]]  # rows: true class, columns: predicted class
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
-    confusion_png: str | None = None
     preprocessing: dict[str, object] = field(default_factory=dict)  # what was used (Preprocessing fields)
     path: str = "plain"  # the inference path: plain, fast (fp32) or int8 (see effnet.deploy)
     int8_agreement: float | None = None  # with int8: the fraction of images where int8's top-1 = fp32's
@@ -139,7 +137,7 @@ def _load(weights: str | Path, device: torch.device) -> tuple[nn.Module, list[st
 
 def evaluate(
     weights: str | Path, data: str | Path | None = None, *, batch_size: int = 64, workers: int | None = None,
-    device: str = "auto", confusion_png: str | Path | None = None, val_fraction: float = 0.2, seed: int = 0,
+    device: str = "auto", val_fraction: float = 0.2, seed: int = 0,
     resolution: int | None = None, fast: bool = False, int8: bool = False, calibration_batches: int = 4,
     runtime: str = "auto",
 ) -> EvalResult:
@@ -159,6 +157,9 @@ def evaluate(
     trained on logs a warning with their count (``EvalResult.trained_on``). The data's classes
     are matched to the model's by name (a subset is fine); classes the model does not know are
     refused, listing both.
+
+    ``EvalResult.confusion`` holds the matrix as numbers; ``effnet eval --confusion PNG`` (or
+    ``effnet.viz.plot_confusion``) draws it.
     """
     dev = default_device("cpu" if int8 and device == "auto" else device)
     path = _inference_path(fast, int8, dev)
@@ -200,11 +201,8 @@ def evaluate(
     per_class = {names[i]: 100.0 * confusion[i, i].item() / totals[i].item()
                  for i in range(len(names)) if totals[i] > 0}
     skips.report()
-    png = None
-    if confusion_png is not None:
-        png = str(plot_confusion(confusion, names, Path(confusion_png)))
     return EvalResult(top1, top5, loss, int(totals.sum()), per_class, confusion.tolist(), names,
-                      sorted(skips.skipped), png, prep.to_dict(), path, agreement, trained_on)
+                      sorted(skips.skipped), prep.to_dict(), path, agreement, trained_on)
 
 
 def match_classes(split: Split, names: list[str], named: bool, data: object, weights: object) -> Split:

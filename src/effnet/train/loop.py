@@ -1,110 +1,102 @@
-"""The training loop: one :class:`~effnet.train.setup.Run` (built by the set-up steps of
-``effnet.train.setup``) trained epoch by epoch in four marked sections: stage, train one epoch,
-evaluation, checkpoint.
+"""The pipeline's fifth step, the loop: a :class:`Run` (what the steps before it built) trained
+epoch by epoch in four marked sections: stage, train one epoch, evaluation, checkpoint.
 
-    execute(cfg)        what train() (the CLI) and run_trial() (the searches) call
-      open_run_dir        lock the run folder; refuse or clear an earlier run in it
-      set_up              data, model, optimiser, restore (effnet.train.setup)
-      train_loop          per epoch:
-        enter_stage         progressive learning: size, dropout, augmentation, eval loader
-        train_epoch         forward_backward per micro-batch, optimizer_step per step
-        evaluate_epoch      the EMA (or raw) weights on the validation split
-        checkpoint          weights, resume state, metrics, plot
+    train_loop          per epoch:
+      enter_stage         progressive learning: dropout, augmentation, evaluation view and loader
+      train_epoch         forward_backward per micro-batch, optimizer_step per step
+      evaluate_epoch      the EMA (or raw) weights on the validation split (effnet.train.score)
+      checkpoint          weights, resume state, metrics (effnet.train.rundir)
 
 Every step is a plain function of the run; nothing is registered or called back, except the
-one optional ``on_epoch`` report a search uses to prune.
+optional ``on_epoch`` report (a search prunes with it; the command line draws the curves).
 
 DistributedDataParallel is written into it: the sampler is seeded by epoch and sharded by rank,
 every metric is a plain sum all-reduced over the ranks before it is divided, and rank 0 alone
 writes files (see ``effnet.train.distributed`` for the process group and ``torchrun``).
 
-SIGINT/SIGTERM stop a run at the next optimiser step (see ``effnet.train.stop``): its position
-is saved as a mid-epoch checkpoint and :class:`~effnet.train.stop.Interrupted` is raised.
+SIGINT/SIGTERM stop a run at the next optimiser step (see ``effnet.train.distributed``): its
+position is saved as a mid-epoch checkpoint and :class:`~effnet.train.distributed.Interrupted` is
+raised.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
-import os
 import shlex
 import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
-from filelock import FileLock
 from torch import nn
 
-from effnet.data import (
-    UNREADABLE,
-    AugmentSettings,
-    DecodedDataset,
-    Stage,
-    TrainAugment,
-    make_loader,
-    stage_at,
-)
-from effnet.preprocessing import EvalTransform, Preprocessing
-from effnet.specs.base import ModelSpec
+from effnet.data import UNREADABLE, AugmentSettings, SkipLog, Stage, TrainAugment, stage_at
+from effnet.model import EfficientNet
+from effnet.preprocessing import Normalize, Preprocessing
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
-from effnet.train.rundir import METRICS_FILE, forget_unstarted, open_step_log, write_metrics
+from effnet.train.data import Data, eval_view, val_loader
+from effnet.train.model import ModelEMA, Schedule
+from effnet.train.rundir import (
+    METRICS_FILE,
+    STATE_FILE,
+    Position,
+    drop_state_at,
+    open_step_log,
+    rng_state,
+    write_metrics,
+    write_state,
+)
 from effnet.train.score import score
-from effnet.train.setup import Run, open_run_dir, set_up
-from effnet.train.state import STATE_FILE, drop_state_at, read_state, rng_state, write_state
-from effnet.train.stop import Interrupted, StopSignals
-from effnet.viz.plots import plot_curves
 from effnet.weights.format import save_weights
 
 log = logging.getLogger(__name__)
 
 #: Called after each epoch's checkpoint with its metrics row; raising stops the run there.
 EpochReport = Callable[[dict[str, Any]], None]
+#: Called by the process that writes the run folder, after each epoch's checkpoint, with the
+#: folder and every metrics row so far (the command line draws the curves from them).
+CheckpointReport = Callable[[Path, list[dict[str, Any]]], None]
 
 
 @dataclass
-class RunResult:
-    """What a run left behind. ``final_*`` are the last epoch's validation metrics."""
+class Run:
+    """One run: built by the pipeline's steps before the loop (effnet.train.pipeline), advanced by it."""
 
-    run_dir: Path | None  # None: a trial that kept no run folder
-    epochs: int
-    best_top1: float
-    final_top1: float
-    metrics: list[dict[str, Any]]
-    skipped: list[str] = field(default_factory=list)
-    is_main: bool = True  # False on the ranks > 0 of a distributed job (they print nothing)
-    final_top5: float = math.nan
-    final_loss: float = math.nan
-    seconds: float = 0.0  # wall time of the call: set-up, training, evaluation and checkpoints
-    img_per_s: float = 0.0  # training throughput of the last epoch (all ranks together)
-    params: int = 0
+    cfg: TrainConfig
+    d: distributed.Dist
+    run_dir: Path | None  # None: nothing is written (a trial without a folder)
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    data: Data
+    model: EfficientNet  # the plain network: its state_dict is what checkpoints hold
+    ema: ModelEMA | None
+    forward: nn.Module  # what a step calls: the model, wrapped by DDP and/or torch.compile
+    normalize: Normalize
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    schedule: Schedule
+    stop: distributed.StopSignals
+    pos: Position = field(default_factory=Position)
+    skips: SkipLog = field(default_factory=SkipLog)
+    step_log: TextIO | None = None
+
+    @property
+    def writes(self) -> bool:
+        """This process writes the run folder: rank 0, when there is a folder."""
+        return self.d.is_main and self.run_dir is not None
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights that are evaluated and saved: the EMA when it is on."""
+        return self.ema.module if self.ema is not None else self.model
 
 
 # --- the loop's steps ---------------------------------------------------------------------------
-def stage_settings(cfg: TrainConfig, stage: Stage) -> AugmentSettings:
-    return AugmentSettings(
-        image_size=stage.image_size, crop_scale=cfg.crop_scale, hflip=cfg.hflip, autoaugment=cfg.autoaugment,
-        randaugment_magnitude=cfg.randaugment_magnitude if stage.randaugment is None else stage.randaugment,
-        mixup_alpha=cfg.mixup_alpha if stage.mixup is None else stage.mixup, cutmix_alpha=cfg.cutmix_alpha,
-    )
-
-
-def stage_preprocessing(run: Run, stage: Stage) -> Preprocessing:
-    """Evaluation view for a stage: its size times the last stage's evaluation size over its
-    training size (the spec's train/eval ratio, ``setup.eval_resolution``), so each epoch's score
-    and the checkpoint's recorded preprocessing match what the network was trained at."""
-    cfg, data, norm = run.cfg, run.data, run.data.norm
-    final_size = data.stages[-1].image_size
-    resolution = max(32, round(stage.image_size * data.eval_size / final_size))
-    return Preprocessing(resolution=resolution, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation,
-                         mean=norm["mean"], std=norm["std"], scale=norm["scale"])
-
-
 def stage_title(stage: Stage, stages: int, epoch: int) -> str:
     """How the log names where training starts: the stage (with progressive learning) and, after
     a resume, the epoch it continues at (``epoch`` is 0-based)."""
@@ -122,22 +114,20 @@ def plateaued(rows: list[dict[str, Any]], patience: int) -> bool:
 
 
 def enter_stage(run: Run, stage: Stage) -> tuple[TrainAugment, Preprocessing, torch.utils.data.DataLoader]:
-    """Progressive learning: the stage's dropout, augmentation and evaluation loader."""
+    """Put a stage of the plan (effnet.data.progressive.plan) in force: its dropout, its
+    augmentation, and its evaluation view and loader."""
+    cfg = run.cfg
     if stage.dropout is not None:
         run.model.set_dropout(stage.dropout)
-    augment = TrainAugment(stage_settings(run.cfg, stage)).to(run.device)
-    preprocessing = stage_preprocessing(run, stage)
-    val_ds: Any = DecodedDataset(run.data.val_split, EvalTransform(preprocessing), preprocessing.resolution)
-    if run.d.enabled:
-        # Every validation image exactly once over all ranks (no padding duplicates); the sums
-        # are all-reduced in score().
-        val_ds = torch.utils.data.Subset(val_ds, range(run.d.rank, len(val_ds), run.d.world))
-    val_loader = make_loader(val_ds, run.cfg.batch_size * 2, workers=run.data.workers)
-    s = augment.settings
+    augment = TrainAugment(AugmentSettings(
+        image_size=stage.image_size, crop_scale=cfg.crop_scale, hflip=cfg.hflip, autoaugment=cfg.autoaugment,
+        randaugment_magnitude=stage.randaugment, mixup_alpha=stage.mixup, cutmix_alpha=cfg.cutmix_alpha,
+    )).to(run.device)
+    preprocessing = eval_view(cfg, run.data, stage)
     log.info("%s: image size %d (evaluated at %d), dropout %.3f, RandAugment %.1f, mixup %.2f",
-             stage_title(stage, len(run.data.stages), run.pos.epoch), stage.image_size, preprocessing.resolution,
-             run.model.dropout.p, s.randaugment_magnitude, s.mixup_alpha)
-    return augment, preprocessing, val_loader
+             stage_title(stage, len(run.data.stages), run.pos.epoch), stage.image_size, stage.eval_size,
+             run.model.dropout.p, stage.randaugment, stage.mixup)
+    return augment, preprocessing, val_loader(cfg, run.d, run.data, preprocessing)
 
 
 def forward_backward(run: Run, augment: TrainAugment, images: torch.Tensor, labels: torch.Tensor) -> float:
@@ -283,18 +273,18 @@ def train_epoch(run: Run, stage: Stage, augment: TrainAugment, bar: Any) -> floa
     return time.time() - t0
 
 
-def evaluate_epoch(run: Run, stage: Stage, augment: TrainAugment, val_loader: torch.utils.data.DataLoader,
+def evaluate_epoch(run: Run, stage: Stage, loader: torch.utils.data.DataLoader,
                    train_seconds: float) -> dict[str, Any]:
     """Score the evaluated weights on the validation split; the epoch's metrics row."""
     cfg, pos, started = run.cfg, run.pos, time.time()
     distributed.broadcast_buffers(run.d, run.eval_model)
-    val_loss, top1, top5, _ = score(run.eval_model, val_loader, run.normalize, run.device, len(run.data.class_names),
+    val_loss, top1, top5, _ = score(run.eval_model, loader, run.normalize, run.device, len(run.data.class_names),
                                     run.data.val_split, run.skips, channels_last=cfg.channels_last,
                                     autocast_dtype=run.amp_dtype, sharded=run.d.enabled)
     row = {
         "epoch": pos.epoch + 1, "stage": stage.index + 1, "image_size": stage.image_size,
-        "dropout": round(float(run.model.dropout.p), 4), "randaugment": augment.settings.randaugment_magnitude,
-        "mixup": augment.settings.mixup_alpha, "lr": round(run.optimizer.param_groups[0]["lr"], 8),
+        "dropout": round(float(run.model.dropout.p), 4), "randaugment": stage.randaugment,
+        "mixup": stage.mixup, "lr": round(run.optimizer.param_groups[0]["lr"], 8),
         "train_loss": round(pos.loss_sum / max(pos.seen, 1), 5), "val_loss": round(val_loss, 5),
         "val_top1": round(top1, 3), "val_top5": round(top5, 3),
         "img_per_s": round(pos.seen / max(train_seconds, 1e-9), 1),
@@ -334,7 +324,7 @@ def save_state(run: Run) -> None:
 
 def checkpoint(run: Run, row: dict[str, Any], preprocessing: Preprocessing) -> None:
     """After an epoch: the weights first (last, and best when improved), then the resume state
-    that points past them, then the metrics table and plot; rank 0 writes."""
+    that points past them, then the metrics table; rank 0 writes."""
     pos = run.pos
     if run.run_dir is not None:
         # Checked before anything is written: a diverged epoch must not become last/best.safetensors.
@@ -367,7 +357,6 @@ def checkpoint(run: Run, row: dict[str, Any], preprocessing: Preprocessing) -> N
     save_state(run)
     if folder is not None:
         write_metrics(folder / METRICS_FILE, pos.rows)
-        plot_curves(folder / "curves.png", pos.rows)
 
 
 def stop_agreed(run: Run) -> bool:
@@ -375,7 +364,7 @@ def stop_agreed(run: Run) -> bool:
     return distributed.any_rank(run.d, run.stop.requested, run.device)
 
 
-def interrupted(run: Run) -> Interrupted:
+def interrupted(run: Run) -> distributed.Interrupted:
     """The exception that ends a stopped run, its message logged: where the run stopped and the
     command that resumes it."""
     # A rank the signal did not reach learnt of it from another (torchrun forwards signals to all).
@@ -391,11 +380,12 @@ def interrupted(run: Run) -> Interrupted:
                    f"Resume with: effnet train --resume {shlex.quote(str(run.run_dir))}{launch}")
     if run.d.is_main:
         log.warning("%s", message)
-    return Interrupted(message, signum, run.run_dir, run.d.is_main)
+    return distributed.Interrupted(message, signum, run.run_dir, run.d.is_main)
 
 
 # --- the loop ---------------------------------------------------------------------------------------
-def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = True) -> None:
+def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = True,
+               on_checkpoint: CheckpointReport | None = None) -> None:
     """Train the run's remaining epochs, each in four sections: stage, train, evaluation, checkpoint."""
     from tqdm import tqdm
 
@@ -417,16 +407,18 @@ def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = T
             new_stage = stage_at(run.data.stages, pos.epoch)
             if new_stage != stage:
                 stage = new_stage
-                augment, preprocessing, val_loader = enter_stage(run, stage)
+                augment, preprocessing, loader = enter_stage(run, stage)
 
             # ===== train one epoch (stops at an optimiser step on SIGINT/SIGTERM) =====
             train_seconds = train_epoch(run, stage, augment, bar)
 
             # ===== evaluation (the EMA weights when EMA is on) =====
-            row = evaluate_epoch(run, stage, augment, val_loader, train_seconds)
+            row = evaluate_epoch(run, stage, loader, train_seconds)
 
             # ===== checkpoint =====
             checkpoint(run, row, preprocessing)
+            if on_checkpoint is not None and folder is not None:
+                on_checkpoint(folder, list(pos.rows))
             if on_epoch is not None:
                 on_epoch(dict(row))
             if pos.epoch < cfg.epochs and plateaued(pos.rows, cfg.patience):
@@ -444,110 +436,3 @@ def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = T
         if run.step_log is not None:
             run.step_log.close()
             run.step_log = None
-
-
-def execute(cfg: TrainConfig, *, resume: str | Path | None = None, spec: ModelSpec | None = None,
-            keep_files: bool = True, progress: bool = True, on_epoch: EpochReport | None = None,
-            resume_changes: dict[str, Any] | None = None) -> RunResult:
-    """Set up and train one run; what :func:`train` and ``run_trial`` share.
-
-    ``resume``: a run folder to continue (its saved config replaces ``cfg``), with the few
-    ``resume_changes`` that are safe mid-run (:data:`RESUME_CHANGES`). ``spec``: train
-    this architecture instead of ``cfg``'s model. ``keep_files=False``: no run folder at all
-    (nothing saved, nothing to resume). ``progress``: the progress bar. ``on_epoch``: called
-    after each epoch's checkpoint with its metrics row; raising from it ends the run there
-    (e.g. ``optuna.TrialPruned``). Torch's thread count, determinism flag and the process's
-    signal handlers are put back afterwards.
-    """
-    started = time.time()
-    saved = read_state(resume) if resume is not None else None  # a damaged state.pt says what is intact
-    if saved is not None:
-        cfg = resumed_config(saved, resume_changes or {})
-    was_deterministic, threads_before = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
-    if cfg.deterministic:
-        # Before anything touches CUDA: cuBLAS reads this when it creates its handle.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-    effnet_log = logging.getLogger("effnet")
-    log_level = effnet_log.level
-    lock: FileLock | None = None
-    with StopSignals() as stop:
-        d = distributed.start(cfg.device, cfg.dist_timeout_minutes)
-        try:
-            if not d.is_main:
-                effnet_log.setLevel(logging.WARNING)  # one copy of the log: rank 0's (warnings still show)
-            run_dir, lock = open_run_dir(cfg, d, resume, keep_files)
-            try:
-                run = set_up(cfg, d, run_dir, saved, spec, stop)
-                train_loop(run, on_epoch, progress)
-            except BaseException:
-                if resume is None and run_dir is not None and d.is_main:
-                    # Failed before its first checkpoint: leave no half-run that the next run is
-                    # told to --resume (there is no state to resume from).
-                    forget_unstarted(run_dir)
-                raise
-            if d.enabled:
-                # Drop DDP's reducer while the process group is alive, then let every rank's last
-                # collectives finish. Freed later (when `run` goes out of scope, after
-                # destroy_process_group) the reducer holds the group's last reference and its
-                # destructor joins Gloo's worker thread while holding the GIL that thread needs to
-                # release its last all-reduce's tensors: a deadlock at exit, seen under load.
-                run.forward = run.model
-                gc.collect()
-                distributed.barrier(d)
-        finally:
-            # An exception propagates (the CLI exits non-zero, and torchrun then stops the other ranks).
-            if lock is not None:
-                lock.release()
-            effnet_log.setLevel(log_level)
-            torch.use_deterministic_algorithms(was_deterministic)
-            torch.set_num_threads(threads_before)
-            distributed.stop(d)
-    run.skips.report()
-    rows = run.pos.rows
-    last = rows[-1] if rows else {}
-    result = RunResult(run.run_dir, len(rows), run.pos.best_top1, last.get("val_top1", math.nan), rows,
-                       sorted(run.skips.skipped), run.d.is_main, final_top5=last.get("val_top5", math.nan),
-                       final_loss=last.get("val_loss", math.nan), seconds=time.time() - started,
-                       img_per_s=last.get("img_per_s", 0.0), params=sum(p.numel() for p in run.model.parameters()))
-    log.info("done: %d epochs, final top-1 %.2f%%, best %.2f%%; run folder %s", result.epochs, result.final_top1,
-             result.best_top1, run.run_dir or "none")
-    return result
-
-
-#: Options a resumed run may change: the learning rate (the usual cure for a diverged run) and
-#: the number of epochs (the schedule is recomputed for the new length from the current step).
-RESUME_CHANGES = ("lr_per_256", "epochs")
-
-
-def resumed_config(saved: dict[str, Any], changes: dict[str, Any]) -> TrainConfig:
-    """The recorded config of a resumed run with ``changes`` (only :data:`RESUME_CHANGES`)."""
-    refused = sorted(set(changes) - set(RESUME_CHANGES))
-    if refused:
-        raise ValueError(f"a resumed run can change only {', '.join(RESUME_CHANGES)}, not {', '.join(refused)}")
-    recorded = dict(saved["config"])
-    for k, v in changes.items():
-        if recorded.get(k) != v:
-            log.warning("resume: %s changed from %s to %s", k, recorded.get(k), v)
-    cfg = TrainConfig.from_dict({**recorded, **changes})
-    if cfg.epochs <= saved["epoch"] and "epochs" in changes:
-        raise ValueError(f"--epochs {cfg.epochs}: the run has already completed {saved['epoch']} epoch(s); "
-                         f"give more to go on")
-    return cfg
-
-
-def train(cfg: TrainConfig, resume: str | Path | None = None, resume_changes: dict[str, Any] | None = None,
-          ) -> RunResult:
-    """Train (or fine-tune) as ``cfg`` says; ``resume`` continues a run folder where its last
-    checkpoint left off (its saved config is used, with ``resume_changes``: a new ``lr_per_256``
-    or ``epochs``).
-
-    Launched by ``torchrun``, every process calls this: they join one process group (NCCL on
-    GPUs, Gloo on CPU), each trains on its share of every global batch of ``world x batch_size``
-    images, and rank 0 alone logs and writes the run folder (see ``effnet.train.distributed``).
-
-    Raises :class:`~effnet.train.stop.Interrupted` (a ``KeyboardInterrupt``) after SIGINT or
-    SIGTERM, once the position is saved; its ``exit_code`` is 130 or 143.
-    """
-    return execute(cfg, resume=resume, resume_changes=resume_changes)
-

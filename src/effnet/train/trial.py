@@ -2,18 +2,20 @@
 
 The scaling search, the scaling study and the architecture search each train
 many candidates briefly and compare them; they call :func:`run_trial` in-process and read its
-:class:`~effnet.train.loop.RunResult` (no subprocess, no parsing of printed text). The study that
+:class:`~effnet.train.pipeline.RunResult` (no subprocess, no parsing of printed text). The study that
 drives them owns the bookkeeping of trials; a trial keeps no files unless given a folder.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
-from effnet.specs.base import ModelSpec
-from effnet.train.config import TrainConfig, resolve_config
-from effnet.train.loop import EpochReport, RunResult, execute
+from effnet.specs.base import ModelSpec, check_fields
+from effnet.train.config import TrainConfig, resolve
+from effnet.train.loop import EpochReport
+from effnet.train.pipeline import RunResult, execute
 
 
 def run_trial(
@@ -30,7 +32,7 @@ def run_trial(
     - ``data``: ``digits``, or an image folder (default: the config's, i.e. ``digits``).
     - ``image_size``: the training size; ``None``: the spec's own (``train_resolution``, else
       ``resolution``), so that a resolution-scaled candidate trains at its size. It is
-      evaluated at the spec's train/eval ratio (:func:`~effnet.train.setup.eval_resolution`).
+      evaluated at the spec's train/eval ratio (:func:`~effnet.data.progressive.eval_resolution`).
     - ``config``: the recipe a trial trains with, a :class:`TrainConfig` or a recipe name/YAML
       (default: ``digits`` for the digits data, else ``paper_v1``); its model, width and depth
       give way to ``spec``, and ``overrides`` (any other TrainConfig field: ``batch_size``,
@@ -40,19 +42,16 @@ def run_trial(
     - ``on_epoch``: called with each epoch's metrics row; raising from it (``optuna.TrialPruned``)
       stops the trial there.
 
-    SIGINT/SIGTERM raise :class:`~effnet.train.stop.Interrupted` (a ``KeyboardInterrupt``) at
+    SIGINT/SIGTERM raise :class:`~effnet.train.distributed.Interrupted` (a ``KeyboardInterrupt``) at
     the next optimiser step.
     """
-    base = config if isinstance(config, TrainConfig) else resolve_config(config, data=data)
-    fields: dict[str, Any] = {**base.to_dict(), "epochs": epochs, "image_size": image_size, "width": 1.0,
-                              "depth": 1.0, "weights": None, "spec": None, "out": None if out is None else str(out)}
-    if data is not None:
-        fields["data"] = data
-    model_spec: ModelSpec | None = None
-    if isinstance(spec, ModelSpec):
-        model_spec = spec
-        fields["model"] = spec.name
-    else:
-        fields["model"] = spec
-    cfg = TrainConfig.from_dict({**fields, **overrides})
-    return execute(cfg, spec=model_spec, keep_files=out is not None, progress=progress, on_epoch=on_epoch)
+    base = config if isinstance(config, TrainConfig) else resolve(config, data=data).cfg
+    # The candidate replaces the recipe's model (``None`` values here are meant: the spec's own
+    # size, no initial weights, no spec file), and ``overrides`` go on top.
+    trial = {"epochs": epochs, "image_size": image_size, "width": 1.0, "depth": 1.0, "weights": None, "spec": None,
+             "model": spec.name if isinstance(spec, ModelSpec) else spec, "out": None if out is None else str(out),
+             **({"data": data} if data is not None else {}), **overrides}
+    check_fields(TrainConfig, trial, "training config")
+    cfg = dataclasses.replace(base, **trial)
+    return execute(cfg, spec=spec if isinstance(spec, ModelSpec) else None, keep_files=out is not None,
+                   progress=progress, on_epoch=on_epoch)

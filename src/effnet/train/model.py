@@ -1,14 +1,158 @@
-"""Optimiser, learning-rate schedule, weight-decay groups and weight EMA of the EfficientNet
-recipe (EfficientNet section 5.2; EfficientNetV2 section 5.1; official TF code), written out."""
+"""The pipeline's fourth step, the model: the network to train (a name, a spec, or initial
+weights with a new head), made ready to train (frozen backbone, SyncBatchNorm, EMA, DDP,
+torch.compile), and its optimiser and learning-rate schedule.
+
+The optimiser, schedule, weight-decay groups and weight EMA are the EfficientNet recipe's
+(EfficientNet section 5.2; EfficientNetV2 section 5.1; official TF code), written out.
+"""
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from effnet.model import EfficientNet, build
+from effnet.registry import get_spec
+from effnet.scaling import scale
+from effnet.specs.base import ModelSpec
+from effnet.train import distributed
+from effnet.train.config import TrainConfig
+from effnet.weights import model_from_weights, read_weights
+
+log = logging.getLogger(__name__)
+
+
+# --- the network -------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = None) -> EfficientNet:
+    """The network to train: ``spec`` when given (a trial's candidate, or the architecture a
+    resumed run recorded, whose weights come from the resume state); else, with ``weights``, the
+    file's own architecture and weights, with a new head when the class count differs (the
+    file's preprocessing is attached as ``model.preprocessing``); else ``cfg.spec`` (a file) or
+    ``cfg.model`` (a name), times ``width``/``depth``. The head is sized for ``num_classes`` and
+    the config's dropout, drop-path and BatchNorm-momentum overrides apply in every case."""
+    overrides = {k: v for k, v in dict(dropout=cfg.dropout, drop_path_rate=cfg.drop_path_rate,
+                                       bn_momentum=cfg.bn_momentum).items() if v is not None}
+    if spec is not None:
+        return build(spec.replace(num_classes=num_classes, **overrides))
+    if cfg.weights:
+        wf = read_weights(cfg.weights)
+        log.info("initial weights %s (%s, source %s); model/width/depth options are ignored",
+                 cfg.weights, wf.spec.name, wf.source or "unknown")
+        model = model_from_weights(wf, what=f"weights {cfg.weights}", num_classes=num_classes, **overrides)
+        if num_classes != wf.spec.num_classes:
+            # A zero head starts every image at loss ln(C) (Kolesnikov et al. 2020, BiT, section 3.3).
+            # The TF initialiser's +-1/sqrt(C) is made for 1000 classes: for 3 it gives logits of
+            # several units from 1280 pretrained features, and the first epochs (loss 3 instead of
+            # ln 3 = 1.1) are spent undoing it.
+            nn.init.zeros_(model.classifier.weight)
+            nn.init.zeros_(model.classifier.bias)
+            log.info("new %d-class head, initialised to zero (the weights have %d classes)", num_classes,
+                     wf.spec.num_classes)
+        return model
+    base = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
+    if cfg.width != 1.0 or cfg.depth != 1.0:
+        # Named by its multipliers only: the input size is the run's (image_size), not the spec's.
+        base = scale(base, width=cfg.width, depth=cfg.depth, name=f"{base.name}_w{cfg.width:g}_d{cfg.depth:g}")
+    return build(base.replace(num_classes=num_classes, **overrides))
+
+
+def prepare_model(cfg: TrainConfig, d: distributed.Dist, device: torch.device,
+                  model: EfficientNet) -> tuple[EfficientNet, ModelEMA | None, nn.Module]:
+    """``(model, ema, forward)``: the network made ready to train, its weight average, and
+    what a step calls."""
+    if cfg.freeze_backbone:
+        # Fine-tune only the classifier; the backbone (incl. its BatchNorm statistics) stays fixed.
+        log.info("%s", freeze_backbone(model))
+    if cfg.sync_bn and d.enabled:
+        model = distributed.convert_sync_batchnorm(model, device)
+    elif cfg.sync_bn:
+        log.info("sync_bn ignored: a single process already normalises over the whole batch")
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.memory_saving:
+        model.set_grad_checkpointing(True)
+        log.info("memory saving: activation checkpointing per block (recomputed in the backward pass)")
+    ema = ModelEMA(model, cfg.ema_decay, buffers=cfg.ema_buffers) if cfg.ema else None
+    # ``model`` stays the plain network; ``ddp`` wraps it to average gradients across ranks
+    # during backward.
+    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+           if d.enabled else None)
+    forward: nn.Module = ddp or model
+    if cfg.compile:
+        forward = torch.compile(forward)  # type: ignore[assignment]
+    return model, ema, forward
+
+
+def freeze_backbone(model: nn.Module) -> str:
+    """Train only the classifier: every other parameter stops taking gradients. Returns the line
+    that says what is frozen (the loop also keeps the backbone's BatchNorm statistics fixed)."""
+    frozen: dict[str, int] = {}
+    total = trainable = 0
+    for name, p in model.named_parameters():
+        keep = name.startswith("classifier.")
+        p.requires_grad_(keep)
+        total += p.numel()
+        if keep:
+            trainable += p.numel()
+        else:
+            top = name.split(".")[0]
+            frozen[top] = frozen.get(top, 0) + p.numel()
+    return (f"frozen backbone: {total - trainable:,} of {total:,} parameters frozen "
+            f"({', '.join(frozen)}, with their BatchNorm statistics); training {trainable:,} in the classifier")
+
+
+def autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Mixed precision: bf16 where the device supports it (no loss scaling needed), fp16 on
+    request (with a GradScaler); ``auto`` is off on CPU, where bf16 is rarely faster."""
+    if cfg.amp == "off" or (cfg.amp == "auto" and device.type != "cuda"):
+        return None
+    if cfg.amp == "fp16":
+        return torch.float16
+    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# --- the optimiser -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedule:
+    """The optimiser's schedule. The linear scaling rule (lr per 256 images) applies to the
+    global batch: per-process batch x processes x accumulation steps."""
+
+    global_batch: int
+    peak_lr: float
+    steps_per_epoch: int
+
+    def lr(self, cfg: TrainConfig, step: int) -> float:
+        return lr_at(step, self.steps_per_epoch, self.peak_lr, warmup_epochs=cfg.warmup_epochs,
+                     schedule=cfg.schedule, decay_rate=cfg.decay_rate, decay_epochs=cfg.decay_epochs,
+                     total_epochs=cfg.epochs, min_lr=cfg.min_lr)
+
+
+def peak_lr(cfg: TrainConfig, global_batch: int) -> float:
+    """The linear scaling rule on ``global_batch``, counted as at least ``lr_batch_floor``."""
+    return scaled_lr(cfg.lr_per_256, max(global_batch, cfg.lr_batch_floor))
+
+
+def make_schedule(cfg: TrainConfig, d: distributed.Dist, batches_per_epoch: int) -> Schedule:
+    global_batch = cfg.batch_size * d.world * cfg.accum_steps
+    steps_per_epoch = max(1, batches_per_epoch // cfg.accum_steps)
+    return Schedule(global_batch, peak_lr(cfg, global_batch), steps_per_epoch)
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module, lr: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "rmsprop_tf":
+        return RMSpropTF(groups, lr=lr, rho=cfg.rmsprop_rho, momentum=cfg.momentum, eps=cfg.rmsprop_eps)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 class RMSpropTF(torch.optim.Optimizer):
