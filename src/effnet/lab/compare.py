@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import effnet.profile
-from effnet.lab import engine, queue, store
+from effnet.lab import engine, store
 from effnet.lab.budget import base_spec, trial_budget
 from effnet.scaling.strategies import get_strategy
 from effnet.specs.base import ModelSpec
@@ -116,16 +116,12 @@ class StudyRow:
 
 
 @dataclass
-class StudyReport:
-    study: str
-    storage: str
+class StudyReport(engine.LabReport):
+    """A scaling study's outcome: a row per trained model (the baseline among them)."""
+
     base: str
     rows: list[StudyRow]
     candidates: int
-    files: dict[str, str] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    validation: engine.Validation | None = None
 
     def summary(self) -> list[str]:
         """What the study can conclude: per FLOPs multiple, the best strategy, and whether the
@@ -164,11 +160,11 @@ class StudyReport:
                        "this size; differences below the validation noise (~1 point) are not findings")
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "storage": self.storage, "base": self.base, "protocol": self.protocol,
-                "warnings": self.warnings, "candidates": self.candidates,
-                "rows": [{**asdict(r), "key": r.key} for r in self.rows], "summary": self.summary(),
-                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
+    def row_dict(self, row: StudyRow) -> dict[str, Any]:
+        return {**asdict(row), "key": row.key}
+
+    def derived(self) -> dict[str, Any]:
+        return {"summary": self.summary()}
 
 
 def study(
@@ -187,8 +183,7 @@ def study(
         raise ValueError("flops: give at least one FLOPs multiple, e.g. 2")
     if not strategies:
         raise ValueError("strategies: give at least one strategy")
-    if validate and validate < 2:
-        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+    engine.check_run(workers, validate)
     too_big = [m for m in flops if not 0 < m <= MAX_MULTIPLE]
     if too_big:
         raise ValueError(f"flops: FLOPs multiples are ratios to the base, in (0, {MAX_MULTIPLE:g}]; got "
@@ -213,12 +208,9 @@ def study(
     settings = {"kind": "scale-study", "base": budget.base_id, "flops": sorted(flops),
                 "strategies": sorted(strategies), "tolerance": tolerance, **budget.settings}
     job = engine.SpecJob(storage, study_name, settings, candidates, budget.to_dict(), specs, sizes)
-    job.open()
-    for w in budget.warnings():
-        log.warning("%s", w)
-    log.info("scaling study of %s: %d model(s) (%s at %s x FLOPs, and the baseline), %d epoch(s) each",
-             spec.name, len(candidates), ", ".join(strategies), ", ".join(f"{m:g}" for m in flops), epochs)
-    queue.run_workers(job, workers, progress)
+    engine.run_job(job, workers, progress, budget.warnings(),
+                   "scaling study of %s: %d model(s) (%s at %s x FLOPs, and the baseline), %d epoch(s) each",
+                   spec.name, len(candidates), ", ".join(strategies), ", ".join(f"{m:g}" for m in flops), epochs)
     rep = _report(job, spec, budget)
     if validate and len(rep.rows) == rep.candidates:
         scores = {r.key: r.top1 for r in rep.rows}
@@ -276,9 +268,7 @@ def _write(rep: StudyReport, out: Path) -> StudyReport:
         if baseline is not None:
             for pts in lines.values():
                 pts.append((baseline.flops, baseline.top1))
-        tau = ""
-        if rep.validation is not None and not math.isnan(rep.validation.tau):
-            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+        tau = engine.tau_note(rep.validation)
         p = rep.protocol
         plot_strategies(out / "study.png", {k: sorted(v) for k, v in lines.items()},
                         baseline=(baseline.flops, baseline.top1) if baseline else None,
@@ -292,19 +282,14 @@ def _write(rep: StudyReport, out: Path) -> StudyReport:
 def format_study(rep: StudyReport) -> str:
     head = (f"{'strategy':<10} {'FLOPs x':>7} {'phi':>7}  {'depth':>5} {'width':>5} {'res':>4}  {'FLOPs':>8} "
             f"{'x meas':>6}  {'@trial':>8}  {'params':>7}  {'px':>4}  {'top-1':>7}  {'train s':>7}  curve (top-1 per epoch)")
-    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
-    for r in rep.rows:
+
+    def line(r: StudyRow) -> str:
         curve = " ".join(f"{v:.0f}" for v in r.curve)
-        lines.append(f"{r.strategy:<10} {r.multiple:7g} {r.phi:7.3f}  {r.depth:5.2f} {r.width:5.2f} "
-                     f"{r.resolution:4d}  {r.flops / 1e6:7.1f}M {r.flops_ratio:6.3f}  {r.flops_trial / 1e6:7.1f}M  "
-                     f"{r.params / 1e6:6.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  "
-                     f"{r.seconds:7.1f}  {curve}")
-    if len(rep.rows) < rep.candidates:
-        lines.append(f"{len(rep.rows)}/{rep.candidates} model(s) done so far: run the same command to go on")
-    if rep.rows:
-        lines.append("")
-        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
-        lines += rep.summary()
-    if rep.validation is not None:
-        lines += rep.validation.lines()
-    return "\n".join(lines)
+        return (f"{r.strategy:<10} {r.multiple:7g} {r.phi:7.3f}  {r.depth:5.2f} {r.width:5.2f} "
+                f"{r.resolution:4d}  {r.flops / 1e6:7.1f}M {r.flops_ratio:6.3f}  {r.flops_trial / 1e6:7.1f}M  "
+                f"{r.params / 1e6:6.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  "
+                f"{r.seconds:7.1f}  {curve}")
+
+    notes = ([f"{len(rep.rows)}/{rep.candidates} model(s) done so far: run the same command to go on"]
+             if len(rep.rows) < rep.candidates else [])
+    return engine.format_table(rep, head, rep.rows, line, notes, rep.summary() if rep.rows else [])

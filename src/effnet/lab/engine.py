@@ -3,9 +3,13 @@
 A study trains candidates under one :class:`~effnet.lab.budget.TrialBudget` in an Optuna
 study (:mod:`effnet.lab.store`). What must be the same for all of them is written once here:
 
+- :class:`StudyJob` and :func:`run_job`: what the workers get (a study to open and a way to
+  train a candidate) and how a run starts them;
 - :class:`SpecJob`: a fixed list of candidates, each a spec trained at a size (the grid of
   ``effnet scale search``, the strategies of ``effnet scale study``, and the validation
   retraining of any study, the architecture search's included);
+- :class:`LabReport` and :func:`format_table`: the report every study returns (its protocol,
+  warnings, rows, validation and files; ``results.json``) and the table it prints;
 - :func:`convergence`: whether a trial's learning curve had stopped improving;
 - :func:`pick_for_validation`, :func:`validate` and :func:`kendall_tau`: how well the short
   trials' ranking predicts the ranking under a longer budget;
@@ -13,8 +17,8 @@ study (:mod:`effnet.lab.store`). What must be the same for all of them is writte
   the budget it was measured under.
 
 The grid, strategy and architecture jobs on top (:mod:`effnet.lab.search`,
-:mod:`effnet.lab.compare`, :mod:`effnet.search.run`) only say which candidates exist and how
-their rows read.
+:mod:`effnet.lab.compare`, :mod:`effnet.search.run`) only say which candidates exist, how
+their rows read and what their summary concludes.
 """
 
 from __future__ import annotations
@@ -22,8 +26,8 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import KW_ONLY, asdict, dataclass, field, fields
 from typing import Any
 
 from effnet.lab import queue, store
@@ -94,22 +98,56 @@ def pick_for_validation(scores: Mapping[str, float], k: int, seed: int = 0) -> l
     return top + random.Random(seed).sample(rest, min(len(rest), k - len(top)))
 
 
+def check_run(workers: int, validate: int) -> None:
+    """Refuse a worker count or a ``--validate K`` that no study can run, before any work."""
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    if validate and validate < 2:
+        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+
+
 @dataclass
-class SpecJob:
-    """A fixed list of candidates, each a spec (as a dict: exact and picklable) trained at its
-    own size under one budget; what every worker process needs."""
+class StudyJob:
+    """What every worker process of a study needs (picklable: extra workers are spawned): the
+    study to open. A job adds what it trains: a fixed list of ``candidates`` with
+    ``evaluate(trial, candidate)`` (:class:`SpecJob`), or a number of sampled ``trials`` with
+    ``evaluate(trial)`` (the architecture search); see :func:`effnet.lab.queue.run_workers`."""
 
     storage: str
     study_name: str
     settings: dict[str, Any]
+
+    def study_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`effnet.lab.store.open_study` beyond name and settings."""
+        return {}
+
+    def open(self) -> Any:
+        return store.open_study(self.storage, self.study_name, self.settings, **self.study_options())
+
+
+def run_job(job: StudyJob, workers: int, progress: bool, warnings: Sequence[str], message: str, *args: Any) -> None:
+    """Open ``job``'s study once (its settings are checked before any worker starts), log the
+    budget's ``warnings`` and what runs (``message % args``), and train until the study is done."""
+    job.open()
+    for w in warnings:
+        log.warning("%s", w)
+    log.info(message, *args)
+    queue.run_workers(job, workers, progress)
+
+
+@dataclass
+class SpecJob(StudyJob):
+    """A fixed list of candidates, each a spec (as a dict: exact and picklable) trained at its
+    own size under one budget."""
+
     candidates: list[store.Candidate]
     budget: dict[str, Any]
     specs: dict[str, dict[str, Any]]
     sizes: dict[str, int]
     prune: bool = False
 
-    def open(self) -> Any:
-        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune)
+    def study_options(self) -> dict[str, Any]:
+        return {"prune": self.prune}
 
     def evaluate(self, trial: Any, cand: store.Candidate) -> tuple[float, dict[str, Any]]:
         budget = TrialBudget.from_dict(self.budget)
@@ -199,9 +237,8 @@ def validate(
                                   **longer.settings},
                   [store.Candidate(key, {}, {}) for key, *_ in chosen], longer.to_dict(),
                   {key: spec.to_dict() for key, _, spec, _, _ in chosen}, {key: size for key, _, _, size, _ in chosen})
-    job.open()
-    log.info("validating the proxy: %d candidate(s) retrained for %d epoch(s) in study %r", len(chosen), epochs, name)
-    queue.run_workers(job, workers, progress)
+    run_job(job, workers, progress, (), "validating the proxy: %d candidate(s) retrained for %d epoch(s) in study %r",
+            len(chosen), epochs, name)
     done = store.results(job.open())
     have = [(key, label, proxy, done[key]) for key, label, _, _, proxy in chosen
             if key in done and done[key].value is not None]
@@ -279,3 +316,81 @@ def protocol_lines_from(protocol: Mapping[str, Any], warnings: Sequence[str]) ->
              f"EMA {'on' if p['ema'] else 'off'}, residual branches "
              f"{'zero-initialised' if p['zero_init_last'] else 'as the official models'}"]
     return lines + [f"warning: {w}" for w in warnings]
+
+
+# --- the report every study returns, and its table ---------------------------------------------------
+@dataclass
+class LabReport:
+    """What every study reports besides its own rows: the study, the budget's protocol and
+    warnings, the validation (``--validate K``) and the files written. A report adds its
+    fields (``rows`` among them: each with ``top1`` and ``status``) after ``study`` and
+    ``storage``; these four stay keyword-only, so each report's own fields keep their order."""
+
+    study: str
+    storage: str
+    _: KW_ONLY
+    files: dict[str, str] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    validation: Validation | None = None
+
+    def row_dict(self, row: Any) -> dict[str, Any]:
+        """One row of ``results.json``."""
+        return asdict(row)
+
+    def derived(self) -> dict[str, Any]:
+        """Values computed from the fields that ``results.json`` records too."""
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        """``results.json``: the study, the protocol and warnings, the report's own fields, then
+        the validation and the files."""
+        common = ("study", "storage", "files", "protocol", "warnings", "validation")
+        own: dict[str, Any] = {}
+        for f in fields(self):
+            if f.name in common:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "rows":
+                value = [self.row_dict(r) for r in value]
+            elif f.name == "best":
+                value = asdict(value) if value is not None else None
+            own[f.name] = value
+        return {"study": self.study, "storage": self.storage, "protocol": self.protocol, "warnings": self.warnings,
+                **own, **self.derived(), "validation": self.validation.to_dict() if self.validation else None,
+                "files": self.files}
+
+
+def format_table(rep: LabReport, head: str, rows: Sequence[Any], line: Callable[[Any], str], notes: Sequence[str],
+                 findings: Sequence[str]) -> str:
+    """A study's table: the protocol and its warnings, the column heads, ``line(row)`` for each
+    of ``rows``, then ``notes`` (how far the study got), whether the rows had converged, the
+    study's own ``findings`` and the validation."""
+    lines = [*protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head), *map(line, rows), "", *notes]
+    if rows:
+        lines.append(unconverged_line([r.status for r in rows]))
+    lines += findings
+    if rep.validation is not None:
+        lines += rep.validation.lines()
+    return "\n".join(lines)
+
+
+def winner_lines(rep: LabReport, rows: Sequence[Any], what: str, best: Any, named: Sequence[str]) -> list[str]:
+    """A search's findings: the chance warning over its ``rows``, then, when it has a ``best``,
+    the lines ``named`` that name it, with the caveat (:func:`winner_line`) after the first."""
+    classes = rep.protocol.get("classes")
+    out = [x for x in [chance_line([r.top1 for r in rows], classes)] if x] if rows else []
+    if best is not None:
+        caveat = winner_line(what, best.status, best.top1, classes)
+        out += [named[0], *([caveat] if caveat else []), *named[1:]]
+    return out
+
+
+def tau_note(validation: Validation | None) -> str:
+    """The validation's Kendall tau for a figure's title (empty without one)."""
+    if validation is None or math.isnan(validation.tau):
+        return ""
+    note = f"; Kendall tau {validation.tau:.2f} vs {validation.epochs} epochs"
+    if not math.isnan(validation.tau_top1):
+        note += f" (top-1 alone {validation.tau_top1:.2f})"
+    return note

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from effnet.lab import engine, queue, store
+from effnet.lab import engine, store
 from effnet.lab.budget import TrialBudget, base_spec, trial_budget
 from effnet.scaling import ALPHA, BETA, GAMMA, compound_scale
 from effnet.specs.base import ModelSpec
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SearchRow:
+class GridRow:
     """One grid point's outcome (``state`` "complete" or "pruned"; a pruned point's top-1 is
     its last reported epoch's). ``flops`` is at the nominal size (``resolution``, what the grid
     matches), ``flops_trial`` at the size the point trained at; ``curve`` its per-epoch top-1 and
@@ -52,23 +52,17 @@ class SearchRow:
 
 
 @dataclass
-class SearchReport:
+class GridReport(engine.LabReport):
     """A grid search's outcome: the rows, the best point and the files written."""
 
-    study: str
-    storage: str
     base: str
     phi: float
-    rows: list[SearchRow]
-    best: SearchRow | None
+    rows: list[GridRow]
+    best: GridRow | None
     candidates: int
     epochs_per_candidate: int
     epochs_trained: int
     pruned: int
-    files: dict[str, str] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    validation: engine.Validation | None = None
 
     @property
     def epochs_saved(self) -> int:
@@ -86,14 +80,8 @@ class SearchReport:
         b = self.best
         return f"effnet scale --base {self.base} --alpha {b.alpha:g} --beta {b.beta:g} --gamma {b.gamma:g} --phi {phis}"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "storage": self.storage, "base": self.base, "phi": self.phi,
-                "protocol": self.protocol, "warnings": self.warnings,
-                "candidates": self.candidates, "epochs_per_candidate": self.epochs_per_candidate,
-                "epochs_trained": self.epochs_trained, "epochs_saved": self.epochs_saved, "pruned": self.pruned,
-                "best": asdict(self.best) if self.best else None, "command": self.command(),
-                "rows": [asdict(r) for r in self.rows],
-                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
+    def derived(self) -> dict[str, Any]:
+        return {"epochs_saved": self.epochs_saved, "command": self.command()}
 
 
 def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
@@ -123,7 +111,7 @@ def search(
     study: str | None = None, workers: int = 1, prune: bool = False, out: str | Path = "scale_search",
     recipe: str | None = None, progress: bool = True, validate: int = 0, validate_epochs: int | None = None,
     **overrides: Any,
-) -> SearchReport:
+) -> GridReport:
     """Grid-search alpha, beta, gamma for ``base`` (a registered name or a spec file) on
     ``data`` (``digits`` or an image folder): train every grid point for ``epochs`` and
     report validation top-1 against FLOPs. Writes ``results.json``, ``table.txt`` and
@@ -144,10 +132,7 @@ def search(
     - ``recipe`` and ``overrides``: the training recipe and any TrainConfig field
       (``batch_size``, ``train_subset``, ``seed``...), the same for every point.
     """
-    if workers < 1:
-        raise ValueError(f"workers: expected >= 1, got {workers}")
-    if validate and validate < 2:
-        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+    engine.check_run(workers, validate)
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
     candidates = grid_candidates(spec, phi, step, tolerance)
@@ -162,12 +147,9 @@ def search(
         specs[c.key] = compound_scale(spec, phi, a, b, g).replace(name=f"{spec.name}_{c.key}").to_dict()
         sizes[c.key] = budget.scaled_size(g**phi)
     job = engine.SpecJob(storage, study, settings, candidates, budget.to_dict(), specs, sizes, prune)
-    job.open()  # the settings check happens once, before any worker starts
-    for w in budget.warnings():
-        log.warning("%s", w)
-    log.info("scale search %s: %d grid point(s), %d epoch(s) each at %d px x gamma^%g, study %r in %s",
-             spec.name, len(candidates), epochs, budget.image_size, phi, study, storage)
-    queue.run_workers(job, workers, progress)
+    engine.run_job(job, workers, progress, budget.warnings(),
+                   "scale search %s: %d grid point(s), %d epoch(s) each at %d px x gamma^%g, study %r in %s",
+                   spec.name, len(candidates), epochs, budget.image_size, phi, study, storage)
     rep = report(job, _base_arg(base, spec, out), phi, str(out), spec.name, write=False)
     if validate and rep.complete:
         scores = {r.key: r.top1 for r in rep.rows if r.state == "complete"}
@@ -189,7 +171,7 @@ def search(
     return _write(rep, job, Path(out), spec.name)
 
 
-def _label(r: SearchRow) -> str:
+def _label(r: GridRow) -> str:
     return f"({r.alpha:g}, {r.beta:g}, {r.gamma:g})"
 
 
@@ -204,7 +186,7 @@ def _base_arg(base: str | ModelSpec, spec: ModelSpec, out: Path) -> str:
     return str(path)
 
 
-def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str, write: bool = True) -> SearchReport:
+def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str, write: bool = True) -> GridReport:
     """Read the study back into rows (and, with ``write``, write the JSON, table and plot)."""
     study = job.open()
     done = store.results(study)
@@ -215,7 +197,7 @@ def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str,
             continue
         c, u = by_key[key], t.user_attrs
         curve = [float(v) for v in u.get("curve", [])]
-        rows.append(SearchRow(
+        rows.append(GridRow(
             key=key, alpha=c.params["alpha"], beta=c.params["beta"], gamma=c.params["gamma"],
             state="complete" if t.state.name == "COMPLETE" else "pruned",
             top1=float(t.value if t.value is not None else u.get("top1", math.nan)),
@@ -229,7 +211,7 @@ def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str,
     complete = [r for r in rows if r.state == "complete"]
     best = max(complete, key=lambda r: (r.top1, -r.flops)) if complete else None
     budget = TrialBudget.from_dict(job.budget)
-    rep = SearchReport(
+    rep = GridReport(
         study=job.study_name, storage=job.storage, base=base, phi=phi, rows=rows, best=best,
         candidates=len(job.candidates), epochs_per_candidate=int(job.budget["epochs"]),
         epochs_trained=sum(r.epochs for r in rows), pruned=sum(r.state == "pruned" for r in rows),
@@ -239,7 +221,7 @@ def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str,
     return _write(rep, job, Path(out), base_name) if write else rep
 
 
-def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str) -> SearchReport:
+def _write(rep: GridReport, job: engine.SpecJob, folder: Path, base_name: str) -> GridReport:
     # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_accuracy_flops
 
@@ -250,9 +232,7 @@ def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str)
                    "pruned": r.state == "pruned"} for r in rep.rows]
         marked = {"label": f"best {_label(best)}{engine.mark(best.status)}", "flops": best.flops,
                   "top1": best.top1} if best else None
-        tau = ""
-        if rep.validation is not None and not math.isnan(rep.validation.tau):
-            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
+        tau = engine.tau_note(rep.validation)
         unconverged = sum(r.status != engine.CONVERGED for r in rep.rows)
         plot_accuracy_flops(folder / "search.png", points, best=marked,
                             title=f"{base_name}: grid of (alpha, beta, gamma) at phi={rep.phi:g}\n"
@@ -263,33 +243,24 @@ def _write(rep: SearchReport, job: engine.SpecJob, folder: Path, base_name: str)
     return rep
 
 
-def format_table(rep: SearchReport) -> str:
+def format_table(rep: GridReport) -> str:
     head = (f"{'alpha':>5} {'beta':>5} {'gamma':>5}  {'FLOPs x pred':>12} {'x meas':>7}  {'FLOPs':>8}  "
             f"{'@trial':>8}  {'params':>8}  {'px':>4}  {'top-1':>7}  {'epochs':>6}  {'train s':>7}  {'step ms':>7}  "
             "state")
-    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
-    for r in rep.rows:
+
+    def line(r: GridRow) -> str:
         mark = "  <- best" if rep.best is not None and r.key == rep.best.key else ""
-        lines.append(f"{r.alpha:5.2f} {r.beta:5.2f} {r.gamma:5.2f}  {r.flops_ratio_predicted:12.3f} "
-                     f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.flops_trial / 1e6:7.1f}M  "
-                     f"{r.params / 1e6:7.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  {r.epochs:6d}  "
-                     f"{r.seconds:7.1f}  {r.step_ms:7.1f}  {r.state}{mark}")
-    lines.append("")
-    lines.append(f"{len(rep.rows)}/{rep.candidates} grid point(s) done, {rep.pruned} pruned; "
-                 f"{rep.epochs_trained} training epoch(s) of {rep.candidates * rep.epochs_per_candidate} "
-                 f"for the full grid ({rep.epochs_saved} saved by pruning)" if rep.complete else
-                 f"{len(rep.rows)}/{rep.candidates} grid point(s) done so far: run the same command to go on")
-    classes = rep.protocol.get("classes")
-    if rep.rows:
-        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
-        lines += [x for x in [engine.chance_line([r.top1 for r in rep.rows], classes)] if x]
-    if rep.best is not None:
-        lines.append(f"best: alpha={rep.best.alpha:g} beta={rep.best.beta:g} gamma={rep.best.gamma:g} "
-                     f"(top-1 {rep.best.top1:.2f}%)")
-        caveat = engine.winner_line("the best point", rep.best.status, rep.best.top1, classes)
-        if caveat:
-            lines.append(caveat)
-        lines.append(f"scale with it: {rep.command()}")
-    if rep.validation is not None:
-        lines += rep.validation.lines()
-    return "\n".join(lines)
+        return (f"{r.alpha:5.2f} {r.beta:5.2f} {r.gamma:5.2f}  {r.flops_ratio_predicted:12.3f} "
+                f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.flops_trial / 1e6:7.1f}M  "
+                f"{r.params / 1e6:7.2f}M  {r.image_size:4d}  {r.top1:6.2f}{engine.mark(r.status):1}  {r.epochs:6d}  "
+                f"{r.seconds:7.1f}  {r.step_ms:7.1f}  {r.state}{mark}")
+
+    done = (f"{len(rep.rows)}/{rep.candidates} grid point(s) done, {rep.pruned} pruned; "
+            f"{rep.epochs_trained} training epoch(s) of {rep.candidates * rep.epochs_per_candidate} "
+            f"for the full grid ({rep.epochs_saved} saved by pruning)" if rep.complete else
+            f"{len(rep.rows)}/{rep.candidates} grid point(s) done so far: run the same command to go on")
+    best = rep.best
+    named = [f"best: alpha={best.alpha:g} beta={best.beta:g} gamma={best.gamma:g} (top-1 {best.top1:.2f}%)",
+             f"scale with it: {rep.command()}"] if best is not None else []
+    return engine.format_table(rep, head, rep.rows, line, [done],
+                               engine.winner_lines(rep, rep.rows, "the best point", best, named))

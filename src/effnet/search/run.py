@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import effnet.profile
-from effnet.lab import engine, queue, store
+from effnet.lab import engine, store
 from effnet.lab.budget import TrialBudget, trial_budget
 from effnet.search.reward import B0_TARGET_FLOPS, mnas_hard, mnas_soft, pareto_front, v2_reward
 from effnet.search.space import SearchSpace, load_space
@@ -80,11 +80,9 @@ class TrialRow:
 
 
 @dataclass
-class SearchReport:
+class SearchReport(engine.LabReport):
     """An architecture search's outcome."""
 
-    study: str
-    storage: str
     space: str
     space_size: int
     reward: str
@@ -95,22 +93,10 @@ class SearchReport:
     rows: list[TrialRow]
     best: TrialRow | None
     front: list[int] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    validation: engine.Validation | None = None
 
     @property
     def complete(self) -> bool:
         return len(self.rows) >= self.trials
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"study": self.study, "storage": self.storage, "space": self.space, "space_size": self.space_size,
-                "reward": self.reward, "trials": self.trials, "protocol": self.protocol, "warnings": self.warnings,
-                "base_step_ms": self.base_step_ms, "base_params": self.base_params, "base_flops": self.base_flops,
-                "best": asdict(self.best) if self.best else None, "front": self.front,
-                "rows": [asdict(r) for r in self.rows],
-                "validation": self.validation.to_dict() if self.validation else None, "files": self.files}
 
 
 def arch_string(spec: ModelSpec) -> str:
@@ -143,12 +129,9 @@ def _device(device: str) -> str:
 
 
 @dataclass
-class _Job:
-    """Everything a worker process needs (picklable: workers are spawned)."""
+class ArchJob(engine.StudyJob):
+    """A sampled search of ``trials`` candidates drawn from ``space`` by the study's sampler."""
 
-    storage: str
-    study_name: str
-    settings: dict[str, Any]
     space: SearchSpace
     budget: dict[str, Any]
     reward: str
@@ -162,13 +145,12 @@ class _Job:
     main_pid: int
     out: str
 
-    def open(self) -> Any:
+    def study_options(self) -> dict[str, Any]:
         seed = self.seed
         if seed is not None and os.getpid() != self.main_pid:
             seed += os.getpid()  # workers must not all propose the same sequence of candidates
-        return store.open_study(self.storage, self.study_name, self.settings, prune=self.prune,
-                                directions=PARETO_DIRECTIONS if self.reward == "pareto" else None,
-                                sampler=make_sampler(self.sampler, seed))
+        return {"prune": self.prune, "directions": PARETO_DIRECTIONS if self.reward == "pareto" else None,
+                "sampler": make_sampler(self.sampler, seed)}
 
     def evaluate(self, trial: Any) -> tuple[float | list[float], dict[str, Any]]:
         budget = TrialBudget.from_dict(self.budget)
@@ -217,7 +199,7 @@ def measure(spec: ModelSpec, image_size: int, step: StepBudget, target_kind: str
     return out
 
 
-def _base_metrics(job: _Job, study: Any) -> dict[str, Any]:
+def _base_metrics(job: ArchJob, study: Any) -> dict[str, Any]:
     """The base's S0, P0 and FLOPs: measured once per study and stored in it; the base itself
     is queued as the study's first trial when the space contains it (its reward is the
     reference every candidate is compared to)."""
@@ -272,11 +254,10 @@ def run(
         raise ValueError(f"reward: expected one of {REWARDS}, got {reward!r}")
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler: expected one of {SAMPLERS}, got {sampler!r}")
-    for name, value in (("trials", trials), ("epochs", epochs), ("workers", workers)):
+    for name, value in (("trials", trials), ("epochs", epochs)):
         if value < 1:
             raise ValueError(f"{name}: expected >= 1, got {value}")
-    if validate and validate < 2:
-        raise ValueError(f"validate: expected 0 (off) or >= 2 candidates, got {validate}")
+    engine.check_run(workers, validate)
     if not target_flops > 0 or (target_latency_ms is not None and not target_latency_ms > 0):
         raise ValueError(f"target: expected a positive --target-flops / --target-latency-ms, got "
                          f"{target_latency_ms if target_latency_ms is not None else target_flops:g}")
@@ -295,18 +276,15 @@ def run(
     settings = {"kind": "arch-search", "space": the_space.space_id, "reward": reward, "prune": prune,
                 "target": target if reward.startswith("v1") else None, "target_kind": target_kind,
                 "step": asdict(step), **budget.settings}
-    job = _Job(storage, study_name, settings, the_space, budget.to_dict(), reward, target, target_kind, prune,
+    job = ArchJob(storage, study_name, settings, the_space, budget.to_dict(), reward, target, target_kind, prune,
                sampler, seed, trials, step, os.getpid(), str(out))
     log.info("%s", the_space.describe())
-    opened = job.open()  # the settings check happens once, before any worker starts
-    base = _base_metrics(job, opened)
-    log.info("base %s: training step %.1f ms, %d parameters; searching %d trial(s), %d epoch(s) each at %d px, "
-             "reward %s, study %r in %s", the_space.base.name, base["step_time_ms"], base["params"], trials, epochs,
-             budget.image_size, reward, study_name, storage)
-    for w in budget.warnings():
-        log.warning("%s", w)
+    base = _base_metrics(job, job.open())  # the settings check happens once, before anything is measured
     started = time.time()
-    queue.run_workers(job, workers, progress)
+    engine.run_job(job, workers, progress, budget.warnings(),
+                   "base %s: training step %.1f ms, %d parameters; searching %d trial(s), %d epoch(s) each at %d px, "
+                   "reward %s, study %r in %s", the_space.base.name, base["step_time_ms"], base["params"], trials,
+                   epochs, budget.image_size, reward, study_name, storage)
     log.info("search took %.1f s", time.time() - started)
     rep = report(job, write=False)
     if validate and rep.complete and rep.reward != "pareto":
@@ -315,7 +293,7 @@ def run(
     return _write(rep, job, Path(job.out))
 
 
-def _validate(job: _Job, rep: SearchReport, k: int, epochs: int, workers: int, progress: bool) -> engine.Validation:
+def _validate(job: ArchJob, rep: SearchReport, k: int, epochs: int, workers: int, progress: bool) -> engine.Validation:
     """Retrain ``k`` finished candidates longer and rank them again by the search's own reward,
     with each candidate's S and P as measured and the longer run's top-1 as A (the reward is
     A times a factor of S and P, so the longer reward is the longer top-1 times that factor)."""
@@ -343,7 +321,7 @@ def _row(t: Any, space: SearchSpace) -> TrialRow:
                     flops_trial=int(u.get("flops_trained", 0)))
 
 
-def report(job: _Job, write: bool = True) -> SearchReport:
+def report(job: ArchJob, write: bool = True) -> SearchReport:
     """Read the study back into rows; write best.yaml, the table, results.json and the plot."""
     budget = TrialBudget.from_dict(job.budget)
     study = job.open()
@@ -367,7 +345,7 @@ def report(job: _Job, write: bool = True) -> SearchReport:
     return _write(rep, job, Path(job.out)) if write else rep
 
 
-def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
+def _write(rep: SearchReport, job: ArchJob, folder: Path) -> SearchReport:
     # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_search
 
@@ -382,11 +360,7 @@ def _write(rep: SearchReport, job: _Job, folder: Path) -> SearchReport:
         rep.files["front"] = str(folder / "front")
     if rep.rows:
         pareto = job.reward == "pareto"
-        tau = ""
-        if rep.validation is not None and not math.isnan(rep.validation.tau):
-            tau = f"; Kendall tau {rep.validation.tau:.2f} vs {rep.validation.epochs} epochs"
-            if not math.isnan(rep.validation.tau_top1):
-                tau += f" (top-1 alone {rep.validation.tau_top1:.2f})"
+        tau = engine.tau_note(rep.validation)
         points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward,
                    "label": f"#{r.number}{engine.mark(r.status)}",
                    "pruned": r.state == "pruned", "front": r.on_front, "base": r.is_base,
@@ -410,32 +384,23 @@ def _ratio(value: float, base: float) -> str:
 def format_table(rep: SearchReport) -> str:
     head = (f"{'trial':>5}  {'state':<8}  {'top-1':>6}  {'S ms':>7}  {'S/S0':>5}  {'params':>7}  {'P/P0':>5}  "
             f"{'FLOPs':>8}  {'reward':>7}  architecture (per stage: op kernel e=expand s=SE x=layers)")
-    lines = [*engine.protocol_lines_from(rep.protocol, rep.warnings), head, "-" * len(head)]
-    for r in sorted(rep.rows, key=lambda r: r.number):
+
+    def line(r: TrialRow) -> str:
         marks = [m for m, on in (("base", r.is_base), ("front", r.on_front),
                                  ("best", rep.best is not None and r.number == rep.best.number)) if on]
-        lines.append(f"{r.number:5d}  {r.state:<8}  {r.top1:5.1f}{engine.mark(r.status):1}  {r.step_ms:7.1f}  "
-                     f"{_ratio(r.step_ms, rep.base_step_ms)}  {r.params / 1e6:6.2f}M  {_ratio(r.params, rep.base_params)}  "
-                     f"{r.flops / 1e6:7.1f}M  {r.reward:7.2f}  {r.arch}{'  <- ' + ', '.join(marks) if marks else ''}")
-    lines.append("")
-    lines.append(f"base: training step {rep.base_step_ms:.1f} ms, {rep.base_params / 1e6:.2f}M parameters, "
-                 f"{rep.base_flops / 1e6:.1f}M FLOPs; space {rep.space} has {rep.space_size:,} candidates")
-    lines.append(f"{len(rep.rows)}/{rep.trials} trial(s) finished" if rep.complete else
-                 f"{len(rep.rows)}/{rep.trials} trial(s) finished so far: run the same command to go on")
+        return (f"{r.number:5d}  {r.state:<8}  {r.top1:5.1f}{engine.mark(r.status):1}  {r.step_ms:7.1f}  "
+                f"{_ratio(r.step_ms, rep.base_step_ms)}  {r.params / 1e6:6.2f}M  {_ratio(r.params, rep.base_params)}  "
+                f"{r.flops / 1e6:7.1f}M  {r.reward:7.2f}  {r.arch}{'  <- ' + ', '.join(marks) if marks else ''}")
+
+    notes = [f"base: training step {rep.base_step_ms:.1f} ms, {rep.base_params / 1e6:.2f}M parameters, "
+             f"{rep.base_flops / 1e6:.1f}M FLOPs; space {rep.space} has {rep.space_size:,} candidates",
+             f"{len(rep.rows)}/{rep.trials} trial(s) finished" if rep.complete else
+             f"{len(rep.rows)}/{rep.trials} trial(s) finished so far: run the same command to go on"]
     if rep.reward == "pareto":
-        lines.append(f"Pareto front (max top-1, min S, min P): trials {rep.front}")
-    classes = rep.protocol.get("classes")
-    if rep.rows:
-        lines.append(engine.unconverged_line([r.status for r in rep.rows]))
-        lines += [x for x in [engine.chance_line([r.top1 for r in rep.rows], classes)] if x]
-    if rep.best is not None:
-        lines.append(f"best: trial {rep.best.number} (reward {rep.best.reward:.2f}, top-1 {rep.best.top1:.2f}%): "
-                     f"{rep.best.arch}")
-        caveat = engine.winner_line("the best trial", rep.best.status, rep.best.top1, classes)
-        if caveat:
-            lines.append(caveat)
-        if "best" in rep.files:
-            lines.append(f"train it: effnet train --spec {rep.files['best']}")
-    if rep.validation is not None:
-        lines += rep.validation.lines()
-    return "\n".join(lines)
+        notes.append(f"Pareto front (max top-1, min S, min P): trials {rep.front}")
+    best = rep.best
+    named = [f"best: trial {best.number} (reward {best.reward:.2f}, top-1 {best.top1:.2f}%): {best.arch}",
+             *([f"train it: effnet train --spec {rep.files['best']}"] if "best" in rep.files else [])] \
+        if best is not None else []
+    return engine.format_table(rep, head, sorted(rep.rows, key=lambda r: r.number), line, notes,
+                               engine.winner_lines(rep, rep.rows, "the best trial", best, named))
