@@ -72,3 +72,18 @@ print(sorted(m for m in sys.modules if m.startswith("effnet.weights.")))
     weight_sum, loaded = out.stdout.splitlines()
     assert float(weight_sum) == pytest.approx(float(saved.stem.conv.weight.detach().sum()))  # the cached file's tensors
     assert loaded == "['effnet.weights.format', 'effnet.weights.hub']"
+
+
+def test_the_entry_holds_the_spec_and_the_published_source():
+    """torchvision publishes B0 (its file name carries the first 8 hex digits of the SHA-256);
+    nobody publishes effnet ImageNet weights for the ResNet-18 baseline."""
+    from effnet.registry import resolve
+
+    b0 = resolve("efficientnet_b0", 10, dropout=0.3)
+    assert b0.spec == get_spec("efficientnet_b0").replace(num_classes=10, dropout=0.3)
+    assert b0.pretrained is not None and b0.pretrained.source == "torchvision"
+    assert b0.pretrained.url == "https://download.pytorch.org/models/efficientnet_b0_rwightman-7f5810bc.pth"
+    assert b0.pretrained.checksum.hexdigest == "7f5810bc" and b0.pretrained.checksum.prefix
+    assert resolve("resnet18").pretrained is None
+    with pytest.raises(ValueError, match="no published weights known for 'resnet18'"):
+        effnet.create_model("resnet18", pretrained=True)

@@ -35,7 +35,7 @@ PEER_MACS = {
 }
 
 
-def _meta_model(name: str, **kw) -> effnet.EfficientNet:
+def _meta_model(name: str, **kw) -> effnet.ConvNet:
     with torch.device("meta"):
         return effnet.create_model(name, **kw)
 
@@ -138,12 +138,12 @@ def test_num_classes_zero_builds_no_classifier():
 
 
 def test_changes_enter_through_the_spec_only():
-    # A regression: overrides entered in three places; build() and EfficientNet() take a finished spec.
+    # A regression: overrides entered in three places; build() and ConvNet() take a finished spec.
     spec = get_spec("efficientnet_b0")
     with pytest.raises(TypeError):
         effnet.build(spec, num_classes=3)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
-        effnet.EfficientNet(spec, dropout=0.5)  # type: ignore[call-arg]
+        effnet.ConvNet(spec, dropout=0.5)  # type: ignore[call-arg]
     with torch.device("meta"):
         model = effnet.build(spec.replace(num_classes=3, dropout=0.5))
     assert model.classifier.out_features == 3 and model.dropout.p == 0.5
@@ -259,3 +259,20 @@ def test_zero_init_leaves_noskip_blocks_alone():
     expected = sum(s.repeats - 1 for s in spec.stages if s.skip)
     zeroed = [b for stage in net.stages for b in stage if torch.count_nonzero(b.conv_pwl.bn.weight) == 0]
     assert len(zeroed) == expected
+
+
+def test_the_class_is_named_for_what_it_builds_and_its_old_name_still_works(tmp_path):
+    """One class builds EfficientNet and the ResNet / MobileNet baselines: ``ConvNet``, with
+    ``EfficientNet`` kept as the same class. A weight file records the spec as data, never the
+    class name, so files load whatever the class is called."""
+    from safetensors import safe_open
+
+    from effnet.weights import save_weights
+
+    assert effnet.EfficientNet is effnet.ConvNet
+    model = effnet.build(get_spec("resnet18").replace(num_classes=3))
+    assert type(model) is effnet.ConvNet and isinstance(model, effnet.EfficientNet)
+    path = save_weights(model, tmp_path / "r18.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    assert not [k for k, v in meta.items() if "ConvNet" in v or "EfficientNet" in v]
