@@ -165,18 +165,20 @@ def _views(model: nn.Module, photos: list[Path]) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_onnxruntime_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: list[Path],
-                                                              tmp_path: Path) -> None:
-    """ONNX Runtime's static QDQ int8, calibrated on the photos' views (the user's images) and
-    judged on them; each view's fp32 top-1 is the reference."""
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_runtime_int8_lite0_agrees_with_fp32_on_real_photos(lite0_file: Path, photos: list[Path],
+                                                           tmp_path: Path, runtime: str) -> None:
+    """Static QDQ int8 on ONNX Runtime and on OpenVINO, calibrated on the photos' views (the
+    user's images) and judged on them; each view's fp32 top-1 is the reference."""
     pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    pytest.importorskip(runtime, reason=f"{runtime} (runtime extra) is not installed")
     from effnet.deploy.runtime import int8_session
     from effnet.weights import load_model
 
     model = load_model(lite0_file).eval()
     x = _views(model, photos)
-    s = int8_session(lite0_file, [x], threads=2, cache_dir=tmp_path)
-    assert s.precision == "int8", s.int8_fallback
+    s = int8_session(lite0_file, [x], runtime=runtime, threads=2, cache_dir=tmp_path)
+    assert (s.precision, s.runtime) == ("int8", runtime), s.int8_fallback
     assert s.int8_agreement == agreement(model, s, [x]) >= 0.9
     with torch.no_grad():
         top = s(x[[0, 4]]).argmax(1).tolist()
@@ -197,3 +199,76 @@ def test_int8_session_falls_back_to_fp32_when_int8_does_not_agree(tmp_path: Path
     assert "agrees with fp32" in s.int8_fallback and 0 <= s.int8_agreement <= 1
     with torch.no_grad():
         assert (s(x) - model(x)).abs().max() <= 1e-4 * max(1.0, model(x).abs().max().item())
+
+
+def _consumers(graph: object) -> dict[str, list[object]]:
+    out: dict[str, list[object]] = {}
+    for n in graph.node:  # type: ignore[attr-defined]
+        for i in n.input:
+            out.setdefault(i, []).append(n)
+    return out
+
+
+@pytest.mark.slow  # exports and quantises B0 (~5 s on a quiet 2-core machine)
+def test_openvino_int8_quantises_conv_inputs_and_runs_int8_convolutions(tmp_path: Path) -> None:
+    """The OpenVINO layout: activations are quantised only where a Conv reads them (a block input
+    is also read by its residual Add), never for a SiLU, SE gate or pooling (so OpenVINO can fuse
+    conv + SiLU + the next quantisation); OpenVINO's own compiled graph then reports its
+    convolutions running in 8-bit precision."""
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    ov = pytest.importorskip("openvino", reason="openvino (runtime extra) is not installed")
+    import onnx
+
+    from effnet.deploy.runtime import int8_session
+
+    torch.manual_seed(0)
+    model = effnet.create_model("efficientnet_b0", num_classes=4).eval()  # SiLU and squeeze-excitation
+    x = torch.randn(4, 3, 64, 64)
+    s = int8_session(model, [x], runtime="openvino", resolution=64, require_gain=False)
+    assert (s.runtime, s.precision) == ("openvino", "int8")
+    graph = onnx.load(str(s.onnx_path)).graph
+    weights = {t.name for t in graph.initializer}
+    users = _consumers(graph)
+    dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights]
+    assert len(dq) > 40  # B0 has 81 convs; the stem stays float
+    for n in dq:
+        readers = {u.op_type for u in users[n.output[0]]}
+        assert "Conv" in readers and readers <= {"Conv", "Add"}, readers
+    compiled = ov.Core().compile_model(str(s.onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
+                  if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "GroupConvolution")]
+    assert sum(p in ("u8", "i8", "I8", "U8") for p in precisions) >= len(precisions) - 1  # all but the stem
+    with torch.no_grad():
+        y, ref = s(x), model(x)
+    assert y.shape == ref.shape and torch.isfinite(y).all()
+
+
+@pytest.mark.slow  # two int8 models and two fp32 sessions, timed
+@pytest.mark.parametrize("runtime", ["openvino", "auto"])
+def test_int8_session_on_openvino_or_auto_falls_back_to_fp32(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            runtime: str) -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    pytest.importorskip("openvino", reason="openvino (runtime extra) is not installed")
+    from effnet.deploy import runtime as rt
+
+    torch.manual_seed(0)
+    model = effnet.create_model("efficientnet_lite0", num_classes=4).eval()
+    x = torch.randn(4, 3, 64, 64)
+    monkeypatch.setattr(rt, "MIN_AGREEMENT", 1.01)  # no int8 model can agree on 101%
+    s = effnet.optimize(model, x[:1], runtime=runtime, int8=True, calibration=[x])
+    assert s.precision == "fp32" and s.runtime in rt.INT8_RUNTIMES
+    assert "agrees with fp32" in s.int8_fallback and 0 <= s.int8_agreement <= 1
+    with torch.no_grad():
+        assert (s(x) - model(x)).abs().max() <= 1e-4 * max(1.0, model(x).abs().max().item())
+
+
+def test_int8_session_rejects_an_unknown_runtime_and_auto_without_checks() -> None:
+    pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
+    from effnet.deploy.runtime import int8_session
+
+    model = effnet.create_model("efficientnet_lite0", num_classes=4).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(ValueError, match="expected one of onnxruntime, openvino, auto"):
+        int8_session(model, [x], runtime="torch")
+    with pytest.raises(ValueError, match="named runtime"):
+        int8_session(model, [x], runtime="auto", require_gain=False)

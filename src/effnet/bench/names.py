@@ -9,8 +9,9 @@ from __future__ import annotations
 LIBRARIES = ("effnet", "torchvision", "timm", "keras", "efficientnet_pytorch", "onnxruntime")
 #: effnet's variants and what they are measured for: ``ort`` / ``openvino`` are
 #: effnet.deploy.runtime sessions on effnet's verified export, ``int8`` torch's FX int8,
-#: ``ort-int8`` ONNX Runtime's static QDQ int8 (effnet.deploy.runtime.int8_session).
-EFFNET_INFERENCE = ("plain", "fast", "ort", "openvino", "int8", "ort-int8")
+#: ``ort-int8`` / ``openvino-int8`` static QDQ int8 on ONNX Runtime / OpenVINO
+#: (effnet.deploy.runtime.int8_session).
+EFFNET_INFERENCE = ("plain", "fast", "ort", "openvino", "int8", "ort-int8", "openvino-int8")
 #: effnet's fp32 inference variants: the best measured one is effnet's side of the ratios.
 EFFNET_FP32 = ("fast", "ort", "openvino", "plain")
 EFFNET_TRAINING = ("default", "memory-saving")

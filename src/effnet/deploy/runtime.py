@@ -21,6 +21,12 @@ and keeps the fastest; the choice is recorded in the same file for this thread c
 the ``auto@N threads`` entry, or the file, to measure again, e.g. after timing on a busy machine).
 On a 2-core x86 machine OpenVINO and ONNX Runtime were within ~15% of each other for B0 and
 Lite0, both faster than the torch path (benchmarks/reference/2026-12-04_runtimes_*: a busy machine).
+
+int8 (:func:`int8_session`) runs on either runtime, each with the QDQ layout its kernels fuse
+best (:func:`effnet.deploy.quantize.quantize_onnx`); ``runtime="auto"`` times both and keeps the
+fastest int8 that agrees with fp32. On the same 2-core x86 CPU (AVX-512 VNNI), batch 32, OpenVINO's
+int8 was ~2x fp32 ONNX Runtime for B0 and Lite0 against ~1.35x / ~1.75x for ONNX Runtime's own
+(benchmarks/reference/2026-12-05_int8_*: a busy machine).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
 from effnet.files import atomic_write
 from effnet.weights import load_model
 
-__all__ = ["RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
+__all__ = ["INT8_RUNTIMES", "RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
            "last_choice", "optimize", "session"]
 
 log = logging.getLogger(__name__)
@@ -58,6 +64,8 @@ RUNTIMES = ("torch", "onnxruntime", "openvino")
 TOLERANCE = 1e-4
 #: ``auto``: timed batch-1 calls per runtime (after two warm-up calls), interleaved.
 AUTO_CALLS = 8
+#: The runtimes int8 can run on (:func:`int8_session`); ONNX Runtime's quantiser makes the model for both.
+INT8_RUNTIMES = ("onnxruntime", "openvino")
 #: int8 is kept only when its top-1 equals fp32's on at least this fraction of the calibration images.
 MIN_AGREEMENT = 0.9
 #: ... and when it is faster than the fp32 session on the largest calibration batch (median of these calls).
@@ -244,6 +252,9 @@ def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch
     return run
 
 
+_RUNNERS = {"onnxruntime": _ort_runner, "openvino": _openvino_runner}
+
+
 def _load_reference(source: str | Path | nn.Module) -> nn.Module:
     if isinstance(source, nn.Module):
         # The caller's model is never changed: a model in training mode is copied to evaluate.
@@ -287,7 +298,7 @@ def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, r
         checked = None  # in process, every time: a trace is built fresh
     else:
         onnx_path, keep = onnx or _onnx_for(source, reference, res, cache_dir)
-        runner = {"onnxruntime": _ort_runner, "openvino": _openvino_runner}[runtime](onnx_path, threads)
+        runner = _RUNNERS[runtime](onnx_path, threads)
         s = Session(runtime, runner, resolution=res, source=reference, onnx_path=onnx_path, threads=threads,
                     keep=keep)
         checked = _read_checks(onnx_path).get(runtime)
@@ -388,7 +399,9 @@ def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, run
     option of it accepted), else a :class:`Session` on effnet's verified ONNX export of ``model``
     (``"onnxruntime"``, ``"openvino"``, or ``"auto"``: the fastest of those installed, timed at
     batch 1), checked against ``model`` within 1e-4. With ``int8=True`` a runtime other than torch
-    runs ONNX Runtime's static int8 model, calibrated on ``calibration`` (:func:`int8_session`)."""
+    runs a static int8 model calibrated on ``calibration`` on that runtime (``"auto"``: the
+    fastest int8 that agrees with fp32), or the fp32 session when int8 does not pay
+    (:func:`int8_session`)."""
     if runtime == "torch":
         return torch_path.optimize(model, example_input, int8=int8, calibration=calibration, **options)
     _check_runtime(runtime)
@@ -399,32 +412,42 @@ def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, run
         raise ValueError(f"optimize: runtime={runtime!r} needs an (N, C, H, W) example_input (the export's size)")
     resolution = int(example_input.shape[-1])
     if int8:
-        if runtime == "openvino":
-            raise ValueError("optimize: int8 runs on runtime='onnxruntime' (static QDQ) or 'torch' (FX), not openvino")
         return int8_session(model, list(calibration) if calibration is not None else [example_input],
-                            resolution=resolution)
+                            runtime=runtime, resolution=resolution)
     if calibration is not None:
         raise ValueError("optimize: calibration batches are only used with int8=True")
     return session(model, runtime, resolution=resolution)
 
 
 def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Tensor], *,
-                 resolution: int | None = None, threads: int | None = None,
+                 runtime: str = "onnxruntime", resolution: int | None = None, threads: int | None = None,
                  cache_dir: str | Path | None = None, require_gain: bool = True) -> Session:
-    """Static int8 of ``source`` on ONNX Runtime, calibrated on ``calibration`` (float input batches
-    preprocessed like real inputs: the user's images), or the fp32 ONNX Runtime session when int8
-    does not pay.
+    """Static int8 of ``source``, calibrated on ``calibration`` (float input batches preprocessed
+    like real inputs: the user's images), or the fastest fp32 session when int8 does not pay.
 
-    The verified fp32 export is quantised by :func:`effnet.deploy.quantize.quantize_onnx` (cached
-    beside it under a hash of the calibration batches). int8 is kept only if (1) its top-1 class
-    equals the eager fp32 model's on at least :data:`MIN_AGREEMENT` of the calibration images and
-    (2) it is faster than the fp32 session on the largest calibration batch; otherwise a warning
-    says which failed and the fp32 session comes back with ``int8_fallback`` set to the reason.
-    ``int8_agreement`` holds the measured agreement either way. ``require_gain=False`` returns
-    the int8 session without either check (benchmarks of random-weight models, where agreement
-    would judge noise).
+    ``runtime``: ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (every installed one of
+    :data:`INT8_RUNTIMES` is tried and the fastest int8 that agrees is kept). The verified fp32
+    export is quantised by :func:`effnet.deploy.quantize.quantize_onnx` in the layout of each
+    runtime (cached beside the export under a hash of the calibration batches). int8 is kept
+    only if (1) its top-1 class equals the eager fp32 model's on at least :data:`MIN_AGREEMENT`
+    of the calibration images and (2) it is faster than the fp32 sessions of the same runtimes
+    on the largest calibration batch (interleaved calls, median); otherwise a warning says which
+    failed and the fastest fp32 session comes back with ``int8_fallback`` set to the reason.
+    ``int8_agreement`` holds the measured agreement either way. ``require_gain=False`` (a named
+    runtime only) returns the int8 session without either check (benchmarks of random-weight
+    models, where agreement would judge noise).
     """
-    _check_runtime("onnxruntime")
+    if runtime not in (*INT8_RUNTIMES, "auto"):
+        raise ValueError(f"int8 runtime {runtime!r}: expected one of {', '.join((*INT8_RUNTIMES, 'auto'))}")
+    _check_runtime("onnxruntime")  # the quantiser is ONNX Runtime's, whichever runtime runs the result
+    if runtime == "auto":
+        if not require_gain:
+            raise ValueError("int8: require_gain=False measures one named runtime; pass runtime='onnxruntime' "
+                             "or 'openvino'")
+        candidates = [r for r in INT8_RUNTIMES if r in available_runtimes()]
+    else:
+        _check_runtime(runtime)
+        candidates = [runtime]
     batches = [b for b in calibration]
     if not batches or not all(isinstance(b, torch.Tensor) and b.ndim == 4 for b in batches):
         raise ValueError("int8: calibration must be one or more (N, C, H, W) input tensors (the user's images)")
@@ -432,34 +455,51 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     res = int(resolution or batches[0].shape[-1])
     threads = int(threads or torch.get_num_threads())
     onnx_path, keep = _onnx_for(source, reference, res, cache_dir)
-    int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8-{calibration_key(batches)}.onnx")
-    if not int8_path.is_file():
-        quantize_onnx(onnx_path, int8_path, batches)
-    int8 = Session("onnxruntime", _ort_runner(int8_path, threads), resolution=res, source=reference,
-                   onnx_path=int8_path, threads=threads, keep=keep)
-    int8.precision = "int8"
+    key = calibration_key(batches)
+    int8s: dict[str, Session] = {}
+    for r in candidates:
+        int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8-{key}{'' if r == 'onnxruntime' else '-' + r}.onnx")
+        if not int8_path.is_file():
+            quantize_onnx(onnx_path, int8_path, batches, target=r)
+        s = Session(r, _RUNNERS[r](int8_path, threads), resolution=res, source=reference, onnx_path=int8_path,
+                    threads=threads, keep=keep)
+        s.precision = "int8"
+        int8s[r] = s
     if not require_gain:
-        return int8
-    agree = agreement(reference, int8, batches)
-    fp32 = _build(source, reference, "onnxruntime", res, threads, cache_dir, (onnx_path, keep))
+        return int8s[runtime]
+    agree = {r: agreement(reference, s, batches) for r, s in int8s.items()}
+    fp32s = {r: _build(source, reference, r, res, threads, cache_dir, (onnx_path, keep)) for r in candidates}
     largest = max(batches, key=len)
-    times: dict[str, list[float]] = {"int8": [], "fp32": []}
-    int8(largest), fp32(largest)  # warm-up
-    for _ in range(INT8_SPEED_CALLS):
-        times["int8"].append(_time_ms(lambda: int8(largest)))
-        times["fp32"].append(_time_ms(lambda: fp32(largest)))
-    int8_ms, fp32_ms = (statistics.median(times[k]) for k in ("int8", "fp32"))
+    ms = _median_ms({**{("int8", r): s for r, s in int8s.items()}, **{("fp32", r): s for r, s in fp32s.items()}},
+                    largest, INT8_SPEED_CALLS)
+    fp32_best = min(candidates, key=lambda r: ms["fp32", r])
+    agreeing = [r for r in candidates if agree[r] >= MIN_AGREEMENT]
+    best = min(agreeing or candidates, key=lambda r: ms["int8", r])
     reason = None
-    if agree < MIN_AGREEMENT:
-        reason = (f"int8 top-1 agrees with fp32 on {agree:.1%} of the calibration images, below "
+    if not agreeing:
+        reason = (f"int8 top-1 agrees with fp32 on {agree[best]:.1%} of the calibration images, below "
                   f"{MIN_AGREEMENT:.0%}")
-    elif int8_ms >= fp32_ms:
-        reason = f"int8 is not faster here (batch {len(largest)}: {int8_ms:.1f} ms vs fp32 {fp32_ms:.1f} ms)"
+    elif ms["int8", best] >= ms["fp32", fp32_best]:
+        reason = (f"int8 is not faster here (batch {len(largest)}: int8 on {best} {ms['int8', best]:.1f} ms vs "
+                  f"fp32 on {fp32_best} {ms['fp32', fp32_best]:.1f} ms)")
     if reason is not None:
-        log.warning("%s: running fp32 on ONNX Runtime instead", reason)
-        fp32.int8_fallback, fp32.int8_agreement = reason, agree
-        return fp32
-    log.info("int8 on ONNX Runtime: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 %.1f ms",
-             100 * agree, len(largest), int8_ms, fp32_ms)
-    int8.int8_agreement = agree
-    return int8
+        log.warning("%s: running fp32 on %s instead", reason, fp32_best)
+        fallback = fp32s[fp32_best]
+        fallback.int8_fallback, fallback.int8_agreement = reason, agree[best]
+        return fallback
+    log.info("int8 on %s: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 on %s %.1f ms", best,
+             100 * agree[best], len(largest), ms["int8", best], fp32_best, ms["fp32", fp32_best])
+    int8s[best].int8_agreement = agree[best]
+    return int8s[best]
+
+
+def _median_ms(sessions: dict[Any, Session], x: torch.Tensor, calls: int) -> dict[Any, float]:
+    """Median ms of ``calls`` calls of each session on ``x``, interleaved after one warm-up call
+    each (load from other processes falls on all alike)."""
+    times: dict[Any, list[float]] = {k: [] for k in sessions}
+    for s in sessions.values():
+        s(x)
+    for _ in range(calls):
+        for k, s in sessions.items():
+            times[k].append(_time_ms(lambda s=s: s(x)))
+    return {k: statistics.median(t) for k, t in times.items()}
