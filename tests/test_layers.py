@@ -185,12 +185,12 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("effnet.train.config", "effnet.weights.format"): CLI_LIGHT,
     ("effnet.train.recipes", "effnet.data"): CLI_LIGHT,
     ("effnet.train.recipes", "effnet.weights.format"): CLI_LIGHT,
-    # effnet.model, effnet.profile.study and effnet.viz load torch on import, and the parser imports
+    # effnet.model, effnet.profile.sweep and effnet.viz load torch on import, and the parser imports
     # every lab and search module (it reads the rewards from effnet.search.run, which imports the lab).
     ("effnet.lab.budget", "effnet.model"): CLI_LIGHT,
     ("effnet.lab.compare", "effnet.viz.plots"): CLI_LIGHT,
     ("effnet.lab.fit", "effnet.model"): CLI_LIGHT,
-    ("effnet.lab.search", "effnet.profile.study"): CLI_LIGHT,
+    ("effnet.lab.search", "effnet.profile.sweep"): CLI_LIGHT,
     ("effnet.lab.search", "effnet.viz.plots"): CLI_LIGHT,
     ("effnet.search.run", "effnet.model"): CLI_LIGHT,
     ("effnet.search.run", "effnet.viz.plots"): CLI_LIGHT,

@@ -4,7 +4,7 @@
 import pytest
 
 from effnet.profile import count_flops
-from effnet.profile.study import _measure_architecture, measure_grid
+from effnet.profile.sweep import _measure_architecture, measure_grid
 from effnet.scaling import GridPoint, architecture_key, compound_scale, grid_candidates, grid_points
 from effnet.specs import EFFICIENTNET_B0
 

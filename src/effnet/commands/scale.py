@@ -268,16 +268,16 @@ def _coefficients(args: argparse.Namespace, strategy: str) -> dict[str, float]:
 def cmd_scale(args: argparse.Namespace) -> int:
     """The plain table: ``base`` scaled by one strategy for each phi."""
     from effnet.lab.budget import base_spec
-    from effnet.profile.study import scale_study
+    from effnet.profile.sweep import scale_sweep
     from effnet.scaling import get_strategy
 
     strategy = get_strategy(args.strategy or "compound")
     coefficients = _coefficients(args, strategy.name)
-    rows = scale_study(base_spec(args.base), _phis(args), strategy.name, **coefficients)
+    rows = scale_sweep(base_spec(args.base), _phis(args), strategy.name, **coefficients)
     if args.plot:
-        from effnet.viz import plot_compound_study
+        from effnet.viz import plot_scale_sweep
 
-        plot_compound_study(rows, args.plot, title=f"{strategy.name} scaling of {args.base}")
+        plot_scale_sweep(rows, args.plot, title=f"{strategy.name} scaling of {args.base}")
     if args.json:
         print(json.dumps([r.to_dict() for r in rows]))
         return 0
@@ -297,7 +297,7 @@ def _coefficient_list(points: tuple[tuple[float, float, float], ...]) -> str:
 def cmd_scale_grid(args: argparse.Namespace) -> int:
     """`effnet scale grid`: the (alpha, beta, gamma) candidates with measured FLOPs."""
     from effnet.lab.budget import base_spec
-    from effnet.profile.study import measure_grid
+    from effnet.profile.sweep import measure_grid
     from effnet.scaling import grid_points
 
     _refuse_table_options(args, "grid")

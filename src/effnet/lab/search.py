@@ -87,7 +87,7 @@ class GridReport(engine.LabReport):
 def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
     """The distinct grid points (``effnet scale grid``) as study candidates, with their
     measured FLOPs ratio."""
-    from effnet.profile.study import measure_grid  # loads torch: the CLI parser imports this module
+    from effnet.profile.sweep import measure_grid  # loads torch: the CLI parser imports this module
 
     rows = measure_grid(base, phi=phi, step=step, tolerance=tolerance)
     return [

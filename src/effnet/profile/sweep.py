@@ -1,5 +1,7 @@
-"""Measured scaling studies: scale a base by a strategy for several phi, or over the grid of
-compound coefficients, and count what changed (parameters, multiply-adds on the meta device)."""
+"""Measured scaling sweeps: scale a base by a strategy for several phi (:func:`scale_sweep`), or
+over the grid of compound coefficients (:func:`measure_grid`), and count what changed
+(parameters, multiply-adds on the meta device). Nothing is trained here; the lab's
+``effnet scale study`` trains strategies at matched FLOPs (:mod:`effnet.lab.compare`)."""
 
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ def _measure_architecture(spec: ModelSpec) -> tuple[int, int]:
     """(parameters, multiply-adds) of ``spec``, built once on the meta device.
 
     Cached by architecture (callers pass the spec with its name and nominal multipliers blanked,
-    see :func:`_measure`): a grid listing or a repeated study counts each network once.
+    see :func:`_measure`): a grid listing or a repeated sweep counts each network once.
     """
     with torch.device("meta"):
         net = build(spec)
@@ -59,7 +61,7 @@ def _measure(spec: ModelSpec) -> tuple[int, int]:
     return _measure_architecture(spec.replace(name="", width=1.0, depth=1.0, source=""))
 
 
-def scale_study(
+def scale_sweep(
     base: ModelSpec, phis: list[float], strategy: str = "compound", *, limits: SizeLimits = DEFAULT_LIMITS,
     **coefficients: Any,
 ) -> list[ScaleRow]:
@@ -72,7 +74,7 @@ def scale_study(
     size it would have had and the phi range that fits.
     """
     if not phis:
-        raise ValueError("scale_study: expected at least one phi, got none")
+        raise ValueError("scale_sweep: expected at least one phi, got none")
     rule = get_strategy(strategy)
     values = rule.resolve(coefficients)
     planned = []
@@ -81,12 +83,12 @@ def scale_study(
             m = rule.rule(phi, base.resolution, **values)
             spec = rule.fn(base, phi, **values)
         except (ValueError, OverflowError) as e:
-            raise ValueError(f"scale_study: {rule.name} phi={phi:g} cannot scale {base.name}: {e}. "
+            raise ValueError(f"scale_sweep: {rule.name} phi={phi:g} cannot scale {base.name}: {e}. "
                              f"{_what_to_do(base, rule, values, limits)}") from None
         problems = size_problems(spec, limits)
         if problems:
             raise ValueError(
-                f"scale_study: {rule.name} phi={phi:g} would scale {base.name} to {describe_size(spec)} "
+                f"scale_sweep: {rule.name} phi={phi:g} would scale {base.name} to {describe_size(spec)} "
                 f"(depth x{m.depth:,.1f}, width x{m.width:,.1f}, predicted FLOPs ratio "
                 f"{m.flops_ratio_predicted:.3g}x); refused without building it: {'; '.join(problems)}. "
                 f"{_what_to_do(base, rule, values, limits)}"
@@ -103,20 +105,20 @@ def scale_study(
     return rows
 
 
-def compound_study(
+def compound_sweep(
     base: ModelSpec, phis: list[float], alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
     limits: SizeLimits = DEFAULT_LIMITS,
 ) -> list[ScaleRow]:
-    """:func:`scale_study` with the ``compound`` strategy (EfficientNet eq. 3): d, w, r of
+    """:func:`scale_sweep` with the ``compound`` strategy (EfficientNet eq. 3): d, w, r of
     ``compound_scale(base, phi)`` with the predicted (alpha * beta^2 * gamma^2)^phi."""
-    return scale_study(base, phis, "compound", limits=limits, alpha=alpha, beta=beta, gamma=gamma)
+    return scale_sweep(base, phis, "compound", limits=limits, alpha=alpha, beta=beta, gamma=gamma)
 
 
 def _what_to_do(base: ModelSpec, rule: Strategy, values: dict[str, Any], limits: SizeLimits) -> str:
     low, high = phi_range(base, rule, limits, **values)
     given = ", ".join(f"{k}={v:g}" for k, v in values.items())
     return (f"Choose phi between {low:g} and {high:g} for {base.name} with {rule.name} scaling"
-            f"{f' ({given})' if given else ''} (limits: effnet.scaling.SizeLimits, scale_study(limits=...)).")
+            f"{f' ({given})' if given else ''} (limits: effnet.scaling.SizeLimits, scale_sweep(limits=...)).")
 
 
 # --- the candidate grid (EfficientNet section 3.3, step 1) -----------------------------------------

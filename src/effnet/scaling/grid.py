@@ -4,7 +4,7 @@
 alpha, beta, gamma based on Equation 2 and 3" under alpha * beta^2 * gamma^2 ~= 2 and
 alpha, beta, gamma >= 1. This module enumerates that grid and merges the points whose channel
 and repeat rounding give the same network; it builds nothing (measuring the candidates is
-:func:`effnet.profile.study.measure_grid`).
+:func:`effnet.profile.sweep.measure_grid`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ display): training curves, confusion matrices, scaling plots; CAM / Grad-CAM
 
 from effnet.viz.cam import CamOutput, ImageCam, class_activation_maps, image_cam, plot_cams
 from effnet.viz.figures import ResultPoint, paper_points, plot_results, read_json_points
-from effnet.viz.plots import plot_compound_study, plot_confusion, plot_curves
+from effnet.viz.plots import plot_confusion, plot_curves, plot_scale_sweep
 
 __all__ = [
     "CamOutput",
@@ -15,9 +15,9 @@ __all__ = [
     "image_cam",
     "paper_points",
     "plot_cams",
-    "plot_compound_study",
     "plot_confusion",
     "plot_curves",
     "plot_results",
+    "plot_scale_sweep",
     "read_json_points",
 ]

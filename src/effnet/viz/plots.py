@@ -15,7 +15,7 @@ from effnet.files import atomic_write
 if TYPE_CHECKING:
     import torch
 
-    from effnet.profile.study import ScaleRow
+    from effnet.profile.sweep import ScaleRow
 
 
 def pyplot() -> Any:
@@ -93,11 +93,11 @@ def plot_confusion(confusion: torch.Tensor, names: list[str], path: str | Path) 
     return _save(fig, path, dpi=100)
 
 
-def plot_compound_study(rows: list[ScaleRow], path: str | Path, title: str = "") -> Path:
+def plot_scale_sweep(rows: list[ScaleRow], path: str | Path, title: str = "") -> Path:
     """Measured FLOPs ratio against the predicted (alpha*beta^2*gamma^2)^phi (log scale), and
     parameters, per phi."""
     if not rows:
-        raise ValueError("plot_compound_study: no rows to plot")
+        raise ValueError("plot_scale_sweep: no rows to plot")
     phis = [r.phi for r in rows]
     fig, (a, b) = pyplot().subplots(1, 2, figsize=(10, 4))
     a.plot(phis, [r.flops_ratio for r in rows], "o-", label="measured")
