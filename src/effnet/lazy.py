@@ -3,8 +3,9 @@ imported on first use.
 
 The command line builds its parser from `effnet.train.config`, `effnet.data.progressive`,
 `effnet.profile.counts` and `effnet.bench.names`; importing their packages must not load torch
-(over a second), or `effnet --help` would wait for it. Each such package keeps a table
-name -> module and takes its `__getattr__` / `__dir__` from here.
+(over a second), or `effnet --help` would wait for it. `effnet.weights` uses the same door for
+its converters and peer tables, which loading a model from an effnet file never needs. Each such
+package keeps a table name -> module and takes its `__getattr__` / `__dir__` from here.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Weights: self-describing files, loading, converters from torchvision/timm/Keras, download cache."""
+"""Models with weights: ``create_model`` (a registered name, optionally with a weight file or the
+published weights) and ``load_model`` (a self-describing file alone).
+
+Beside it: ``format`` (the safetensors file and its metadata), ``hub`` (the cache of published
+weights), ``download`` (fetch and convert on a cache miss) and ``converters`` (torchvision, timm,
+Keras and efficientnet_pytorch key maps).
+"""
 
 from __future__ import annotations
 
