@@ -65,7 +65,7 @@ class TrainConfig:
     # --- input
     image_size: int | None = option(32, "training image size (default: the spec's train resolution)")
     # None: the spec's evaluation resolution scaled by final training size / spec train size
-    # (train/setup.eval_resolution), so V2-S trained at 300 px is scored at 384 px as published
+    # (data.progressive.eval_resolution), so V2-S trained at 300 px is scored at 384 px as published
     # (docs/paper.md section 7), not at its training size.
     eval_size: int | None = option(
         None, "evaluation image size (default: the spec's evaluation resolution, scaled with the final "

@@ -300,7 +300,7 @@ def evaluate_epoch(run: Run, stage: Stage, loader: torch.utils.data.DataLoader,
 
 def save_state(run: Run) -> None:
     """The full resume state at the run's position, written atomically with the previous one
-    kept (``state.write_state``); under DDP every rank calls it (each rank's random state is
+    kept (``rundir.write_state``); under DDP every rank calls it (each rank's random state is
     gathered) and rank 0 writes."""
     if run.run_dir is None:
         return

@@ -88,7 +88,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # Fine-tuning pretrained weights on a small folder (the default with --weights/--pretrained).
     # Batch, epochs, image size and loader processes come from the data (finetune_sizing).
     # SGD with a fixed peak lr (no linear scaling below batch 256, see lr_batch_floor) and a
-    # cosine decay, no warm-up: the head starts at zero (setup.build_model), so the first steps
+    # cosine decay, no warm-up: the head starts at zero (model.build_model), so the first steps
     # cannot wreck the pretrained features. BatchNorm momentum 0.1 (PyTorch's default, ten
     # times the TF ports' 0.01): the running statistics the evaluation uses must follow the new
     # data within an epoch (on digits at 32 px, 0.01 left epoch 1 at 22% against 50%). Light augmentation (a mild random-resized crop and

@@ -1,6 +1,7 @@
-"""Scoring a model on a labelled split: loss, top-1, top-5 and the confusion matrix.
+"""The pipeline's evaluation: scoring a model on a labelled split (loss, top-1, top-5 and the
+confusion matrix).
 
-Used by training (validation after each epoch, :mod:`effnet.train.loop`) and by
+Used by training (validation after each epoch: ``effnet.train.loop.evaluate_epoch``) and by
 :func:`effnet.train.evaluate.evaluate`; kept apart from ``evaluate`` so that training does not
 load the inference paths (``effnet.deploy``) that ``effnet eval`` and ``effnet predict`` use.
 """
