@@ -1,9 +1,10 @@
 """The libraries effnet is measured against, each built in *its* best configuration.
 
-One builder per library turns an effnet model name into a :class:`Runner`: the library's
-equivalent network, randomly initialised with the same regularisation (stochastic depth 0.2,
-the effnet spec's classifier dropout), on the device, in the memory layout it runs fastest in,
-with the input converter and forward calls it needs. Peers are optional: a library that cannot
+A builder per library (one for the three PyTorch peers, told apart by ``_TORCH_PEERS``) turns
+an effnet model name into a :class:`Runner`: the library's equivalent network, randomly
+initialised with the same regularisation (stochastic depth 0.2, the effnet spec's classifier
+dropout), on the device, in the memory layout it runs fastest in, with the input converter and
+forward calls it needs. Peers are optional: a library that cannot
 be imported, or has no equivalent of a model, raises :class:`Unavailable` with the reason, and
 the benchmark lists it as skipped. Nothing here is an effnet dependency; every import of a peer
 is inside its builder.
@@ -25,11 +26,13 @@ Best configurations (fp32 on CPU; bf16 autocast on CUDA, applied by the runner's
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -264,35 +267,45 @@ def _onnxruntime(name: str, resolution: int, device: torch.device) -> Runner:
                   n_params=peer.params)
 
 
-def _torchvision(name: str, resolution: int, device: torch.device) -> Runner:
-    tv = _import("torchvision.models", "torchvision")  # a missing library is reported as such, whatever the model
-    peer = peer_name("torchvision", name)
-    if peer is None:
-        raise Unavailable(f"torchvision has no {name}")
-    model = getattr(tv, peer)(stochastic_depth_prob=DROP_PATH_RATE, dropout=get_spec(name).dropout)
-    return Runner("torchvision", "", peer, _channels_last(model, device), roles_of("torchvision", ""), prepare=_cl)
+@dataclass(frozen=True)
+class _TorchPeer:
+    """What differs between the PyTorch peers: the module to import, what to add when it lacks
+    a model, and how it builds its network (library module, its model name, image size, the
+    effnet spec's classifier dropout) -> ``nn.Module`` with stochastic depth :data:`DROP_PATH_RATE`."""
+
+    module: str
+    lacks: str
+    make: Callable[[Any, str, int, float], nn.Module]
 
 
-def _timm(name: str, resolution: int, device: torch.device) -> Runner:
-    timm = _import("timm", "timm")
-    peer = peer_name("timm", name)
-    if peer is None:
-        raise Unavailable(f"timm has no {name}")
-    model = timm.create_model(peer, drop_path_rate=DROP_PATH_RATE, drop_rate=get_spec(name).dropout)
-    return Runner("timm", "", peer, _channels_last(model, device), roles_of("timm", ""), prepare=_cl)
-
-
-def _efficientnet_pytorch(name: str, resolution: int, device: torch.device) -> Runner:
-    lib = _import("efficientnet_pytorch", "efficientnet_pytorch")
-    peer = peer_name("efficientnet_pytorch", name)
-    if peer is None:
-        raise Unavailable(f"efficientnet_pytorch has no {name} (it ports EfficientNet V1 only)")
+def _efficientnet_pytorch_model(lib: Any, peer: str, resolution: int, dropout: float) -> nn.Module:
     # image_size gives static "same" padding (precomputed pads) instead of a pad per call.
     model = lib.EfficientNet.from_name(peer, image_size=resolution, drop_connect_rate=DROP_PATH_RATE,
-                                       dropout_rate=get_spec(name).dropout)
+                                       dropout_rate=dropout)
     model.set_swish(memory_efficient=True)
-    return Runner("efficientnet_pytorch", "", peer, _channels_last(model, device),
-                  roles_of("efficientnet_pytorch", ""), prepare=_cl)
+    return model
+
+
+_TORCH_PEERS = {
+    "torchvision": _TorchPeer("torchvision.models", "", lambda tv, peer, resolution, dropout: getattr(tv, peer)(
+        stochastic_depth_prob=DROP_PATH_RATE, dropout=dropout)),
+    "timm": _TorchPeer("timm", "", lambda timm, peer, resolution, dropout: timm.create_model(
+        peer, drop_path_rate=DROP_PATH_RATE, drop_rate=dropout)),
+    "efficientnet_pytorch": _TorchPeer("efficientnet_pytorch", " (it ports EfficientNet V1 only)",
+                                       _efficientnet_pytorch_model),
+}
+
+
+def _torch_peer(lib: str, name: str, resolution: int, device: torch.device) -> Runner:
+    """A PyTorch peer (torchvision, timm, efficientnet_pytorch): its network for ``name``,
+    channels-last on ``device``."""
+    how = _TORCH_PEERS[lib]
+    module = _import(how.module, lib)  # a missing library is reported as such, whatever the model
+    peer = peer_name(lib, name)
+    if peer is None:
+        raise Unavailable(f"{lib} has no {name}{how.lacks}")
+    model = how.make(module, peer, resolution, get_spec(name).dropout)
+    return Runner(lib, "", peer, _channels_last(model, device), roles_of(lib, ""), prepare=_cl)
 
 
 def _keras(name: str, resolution: int, device: torch.device) -> Runner:
@@ -318,8 +331,7 @@ def _keras(name: str, resolution: int, device: torch.device) -> Runner:
 
 
 _BUILDERS: dict[str, Callable[[str, int, torch.device], Runner]] = {
-    "torchvision": _torchvision, "timm": _timm, "keras": _keras, "efficientnet_pytorch": _efficientnet_pytorch,
-    "onnxruntime": _onnxruntime,
+    **{lib: functools.partial(_torch_peer, lib) for lib in _TORCH_PEERS}, "keras": _keras, "onnxruntime": _onnxruntime,
 }
 
 
