@@ -57,7 +57,10 @@ def test_progressive_words():
          "mixup": None}
     assert TrainConfig(progressive=d).progressive == ProgressiveSpec(2, Range(32, 48), Range(0.1, 0.2), None, None)
     with pytest.raises(ValueError, match="progressive: expected"):
-        TrainConfig(progressive="efficientnetv2_xs")
+        resolve_config(progressive="efficientnetv2_xs")
+    # A config holds ranges: words are resolve_config's (one place resolves them, against the final model).
+    with pytest.raises(ValueError, match=r"progressive: expected ranges .* got 'on'; a word .* is resolved by"):
+        TrainConfig(progressive="on")
 
 
 def test_new_fields_and_validation():

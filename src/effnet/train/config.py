@@ -151,7 +151,7 @@ class TrainConfig:
                                    default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.progressive = resolve_progressive(self.progressive, self.model, self.spec)
+        self.progressive = progressive_ranges(self.progressive)
         self.mean = None if self.mean is None else tuple(self.mean)
         self.std = None if self.std is None else tuple(self.std)
         self.crop_scale = tuple(self.crop_scale)  # type: ignore[assignment]
@@ -194,15 +194,9 @@ class TrainConfig:
         return cls(**d)
 
 
-def resolve_progressive(value: ProgressiveSpec | dict | str | None, model: str,
-                        spec: str | None = None) -> ProgressiveSpec | None:
-    """The progressive ranges ``value`` stands for.
-
-    ``value`` is ranges (a :class:`ProgressiveSpec` or its dict, as in ``config.yaml``), ``None``
-    or ``"off"`` (no progressive learning), ``"on"`` (the default ranges, V2-S's), a
-    :data:`V2_PRESETS` name, or ``"model"``: the preset of the model being trained (V2 Table 6 has
-    ranges for S, M and L only; any other model is refused with what to do instead).
-    """
+def progressive_ranges(value: ProgressiveSpec | dict | None) -> ProgressiveSpec | None:
+    """Progressive ranges as a config holds them: a :class:`ProgressiveSpec`, its dict (as
+    ``config.yaml`` records it) or ``None``. A word is refused: :func:`resolve` resolves words."""
     if value is None or isinstance(value, ProgressiveSpec):
         return value
     if isinstance(value, dict):
@@ -212,6 +206,22 @@ def resolve_progressive(value: ProgressiveSpec | dict | str | None, model: str,
                 v = p[k]
                 p[k] = Range(**v) if isinstance(v, dict) else Range(*v)
         return ProgressiveSpec(**p)
+    raise ValueError(f"progressive: expected ranges (a ProgressiveSpec or its dict) or None, got {value!r}; a word "
+                     f"('model', 'on', 'off' or a preset) is resolved by resolve_config(progressive=...)")
+
+
+def resolve_progressive(value: ProgressiveSpec | dict | str | None, model: str,
+                        spec: str | None = None) -> ProgressiveSpec | None:
+    """The progressive ranges ``value`` stands for (:func:`resolve` calls it once the model is
+    final).
+
+    ``value`` is ranges (a :class:`ProgressiveSpec` or its dict, as in ``config.yaml``), ``None``
+    or ``"off"`` (no progressive learning), ``"on"`` (the default ranges, V2-S's), a
+    :data:`V2_PRESETS` name, or ``"model"``: the preset of the model being trained (V2 Table 6 has
+    ranges for S, M and L only; any other model is refused with what to do instead).
+    """
+    if not isinstance(value, str):
+        return progressive_ranges(value)
     if value == "off":
         return None
     if value == "on":
@@ -244,8 +254,9 @@ class Resolved:
     summary: str | None = None
 
 
-def resolve(recipe: str | None = None, data: str | None = None, *, resumed: dict[str, Any] | None = None,
-            stages: int | None = None, sizes: tuple[int, int] | None = None, **overrides: Any) -> Resolved:
+def resolve(recipe: str | None = None, data: str | None = None, *, base: TrainConfig | None = None,
+            resumed: dict[str, Any] | None = None, stages: int | None = None, sizes: tuple[int, int] | None = None,
+            **overrides: Any) -> Resolved:
     """The one place a training config is resolved, with the origin of every value (``effnet
     train --dry-run`` prints them).
 
@@ -262,12 +273,18 @@ def resolve(recipe: str | None = None, data: str | None = None, *, resumed: dict
     Table 6), in place of V1's AutoAugment. ``stages``/``sizes`` then change the number of
     stages and the image-size range of the resolved ranges.
 
+    ``base``: a resolved config to change (a trial's candidate and budget): ``overrides`` replace
+    its fields, ``None`` values included (``image_size=None``: the spec's own size).
+
     ``resumed``: a run's resume state (``state.pt``): its recorded config is used as it is, with
     at most the :data:`RESUME_CHANGES` among ``overrides``.
     """
-    overrides = {k: v for k, v in overrides.items() if v is not None}
     if data is not None:
         overrides["data"] = data
+    if base is not None:
+        check_fields(TrainConfig, overrides, "training config")
+        return Resolved(_build({**_fields(base), **overrides}, base.recipe), {})
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     if resumed is not None:
         return Resolved(_resumed(resumed, overrides), {})
     recipe, base, sources = _recipe(recipe, overrides)
@@ -336,10 +353,17 @@ def _recipe(recipe: str | None, overrides: dict[str, Any]) -> tuple[str, dict[st
     return recipe, base, {k: f"recipe {recipe}" for k in base} | {"recipe": chosen}
 
 
+def _fields(cfg: TrainConfig) -> dict[str, Any]:
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
 def _build(merged: dict[str, Any], recipe: str) -> TrainConfig:
-    """The config of the merged values; a recipe file's value of the wrong type is named."""
+    """The config of the merged values, its progressive word resolved against the final model;
+    a recipe file's value of the wrong type is named."""
+    merged = {**merged, "progressive": resolve_progressive(merged.get("progressive"),
+                                                           merged.get("model", TrainConfig.model), merged.get("spec"))}
     try:
-        return TrainConfig.from_dict(merged)  # __post_init__ resolves "model" against the final model
+        return TrainConfig.from_dict(merged)
     except TypeError as e:  # a value of the wrong type in a recipe file ("epochs: ten")
         if recipe in RECIPES:
             raise

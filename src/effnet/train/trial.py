@@ -8,11 +8,10 @@ drives them owns the bookkeeping of trials; a trial keeps no files unless given 
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
-from effnet.specs.base import ModelSpec, check_fields
+from effnet.specs.base import ModelSpec
 from effnet.train.config import TrainConfig, resolve
 from effnet.train.loop import EpochReport
 from effnet.train.pipeline import RunResult, execute
@@ -51,7 +50,6 @@ def run_trial(
     trial = {"epochs": epochs, "image_size": image_size, "width": 1.0, "depth": 1.0, "weights": None, "spec": None,
              "model": spec.name if isinstance(spec, ModelSpec) else spec, "out": None if out is None else str(out),
              **({"data": data} if data is not None else {}), **overrides}
-    check_fields(TrainConfig, trial, "training config")
-    cfg = dataclasses.replace(base, **trial)
+    cfg = resolve(base=base, **trial).cfg
     return execute(cfg, spec=spec if isinstance(spec, ModelSpec) else None, keep_files=out is not None,
                    progress=progress, on_epoch=on_epoch)
