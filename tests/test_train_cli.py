@@ -158,3 +158,19 @@ def test_eval_and_predict_name_the_inference_path_once(capsys, caplog, tmp_path)
         assert main(["eval", "--weights", str(weights), "--data", "digits", "--workers", "0"]) == 0
     shown = capsys.readouterr().out + caplog.text
     assert shown.count("inference") == 1 and shown.count("preprocessing: ") == 1
+
+
+def test_training_code_imports_no_plotting():
+    """train returns data and the command line plots: no module under effnet/train imports
+    effnet.viz, not even inside a function."""
+    import ast
+    from pathlib import Path
+
+    root = Path(effnet.train.__file__).parent
+    found = []
+    for path in sorted(root.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [f"{node.module}.{a.name}" for a in node.names] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{path.name}: {n}" for n in names if n == "effnet.viz" or n.startswith("effnet.viz.")]
+    assert not found, found
