@@ -255,8 +255,7 @@ def _write(rep: StudyReport, out: Path) -> StudyReport:
     # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_strategies
 
-    out.mkdir(parents=True, exist_ok=True)
-    if rep.rows:
+    def draw(path: Path) -> None:
         baseline = next((r for r in rep.rows if r.strategy == "baseline"), None)
         lines: dict[str, list[tuple[float, float]]] = {}
         for r in rep.rows:
@@ -268,14 +267,12 @@ def _write(rep: StudyReport, out: Path) -> StudyReport:
         if baseline is not None:
             for pts in lines.values():
                 pts.append((baseline.flops, baseline.top1))
-        tau = engine.tau_note(rep.validation)
-        p = rep.protocol
-        plot_strategies(out / "study.png", {k: sorted(v) for k, v in lines.items()},
+        plot_strategies(path, {k: sorted(v) for k, v in lines.items()},
                         baseline=(baseline.flops, baseline.top1) if baseline else None,
-                        title=f"{rep.base} scaled at matched FLOPs\n{p.get('epochs')} epoch(s) at "
-                              f"{p.get('image_size')} px on {Path(str(p.get('data'))).name}; * still improving{tau}")
-        rep.files["png"] = str(out / "study.png")
-    store.save_report(out, format_study(rep), rep)
+                        title=f"{rep.base} scaled at matched FLOPs\n"
+                              + engine.figure_note(rep.protocol, [r.status for r in rep.rows], rep.validation))
+
+    engine.write_report(rep, out, format_study, "study.png", draw if rep.rows else None)
     return rep
 
 

@@ -28,6 +28,7 @@ import math
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import KW_ONLY, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
 from effnet.lab import queue, store
@@ -384,6 +385,26 @@ def winner_lines(rep: LabReport, rows: Sequence[Any], what: str, best: Any, name
         caveat = winner_line(what, best.status, best.top1, classes)
         out += [named[0], *([caveat] if caveat else []), *named[1:]]
     return out
+
+
+def write_report(rep: LabReport, folder: Path, table: Callable[[Any], str], figure: str,
+                 draw: Callable[[Path], Any] | None) -> None:
+    """Write a study's outcome into ``folder``: ``draw(folder / figure)`` (``None``: nothing to
+    draw yet), then ``table.txt`` (``table(rep)``) and ``results.json``, each path in
+    ``rep.files``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if draw is not None:
+        draw(folder / figure)
+        rep.files["png"] = str(folder / figure)
+    store.save_report(folder, table(rep), rep)
+
+
+def figure_note(budget: Mapping[str, Any], statuses: Sequence[str], validation: Validation | None) -> str:
+    """The second line of a study's figure title: the budget of each trial, how many points were
+    still improving (marked ``*``) and the validation's Kendall tau."""
+    improving = sum(s != CONVERGED for s in statuses)
+    return (f"{budget.get('epochs')} epoch(s) at {budget.get('image_size')} px on {Path(str(budget.get('data'))).name}; "
+            f"* still improving ({improving}){tau_note(validation)}")
 
 
 def tau_note(validation: Validation | None) -> str:

@@ -225,21 +225,17 @@ def _write(rep: GridReport, job: engine.SpecJob, folder: Path, base_name: str) -
     # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_accuracy_flops
 
-    folder.mkdir(parents=True, exist_ok=True)
-    best = rep.best
-    if rep.rows:
+    def draw(path: Path) -> None:
+        best = rep.best
         points = [{"label": _label(r) + engine.mark(r.status), "flops": r.flops, "top1": r.top1,
                    "pruned": r.state == "pruned"} for r in rep.rows]
         marked = {"label": f"best {_label(best)}{engine.mark(best.status)}", "flops": best.flops,
                   "top1": best.top1} if best else None
-        tau = engine.tau_note(rep.validation)
-        unconverged = sum(r.status != engine.CONVERGED for r in rep.rows)
-        plot_accuracy_flops(folder / "search.png", points, best=marked,
+        plot_accuracy_flops(path, points, best=marked,
                             title=f"{base_name}: grid of (alpha, beta, gamma) at phi={rep.phi:g}\n"
-                                  f"{job.budget['epochs']} epoch(s) each at {job.budget['image_size']} px on "
-                                  f"{Path(job.budget['data']).name}; * still improving ({unconverged}){tau}")
-        rep.files["png"] = str(folder / "search.png")
-    store.save_report(folder, format_table(rep), rep)
+                                  + engine.figure_note(job.budget, [r.status for r in rep.rows], rep.validation))
+
+    engine.write_report(rep, folder, format_table, "search.png", draw if rep.rows else None)
     return rep
 
 

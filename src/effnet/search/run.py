@@ -349,7 +349,7 @@ def _write(rep: SearchReport, job: ArchJob, folder: Path) -> SearchReport:
     # effnet.viz loads torch on import, and the CLI parser imports this module.
     from effnet.viz.plots import plot_search
 
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)  # best.yaml and front/ first: the table names best.yaml
     if rep.best is not None:
         job.space.candidate(rep.best.choices).save(folder / "best.yaml")
         rep.files["best"] = str(folder / "best.yaml")
@@ -358,20 +358,19 @@ def _write(rep: SearchReport, job: ArchJob, folder: Path) -> SearchReport:
             if r.on_front:
                 job.space.candidate(r.choices).save(folder / "front" / f"trial_{r.number}.yaml")
         rep.files["front"] = str(folder / "front")
-    if rep.rows:
-        pareto = job.reward == "pareto"
-        tau = engine.tau_note(rep.validation)
+    pareto = job.reward == "pareto"
+
+    def draw(path: Path) -> None:
         points = [{"step_ms": r.step_ms, "y": r.top1 if pareto else r.reward,
                    "label": f"#{r.number}{engine.mark(r.status)}",
                    "pruned": r.state == "pruned", "front": r.on_front, "base": r.is_base,
                    "best": rep.best is not None and r.number == rep.best.number} for r in rep.rows]
-        budget = job.budget
-        plot_search(folder / "search.png", points, base_step_ms=rep.base_step_ms, pareto=pareto,
+        plot_search(path, points, base_step_ms=rep.base_step_ms, pareto=pareto,
                     ylabel="validation top-1 (%)" if pareto else f"reward ({rep.reward})",
-                    title=f"{rep.space} search on {Path(budget['data']).name}: {len(rep.rows)} trial(s)\n"
-                          f"{budget['epochs']} epoch(s) at {budget['image_size']} px; * still improving{tau}")
-        rep.files["png"] = str(folder / "search.png")
-    store.save_report(folder, format_table(rep), rep)
+                    title=f"{rep.space} search: {len(rep.rows)} trial(s)\n"
+                          + engine.figure_note(job.budget, [r.status for r in rep.rows], rep.validation))
+
+    engine.write_report(rep, folder, format_table, "search.png", draw if rep.rows else None)
     return rep
 
 
