@@ -1,4 +1,6 @@
-"""`effnet train`, `effnet eval`, `effnet predict`: argument parsing over effnet.train.
+"""`effnet train`, `effnet eval`, `effnet predict`: argument parsing over effnet.train, and the
+figures (the training code returns data: this module draws ``curves.png`` after each checkpoint
+and ``eval --confusion``).
 
 `effnet train`'s options are derived from :class:`~effnet.train.config.TrainConfig` by a small
 generator (:func:`add_config_options`): one ``--field-name`` per field, the type from the field's
