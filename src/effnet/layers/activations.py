@@ -174,8 +174,9 @@ class _GatedPointwiseConv(torch.autograd.Function):
             grad, xg, weight, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
             [need_x or need_gate, need_w, False])  # output_mask: input, weight, bias
         del xg
-        g_x = g_xg * gate if need_x else None
         g_gate = (g_xg * x).sum((2, 3), keepdim=True) if need_gate else None  # (B, C, 1, 1)
+        # In place: g_xg is this function's own buffer; one full-size allocation fewer.
+        g_x = g_xg.mul_(gate) if need_x else None
         return g_x, g_gate, g_w
 
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet.layers.activations import batch_norm_act, lean_ops_active
+from effnet.layers.depthwise import depthwise_conv, fast_backward_applies
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,  # a.k.a. swish (EfficientNet section 4)
@@ -98,4 +99,8 @@ class ConvBnAct(nn.Sequential):
         return self.act(self.bn(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting():  # noqa: SIM102 (as in norm_act)
+            if self.training and lean_ops_active() and fast_backward_applies(self.conv, x):
+                # The same convolution with a faster backward (effnet.layers.depthwise).
+                return self.norm_act(depthwise_conv(x, self.conv))
         return self.norm_act(self.conv(x))
