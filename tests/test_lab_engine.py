@@ -279,3 +279,47 @@ def test_noise_of_a_top1_is_two_binomial_standard_errors():
     # p = 0.98 on 359 images: 2 * sqrt(0.98 * 0.02 / 359) = 0.01478 -> 1.48 points.
     assert engine.noise_points(98.0, 359) == pytest.approx(1.478, abs=1e-3)
     assert math.isnan(engine.noise_points(90.0, None))
+
+
+# --- one report shape for the three studies ------------------------------------------------------------
+def test_every_study_report_writes_the_protocol_and_the_same_table_frame(tmp_path):
+    """The grid search, the strategy study and the architecture search share engine.LabReport:
+    results.json holds each one's own fields plus study, storage, protocol, warnings, validation
+    and files, and each table opens with the protocol line and
+    ends with the validation."""
+    import json
+
+    from effnet.lab.compare import StudyReport, format_study
+    from effnet.lab.search import GridReport, GridRow
+    from effnet.lab.search import format_table as grid_table
+    from effnet.search.run import SearchReport, TrialRow
+    from effnet.search.run import format_table as arch_table
+
+    protocol = {"data": "digits", "epochs": 2, "image_size": 64, "recipe": "default", "seed": 0, "ema": False,
+                "zero_init_last": True, "classes": 10}
+    v = engine.Validation("s-validate6", 6, 2, [engine.ValidatedRow("a", "a", 40.0, 90.0, [80, 90], "improving", 1, 2),
+                                                engine.ValidatedRow("b", "b", 35.0, 95.0, [95, 95], "converged", 2, 1)],
+                          2, tau=-1.0)
+    common = {"protocol": protocol, "warnings": ["budget too small"], "validation": v}
+    g = GridRow("a1_b1.1_g1.15", 1.0, 1.1, 1.15, "complete", 95.5, 150_000_000, 2.0, 1.9, 1_300_000, 36, 2, 9.0,
+                60.0, curve=[95.0, 95.5], status="converged")
+    t = TrialRow(0, "complete", 9.5, 126.0, 7_140_000, 718_000_000, 9.5, 9.5, 2, 10.0, "F3e1x1", {}, True)
+    reports = [
+        (GridReport("s", "sqlite:///x", "efficientnet_b0", 1.0, [g], g, 1, 2, 2, 0, **common), grid_table,
+         {"base", "phi", "rows", "best", "candidates", "epochs_per_candidate", "epochs_trained", "pruned",
+          "epochs_saved", "command"}),
+        (StudyReport("st", "sqlite:///x", "efficientnet_b0", [_row("baseline", 1.0, 96.0, [95, 96])], 1, **common),
+         format_study, {"base", "rows", "candidates", "summary"}),
+        (SearchReport("a", "sqlite:///x", "v2-b0", 10, "v2", 1, 126.0, 7_140_000, 718_000_000, [t], t, **common),
+         arch_table, {"space", "space_size", "reward", "trials", "base_step_ms", "base_params", "base_flops", "rows",
+                      "best", "front"}),
+    ]
+    for rep, table, own in reports:
+        d = json.loads(json.dumps(rep.to_dict()))
+        assert set(d) == own | {"study", "storage", "protocol", "warnings", "validation", "files"}
+        assert d["protocol"] == protocol and d["warnings"] == ["budget too small"]
+        assert d["validation"]["kendall_tau"] == -1.0 and len(d["rows"]) == 1
+        lines = table(rep).splitlines()
+        assert lines[0].startswith("protocol: digits, 2 epoch(s) per trial at 64 px (base)")
+        assert lines[1] == "warning: budget too small" and set(lines[3]) == {"-"}
+        assert lines[-1].startswith("rank fidelity: Kendall tau -1.00")

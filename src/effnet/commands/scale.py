@@ -93,9 +93,13 @@ def _show(args: argparse.Namespace, rep: Any, table: str) -> int:
     return 0
 
 
-def _interruptible(fn: Any) -> Any:
-    """Ctrl-C / SIGTERM: the running candidate is recorded as unfinished; say how to go on."""
+def _lab_command(fn: Any) -> Any:
+    """A handler that trains in a study (`scale search`, `scale study`): its options are refused
+    before any training, Optuna's per-trial log is silenced, and Ctrl-C / SIGTERM (the running
+    candidate is recorded as unfinished) ends with how to go on."""
     def run(args: argparse.Namespace) -> int:
+        _check_training_options(args)
+        _quiet_optuna()
         try:
             return fn(args)
         except KeyboardInterrupt as e:
@@ -106,13 +110,11 @@ def _interruptible(fn: Any) -> Any:
     return run
 
 
-@_interruptible
+@_lab_command
 def cmd_scale_search(args: argparse.Namespace) -> int:
     from effnet.lab import search
     from effnet.lab.search import format_table
 
-    _check_training_options(args)
-    _quiet_optuna()
     rep = search(_base(args), data=args.data, epochs=args.epochs, phi=args.search_phi, step=args.step,
                  tolerance=args.tolerance, image_size=args.image_size, storage=args.storage, study=args.study,
                  workers=args.workers, prune=args.prune, out=args.out, recipe=args.recipe,
@@ -121,13 +123,11 @@ def cmd_scale_search(args: argparse.Namespace) -> int:
     return _show(args, rep, format_table(rep))
 
 
-@_interruptible
+@_lab_command
 def cmd_scale_study(args: argparse.Namespace) -> int:
     from effnet.lab import study
     from effnet.lab.compare import format_study
 
-    _check_training_options(args)
-    _quiet_optuna()
     rep = study(_base(args), data=args.data, flops=args.flops, strategies=args.strategies, epochs=args.epochs,
                 image_size=args.image_size, storage=args.storage, study_name=args.study, workers=args.workers,
                 out=args.out, recipe=args.recipe, progress=not args.no_progress, validate=args.validate,
