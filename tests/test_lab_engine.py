@@ -290,7 +290,7 @@ def test_every_study_report_writes_the_protocol_and_the_same_table_frame(tmp_pat
     import json
 
     from effnet.lab.compare import StudyReport, format_study
-    from effnet.lab.search import GridReport, GridRow
+    from effnet.lab.search import GridReport, GridTrial
     from effnet.lab.search import format_table as grid_table
     from effnet.search.run import SearchReport, TrialRow
     from effnet.search.run import format_table as arch_table
@@ -301,7 +301,7 @@ def test_every_study_report_writes_the_protocol_and_the_same_table_frame(tmp_pat
                                                 engine.ValidatedRow("b", "b", 35.0, 95.0, [95, 95], "converged", 2, 1)],
                           2, tau=-1.0)
     common = {"protocol": protocol, "warnings": ["budget too small"], "validation": v}
-    g = GridRow("a1_b1.1_g1.15", 1.0, 1.1, 1.15, "complete", 95.5, 150_000_000, 2.0, 1.9, 1_300_000, 36, 2, 9.0,
+    g = GridTrial("a1_b1.1_g1.15", 1.0, 1.1, 1.15, "complete", 95.5, 150_000_000, 2.0, 1.9, 1_300_000, 36, 2, 9.0,
                 60.0, curve=[95.0, 95.5], status="converged")
     t = TrialRow(0, "complete", 9.5, 126.0, 7_140_000, 718_000_000, 9.5, 9.5, 2, 10.0, "F3e1x1", {}, True)
     reports = [

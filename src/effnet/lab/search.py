@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class GridRow:
+class GridTrial:
     """One grid point's outcome (``state`` "complete" or "pruned"; a pruned point's top-1 is
     its last reported epoch's). ``flops`` is at the nominal size (``resolution``, what the grid
     matches), ``flops_trial`` at the size the point trained at; ``curve`` its per-epoch top-1 and
@@ -57,8 +57,8 @@ class GridReport(engine.LabReport):
 
     base: str
     phi: float
-    rows: list[GridRow]
-    best: GridRow | None
+    rows: list[GridTrial]
+    best: GridTrial | None
     candidates: int
     epochs_per_candidate: int
     epochs_trained: int
@@ -171,7 +171,7 @@ def search(
     return _write(rep, job, Path(out), spec.name)
 
 
-def _label(r: GridRow) -> str:
+def _label(r: GridTrial) -> str:
     return f"({r.alpha:g}, {r.beta:g}, {r.gamma:g})"
 
 
@@ -197,7 +197,7 @@ def report(job: engine.SpecJob, base: str, phi: float, out: str, base_name: str,
             continue
         c, u = by_key[key], t.user_attrs
         curve = [float(v) for v in u.get("curve", [])]
-        rows.append(GridRow(
+        rows.append(GridTrial(
             key=key, alpha=c.params["alpha"], beta=c.params["beta"], gamma=c.params["gamma"],
             state="complete" if t.state.name == "COMPLETE" else "pruned",
             top1=float(t.value if t.value is not None else u.get("top1", math.nan)),
@@ -244,7 +244,7 @@ def format_table(rep: GridReport) -> str:
             f"{'@trial':>8}  {'params':>8}  {'px':>4}  {'top-1':>7}  {'epochs':>6}  {'train s':>7}  {'step ms':>7}  "
             "state")
 
-    def line(r: GridRow) -> str:
+    def line(r: GridTrial) -> str:
         mark = "  <- best" if rep.best is not None and r.key == rep.best.key else ""
         return (f"{r.alpha:5.2f} {r.beta:5.2f} {r.gamma:5.2f}  {r.flops_ratio_predicted:12.3f} "
                 f"{r.flops_ratio:7.3f}  {r.flops / 1e6:7.1f}M  {r.flops_trial / 1e6:7.1f}M  "
