@@ -211,10 +211,10 @@ def _consumers(graph: object) -> dict[str, list[object]]:
 
 @pytest.mark.slow  # exports and quantises B0 (~5 s on a quiet 2-core machine)
 def test_openvino_int8_quantises_conv_inputs_and_runs_int8_convolutions(tmp_path: Path) -> None:
-    """The OpenVINO layout: activations are quantised only where a Conv reads them (a block input
-    is also read by its residual Add), never for a SiLU, SE gate or pooling (so OpenVINO can fuse
-    conv + SiLU + the next quantisation); OpenVINO's own compiled graph then reports its
-    convolutions running in 8-bit precision."""
+    """The OpenVINO layout: activations are quantised only where a Conv or a residual Add reads
+    them, never for a SiLU, SE gate or pooling (so OpenVINO can fuse conv + SiLU + the next
+    quantisation); OpenVINO's own compiled graph then reports its convolutions running in 8-bit
+    precision."""
     pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
     ov = pytest.importorskip("openvino", reason="openvino (runtime extra) is not installed")
     import onnx
@@ -231,9 +231,9 @@ def test_openvino_int8_quantises_conv_inputs_and_runs_int8_convolutions(tmp_path
     users = _consumers(graph)
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights]
     assert len(dq) > 40  # B0 has 81 convs; the stem stays float
-    for n in dq:
-        readers = {u.op_type for u in users[n.output[0]]}
-        assert "Conv" in readers and readers <= {"Conv", "Add"}, readers
+    readers = [{u.op_type for u in users[n.output[0]]} for n in dq]
+    assert all(r and r <= {"Conv", "Add"} for r in readers), readers
+    assert sum("Conv" in r for r in readers) > 40
     compiled = ov.Core().compile_model(str(s.onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
                   if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "GroupConvolution")]

@@ -487,8 +487,9 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         fallback = fp32s[fp32_best]
         fallback.int8_fallback, fallback.int8_agreement = reason, agree[best]
         return fallback
-    log.info("int8 on %s: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 on %s %.1f ms", best,
-             100 * agree[best], len(largest), ms["int8", best], fp32_best, ms["fp32", fp32_best])
+    log.info("int8 on %s: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 on %s %.1f ms (all: %s)",
+             best, 100 * agree[best], len(largest), ms["int8", best], fp32_best, ms["fp32", fp32_best],
+             ", ".join(f"{p} {r} {t:.1f} ms" for (p, r), t in ms.items()))
     int8s[best].int8_agreement = agree[best]
     return int8s[best]
 
