@@ -27,58 +27,68 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _reference(x, weight, bias, grad):
-    """Input, weight and bias gradients of the plain stride-1 "same" depthwise conv."""
+def _reference(x, weight, bias, grad, stride=1):
+    """Input, weight and bias gradients of the plain "same" depthwise conv."""
     leaves = [t.detach().clone().requires_grad_() for t in (x, weight, bias)]
     k = weight.shape[-1]
-    F.conv2d(leaves[0], leaves[1], leaves[2], 1, k // 2, 1, weight.shape[0]).backward(grad)
+    F.conv2d(leaves[0], leaves[1], leaves[2], stride, k // 2, 1, weight.shape[0]).backward(grad)
     return [t.grad for t in leaves]
 
 
-# (batch, channels, height, width, kernel): B0's 5x5 maps (8x8, 4x4), a map smaller than the
-# kernel (2x2, 1x1: the edge taps see only padding), non-square maps and a 7x7 kernel.
-SHAPES = [(2, 5, 8, 8, 5), (2, 5, 4, 4, 5), (2, 3, 2, 2, 5), (1, 4, 1, 1, 5), (3, 4, 7, 9, 5), (2, 3, 6, 5, 7),
-          (2, 3, 3, 2, 7)]
+# (batch, channels, height, width, kernel, stride): B0's 5x5 maps (8x8, 4x4, stride 2 on 8x8 and
+# 32x32), maps smaller than the kernel (2x2, 1x1: the edge taps see only padding), odd and
+# non-square maps, 7x7 and 9x9 kernels.
+SHAPES = [(2, 5, 8, 8, 5, 1), (2, 5, 4, 4, 5, 1), (2, 3, 2, 2, 5, 1), (1, 4, 1, 1, 5, 1), (3, 4, 7, 9, 5, 1),
+          (2, 3, 6, 5, 7, 1), (2, 3, 3, 2, 7, 1), (2, 5, 8, 8, 5, 2), (2, 2, 32, 32, 5, 2), (2, 3, 7, 9, 5, 2),
+          (2, 3, 9, 6, 7, 2), (2, 3, 11, 10, 9, 2), (2, 3, 3, 2, 7, 2)]
 
 
 @pytest.mark.parametrize("split", ["columns", "blocks"])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_weight_gradient_equals_pytorchs(shape, split):
-    n, c, h, w, k = shape
+    n, c, h, w, k, stride = shape
+    if split == "blocks" and stride != 1:
+        with pytest.raises(ValueError, match="stride 1"):
+            depthwise_weight_grad(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 2, 2), k, stride, split)
+        return
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
     weight = torch.randn(c, 1, k, k, generator=gen, dtype=torch.float64)
-    grad = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    _, g_w, _ = _reference(x, weight, torch.zeros(c, dtype=torch.float64), grad)
-    torch.testing.assert_close(depthwise_weight_grad(grad, x, k, split), g_w, rtol=1e-12, atol=1e-12)
+    grad = torch.randn(n, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen, dtype=torch.float64)
+    _, g_w, _ = _reference(x, weight, torch.zeros(c, dtype=torch.float64), grad, stride)
+    torch.testing.assert_close(depthwise_weight_grad(grad, x, k, stride, split), g_w, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("shape", [(2, 5, 8, 8, 5), (2, 5, 4, 4, 5), (2, 3, 6, 5, 7)])
+@pytest.mark.parametrize("shape", [(2, 5, 8, 8, 5, 1), (2, 5, 4, 4, 5, 1), (2, 3, 6, 5, 7, 1), (2, 5, 8, 8, 5, 2),
+                                   (2, 3, 9, 7, 5, 2)])
 def test_output_and_all_gradients_equal_pytorchs(shape, channels_last):
-    n, c, h, w, k = shape
+    n, c, h, w, k, stride = shape
     gen = torch.Generator().manual_seed(1)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64).contiguous(memory_format=fmt)
-    conv = nn.Conv2d(c, c, k, padding=k // 2, groups=c, bias=True).double().to(memory_format=fmt)
-    grad = torch.randn(n, c, h, w, generator=gen, dtype=torch.float64)
-    ref = _reference(x, conv.weight, conv.bias, grad)
+    conv = nn.Conv2d(c, c, k, stride, padding=k // 2, groups=c, bias=True).double().to(memory_format=fmt)
+    grad = torch.randn(n, c, (h - 1) // stride + 1, (w - 1) // stride + 1, generator=gen, dtype=torch.float64)
+    ref = _reference(x, conv.weight, conv.bias, grad, stride)
     assert fast_backward_applies(conv, x)
     leaf = x.clone().requires_grad_()
     y = depthwise_conv(leaf, conv)
-    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, 1, k // 2, 1, c), rtol=0, atol=0)
+    torch.testing.assert_close(y, F.conv2d(x, conv.weight, conv.bias, stride, k // 2, 1, c), rtol=0, atol=0)
     y.backward(grad)
     for got, want in zip((leaf.grad, conv.weight.grad, conv.bias.grad), ref):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-def test_only_stride1_same_padded_depthwise_convs_on_the_cpu_apply():
+def test_only_same_padded_depthwise_convs_on_the_cpu_apply():
     x = torch.randn(1, 4, 8, 8)
     assert fast_backward_applies(nn.Conv2d(4, 4, 5, padding=2, groups=4), x)
     assert fast_backward_applies(nn.Conv2d(4, 4, 7, padding=3, groups=4), x)
+    assert fast_backward_applies(nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4), x)
+    assert fast_backward_applies(nn.Conv2d(4, 4, 5, padding=2, groups=4), x[..., :4, :4])
+    assert not fast_backward_applies(nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4), x[..., :4, :4])
     refused = [
         nn.Conv2d(4, 4, 3, padding=1, groups=4),  # 3x3: oneDNN's own weight gradient is fast
-        nn.Conv2d(4, 4, 5, stride=2, padding=2, groups=4),  # strided
+        nn.Conv2d(4, 4, 5, stride=3, padding=2, groups=4),  # stride 3
         nn.Conv2d(4, 4, 5, padding=4, dilation=2, groups=4),  # dilated
         nn.Conv2d(4, 4, 5, padding=1, groups=4),  # not "same"
         nn.Conv2d(4, 4, (5, 3), padding=(2, 1), groups=4),  # not square
@@ -121,11 +131,12 @@ def test_convbnact_trains_through_it_with_the_plain_gradients():
 
 
 def test_b0_training_gradients_equal_the_plain_model():
-    # The whole network in float32 at its smallest input: every 5x5 depthwise weight gradient
-    # through the blocks, the rest bit-identical.
+    # The whole network in float32: every 5x5 depthwise weight gradient through the blocks
+    # (64 px: the stride-2 5x5 convs see 16x16 and 4x4 maps, the stride-1 ones 8x8 to 2x2),
+    # the rest bit-identical.
     torch.manual_seed(0)
     model = create_model("efficientnet_b0", num_classes=10).train()
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(2, 3, 64, 64)
     y = torch.randint(0, 10, (2,))
     grads = []
     for lean in (False, True):
