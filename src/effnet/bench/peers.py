@@ -180,7 +180,7 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
         return runner
     if variant == "memory-saving":
         if not hasattr(model, "set_grad_checkpointing"):
-            raise Unavailable("EfficientNet.set_grad_checkpointing is not available in this effnet")
+            raise Unavailable("ConvNet.set_grad_checkpointing is not available in this effnet")
         model.set_grad_checkpointing(True)
         return runner
     if variant in ("ort", "openvino", "ort-int8"):

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from effnet.model import EfficientNet, build
+from effnet.model import ConvNet, build
 from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec
 
@@ -225,7 +225,7 @@ def profile_model(
     params = count_params(meta_net)
     flops = count_flops(meta_net, res)
     del meta_net
-    net: EfficientNet | None = build(spec) if memory or timing else None
+    net: ConvNet | None = build(spec) if memory or timing else None
     act = activation_memory(net, res, batch) if memory and net is not None else None
     lat = latency(net, res, batch, runs=runs, threads=threads) * 1e3 if timing and net is not None else None
     return Profile(model=spec.name, resolution=res, params=params, flops=flops, activation_bytes=act,

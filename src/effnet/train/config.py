@@ -128,7 +128,7 @@ class TrainConfig:
                       choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = option(True, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model")
-    # Activation checkpointing (EfficientNet.set_grad_checkpointing); the memory-saving BN+SiLU
+    # Activation checkpointing (ConvNet.set_grad_checkpointing); the memory-saving BN+SiLU
     # and SE ops (effnet.layers.activations) are on in every run, they cost no time.
     memory_saving: bool = option(False, "recompute each block's activations in the backward pass instead of "
                                         "keeping them: much less training memory for about one extra forward "

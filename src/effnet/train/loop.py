@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from effnet.data import UNREADABLE, AugmentSettings, SkipLog, Stage, TrainAugment, stage_at
-from effnet.model import EfficientNet
+from effnet.model import ConvNet
 from effnet.preprocessing import Normalize, Preprocessing
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
@@ -73,7 +73,7 @@ class Run:
     device: torch.device
     amp_dtype: torch.dtype | None
     data: Data
-    model: EfficientNet  # the plain network: its state_dict is what checkpoints hold
+    model: ConvNet  # the plain network: its state_dict is what checkpoints hold
     ema: ModelEMA | None
     forward: nn.Module  # what a step calls: the model, wrapped by DDP and/or torch.compile
     normalize: Normalize

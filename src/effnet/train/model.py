@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from effnet.model import EfficientNet, build
+from effnet.model import ConvNet, build
 from effnet.registry import get_spec
 from effnet.scaling import scale
 from effnet.specs.base import ModelSpec
@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 
 # --- the network -------------------------------------------------------------------------------
-def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = None) -> EfficientNet:
+def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = None) -> ConvNet:
     """The network to train: ``spec`` when given (a trial's candidate, or the architecture a
     resumed run recorded, whose weights come from the resume state); else, with ``weights``, the
     file's own architecture and weights, with a new head when the class count differs (the
@@ -63,7 +63,7 @@ def build_model(cfg: TrainConfig, num_classes: int, spec: ModelSpec | None = Non
 
 
 def prepare_model(cfg: TrainConfig, d: distributed.Dist, device: torch.device,
-                  model: EfficientNet) -> tuple[EfficientNet, ModelEMA | None, nn.Module]:
+                  model: ConvNet) -> tuple[ConvNet, ModelEMA | None, nn.Module]:
     """``(model, ema, forward)``: the network made ready to train, its weight average, and
     what a step calls."""
     if cfg.freeze_backbone:

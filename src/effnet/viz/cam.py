@@ -12,8 +12,8 @@ Two methods, both on the network's last feature map (stride 32):
   It works at any layer (``layer="stages.4"``); at the last feature map of a GAP + linear head
   the gradient is ``W[k, c] / (h * w)`` everywhere, so Grad-CAM there is ``ReLU(CAM) / (h * w)``.
 
-Both are a few lines on top of :meth:`EfficientNet.forward_features` and
-:meth:`EfficientNet.forward_head`, so no attribution library is needed (captum's
+Both are a few lines on top of :meth:`ConvNet.forward_features` and
+:meth:`ConvNet.forward_head`, so no attribution library is needed (captum's
 ``LayerGradCam`` serves as the tests' independent reference).
 
 Images: the map is drawn over the *original* image, whatever its aspect ratio. ``view="full"``
@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from effnet.model import EfficientNet
+from effnet.model import ConvNet
 from effnet.preprocessing import Preprocessing, center_crop_geometry, resample
 from effnet.viz.plots import pyplot, save_fig
 
@@ -61,7 +61,7 @@ class CamOutput:
 
 
 def class_activation_maps(
-    model: EfficientNet, x: torch.Tensor, target: int | Sequence[int] | None = None, *, method: str = "cam",
+    model: ConvNet, x: torch.Tensor, target: int | Sequence[int] | None = None, *, method: str = "cam",
     layer: str | None = None,
 ) -> CamOutput:
     """CAM or Grad-CAM of ``model`` (an effnet network, evaluated in eval mode) for normalised
@@ -70,8 +70,8 @@ def class_activation_maps(
     explained (``"stages.4"``...; default the final feature map, ``"head"``)."""
     if method not in CAM_METHODS:
         raise ValueError(f"method: expected one of {', '.join(CAM_METHODS)}, got {method!r}")
-    if not isinstance(model, EfficientNet):
-        raise TypeError(f"class_activation_maps: expected an effnet EfficientNet, got {type(model).__name__}")
+    if not isinstance(model, ConvNet):
+        raise TypeError(f"class_activation_maps: expected an effnet ConvNet, got {type(model).__name__}")
     if not isinstance(model.classifier, nn.Linear):
         raise ValueError("class_activation_maps: the model has no classifier (num_classes=0); "
                          "load a model with a classification head")
@@ -101,7 +101,7 @@ def _targets(target: int | Sequence[int] | None, logits: torch.Tensor) -> torch.
 
 
 @torch.no_grad()
-def _cam(model: EfficientNet, x: torch.Tensor, target: int | Sequence[int] | None) -> CamOutput:
+def _cam(model: ConvNet, x: torch.Tensor, target: int | Sequence[int] | None) -> CamOutput:
     feats = model.forward_features(x)  # (N, C, h, w)
     logits = model.forward_head(feats)
     t = _targets(target, logits)
@@ -110,7 +110,7 @@ def _cam(model: EfficientNet, x: torch.Tensor, target: int | Sequence[int] | Non
     return CamOutput(maps.float(), logits.float(), t)
 
 
-def _gradcam(model: EfficientNet, x: torch.Tensor, target: int | Sequence[int] | None, layer: str) -> CamOutput:
+def _gradcam(model: ConvNet, x: torch.Tensor, target: int | Sequence[int] | None, layer: str) -> CamOutput:
     try:
         module = model.get_submodule(layer)
     except AttributeError:
@@ -250,7 +250,7 @@ def to_image_map(raw: torch.Tensor, image_size: tuple[int, int], box: tuple[floa
 
 
 def image_cam(
-    model: EfficientNet, image: Image.Image, geometry: Preprocessing, normalize: Callable[[torch.Tensor], torch.Tensor],
+    model: ConvNet, image: Image.Image, geometry: Preprocessing, normalize: Callable[[torch.Tensor], torch.Tensor],
     class_names: Sequence[str], *, method: str = "cam", target: int | None = None, view: str = "full",
     topk: int = 3, layer: str | None = None,
 ) -> ImageCam:
