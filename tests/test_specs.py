@@ -194,3 +194,17 @@ def test_v2_tables_are_the_official_block_strings(name):
         assert stage.op == ("fused" if f.get("c") == "1" else "mbconv")
         assert stage.se == float(f.get("se", 0.0))
         in_ch = stage.channels
+
+
+def test_malformed_spec_file_names_the_file_and_line(tmp_path):
+    """A YAML syntax error is reported as the file, line and column, in one line (the parser's
+    own text says "<unicode string>" and spans several lines)."""
+    from effnet.specs.base import ModelSpec
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nstages: [1, 2\n")  # the list is never closed: the parser fails at line 3
+    with pytest.raises(ValueError) as info:
+        ModelSpec.load(bad)
+    message = str(info.value)
+    assert str(bad) in message and "line 3, column 1" in message
+    assert "<unicode string>" not in message and "\n" not in message

@@ -280,12 +280,24 @@ class ModelSpec:
             text = path.read_text()
             return cls.from_yaml(text) if path.suffix in (".yaml", ".yml") else cls.from_json(text)
         except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            # The parser's own message names "<unicode string>" and spans lines: say which file.
-            reason = " ".join(str(e).split())
-            raise ValueError(f"{path}: not a readable spec file ({type(e).__name__}: {reason}); expected a "
+            # The parser's own message names "<unicode string>" and spans lines: say which file,
+            # and where in it, in one line.
+            reason = _parse_error_reason(e)
+            raise ValueError(f"{path}: not a readable spec file ({reason}); expected a "
                              f"YAML/JSON spec such as `effnet.get_spec(NAME).save(PATH)` writes") from e
         except TypeError as e:  # a field of the wrong type (a list where a number belongs ...)
             raise ValueError(f"{path}: a spec field has the wrong type ({e})") from e
+
+
+def _parse_error_reason(e: Exception) -> str:
+    """One line for a YAML/JSON parse error: ``line L, column C: problem`` where the parser says."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None)
+    if mark is not None and problem:
+        context = getattr(e, "context", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}"
+        return f"{type(e).__name__}: {where}: {problem}" + (f" ({context})" if context else "")
+    return f"{type(e).__name__}: " + " ".join(str(e).split())
 
 
 def _stage_dict(stage: StageSpec) -> dict[str, Any]:
