@@ -211,8 +211,8 @@ def _consumers(graph: object) -> dict[str, list[object]]:
 
 @pytest.mark.slow  # exports and quantises B0 (~5 s on a quiet 2-core machine)
 def test_openvino_int8_quantises_conv_inputs_and_runs_int8_convolutions(tmp_path: Path) -> None:
-    """The OpenVINO layout: activations are quantised only where a Conv or a residual Add reads
-    them, never for a SiLU, SE gate or pooling (so OpenVINO can fuse conv + SiLU + the next
+    """The OpenVINO layout: activations are quantised only where a Conv, a residual Add or an SE
+    gate's Mul reads them (the SE pooling reads the gate's input too), never inside a SiLU (so OpenVINO can fuse conv + SiLU + the next
     quantisation); OpenVINO's own compiled graph then reports its convolutions running in 8-bit
     precision."""
     pytest.importorskip("onnxruntime", reason="onnxruntime (runtime extra) is not installed")
@@ -231,9 +231,23 @@ def test_openvino_int8_quantises_conv_inputs_and_runs_int8_convolutions(tmp_path
     users = _consumers(graph)
     dq = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] not in weights]
     assert len(dq) > 40  # B0 has 81 convs; the stem stays float
-    readers = [{u.op_type for u in users[n.output[0]]} for n in dq]
-    assert all(r and r <= {"Conv", "Add"} for r in readers), readers
-    assert sum("Conv" in r for r in readers) > 40
+    sigmoid_of = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "Sigmoid"}
+    readers = [users[n.output[0]] for n in dq]
+    assert all(r and {u.op_type for u in r} <= {"Conv", "Add", "Mul", "ReduceMean"} for r in readers)
+    assert sum(any(u.op_type == "Conv" for u in r) for r in readers) > 40
+    # Every quantised Mul is an SE gate (x * sigmoid(s), s pooled from x); no SiLU x * sigmoid(x)
+    # (a dequantised operand's source is the QuantizeLinear input, the float tensor itself).
+    muls = {u.name: u for r in readers for u in r if u.op_type == "Mul"}
+    assert len(muls) == 16  # B0's 16 MBConv blocks each have one SE gate
+    producers = {o: n for n in graph.node for o in n.output}
+
+    def source(name: str) -> str:  # the float tensor behind a DequantizeLinear(QuantizeLinear(x))
+        dq = producers.get(name)
+        return producers[dq.input[0]].input[0] if dq is not None and dq.op_type == "DequantizeLinear" else name
+
+    for mul in muls.values():
+        a, b = (source(i) for i in mul.input)
+        assert sigmoid_of.get(a) != b and sigmoid_of.get(b) != a, mul.name
     compiled = ov.Core().compile_model(str(s.onnx_path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     precisions = [op.get_rt_info()["runtimePrecision"].astype(str) for op in compiled.get_runtime_model().get_ordered_ops()
                   if op.get_rt_info()["layerType"].astype(str) in ("Convolution", "GroupConvolution")]
