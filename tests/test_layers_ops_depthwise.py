@@ -131,12 +131,12 @@ def test_convbnact_trains_through_it_with_the_plain_gradients():
 
 
 def test_b0_training_gradients_equal_the_plain_model():
-    # The whole network in float32: every 5x5 depthwise weight gradient through the blocks
-    # (64 px: the stride-2 5x5 convs see 16x16 and 4x4 maps, the stride-1 ones 8x8 to 2x2),
-    # the rest bit-identical.
+    # The whole network: every 5x5 depthwise conv's gradients through depthwise_conv (64 px:
+    # the stride-2 5x5 convs see 16x16 and 4x4 maps, the stride-1 ones 8x8 to 2x2). float64:
+    # BatchNorm over the few values of the smallest maps amplifies float32 rounding.
     torch.manual_seed(0)
-    model = create_model("efficientnet_b0", num_classes=10).train()
-    x = torch.randn(2, 3, 64, 64)
+    model = create_model("efficientnet_b0", num_classes=10).train().double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     y = torch.randint(0, 10, (2,))
     grads = []
     for lean in (False, True):
@@ -147,6 +147,10 @@ def test_b0_training_gradients_equal_the_plain_model():
         grads.append({n: p.grad for n, p in m.named_parameters()})
     dw = [n for n in grads[0] if n.endswith("conv_dw.conv.weight") and grads[0][n].shape[-1] == 5]
     assert len(dw) == 9  # B0's MBConv5 blocks (EfficientNet Table 1: stages 3, 5 and 6 = 2 + 3 + 4)
+    # Relative to the tensor's largest gradient, or to 1e-3 of the model's largest where that is
+    # smaller: a BN bias followed (through linear ops) by another BN has a gradient that is 0 in
+    # exact arithmetic, i.e. rounding noise, which any regrouped sum changes entirely.
+    top = max(g.abs().max() for g in grads[0].values())
     for n, g0 in grads[0].items():
-        err = (grads[1][n] - g0).abs().max() / g0.abs().max().clamp_min(1e-30)
-        assert err < 1e-5, (n, err.item())
+        err = (grads[1][n] - g0).abs().max() / torch.maximum(g0.abs().max(), 1e-3 * top)
+        assert err < 1e-9, (n, err.item())
