@@ -84,9 +84,12 @@ def _step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lean: bool, che
 
 @pytest.mark.parametrize(("name", "channels_last"), [(name, False) for name in MODELS] + [("b0", True)])
 def test_gradients_and_bn_statistics_equal_the_plain_model(name, channels_last):
-    model = MODELS[name]
+    # float64: the lean ops regroup sums (matmuls for conv, blocks of the depthwise weight
+    # gradient), and float32 rounding, amplified by BatchNorm over 4 values at the 1x1 maps of a
+    # 32 px input, would swamp the comparison; in float64 it stays ~1e-12.
+    model = copy.deepcopy(MODELS[name]).double()
     torch.manual_seed(2)
-    x = torch.randn(4, 3, 32, 32)  # (B, C, H, W): the smallest input, to keep the test fast
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)  # (B, C, H, W): the smallest input, to keep the test fast
     y = torch.randint(0, 10, (4,))
     if channels_last:
         model = copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -95,14 +98,17 @@ def test_gradients_and_bn_statistics_equal_the_plain_model(name, channels_last):
     assert all(g is not None for g in grads0.values())
     for lean, checkpointing in [(True, False), (False, True), (True, True)]:
         loss, grads, bufs = _step(model, x, y, lean=lean, checkpointing=checkpointing)
-        torch.testing.assert_close(loss, loss0, rtol=1e-6, atol=0)
+        torch.testing.assert_close(loss, loss0, rtol=1e-12, atol=0)
+        # Relative to the tensor's largest gradient, or to 1e-3 of the model's largest where that
+        # is smaller: BN biases followed (through linear ops) by another BN have a gradient that
+        # is 0 in exact arithmetic, i.e. rounding noise, which any regrouped sum changes entirely.
+        top = max(g.abs().max() for g in grads0.values())
         for k, g0 in grads0.items():
-            # relative to the tensor's largest gradient: tiny entries carry no information
-            err = (grads[k] - g0).abs().max() / g0.abs().max().clamp_min(1e-30)
-            assert err < 1e-5, (name, lean, checkpointing, k, err.item())
+            err = (grads[k] - g0).abs().max() / torch.maximum(g0.abs().max(), 1e-3 * top)
+            assert err < 1e-9, (name, lean, checkpointing, k, err.item())
         # Running mean/var updated once (not again by the recomputation), batches counted once.
         for k, b0 in bufs0.items():
-            torch.testing.assert_close(bufs[k], b0, rtol=1e-6, atol=1e-7, msg=f"{name} {k}")
+            torch.testing.assert_close(bufs[k], b0, rtol=1e-12, atol=1e-12, msg=f"{name} {k}")
     # One step did move the statistics, so the comparison above means something.
     fresh = dict(model.named_buffers())
     assert any(not torch.equal(fresh[k], v) for k, v in bufs0.items() if k.endswith("running_mean"))

@@ -3,9 +3,10 @@
 On the CPU, PyTorch computes a depthwise convolution's gradients with oneDNN, whose weight
 gradient has a fast kernel only for kernels at most 3 wide: a 5x5 depthwise weight gradient
 (EfficientNet's MBConv5 blocks, EfficientNet Table 1) takes 5-30x the time of the forward
-convolution. :func:`depthwise_conv` runs the same forward convolution and PyTorch's own input
-gradient (fast already, and bit-identical, so nothing upstream of the conv changes), and
-computes the weight gradient of a "same"-padded depthwise conv (odd k >= 5, padding k // 2,
+convolution. :func:`depthwise_conv` runs the same forward convolution; at stride 1 it computes
+the input gradient as the forward convolution of the output gradient with the flipped kernel
+(a stride-1 transposed convolution is a convolution; oneDNN runs it at forward speed, 2-3x its
+own input gradient for 5x5); and it computes the weight gradient of a "same"-padded depthwise conv (odd k >= 5, padding k // 2,
 stride 1 or 2) from calls that get the fast kernel: the k x k taps are split into blocks, each
 block a weight-gradient call of its own size whose padding puts it in place, with the output
 gradient shifted where the block's padding cannot (a shift only ever drops terms that meet the
@@ -20,7 +21,7 @@ zero padding for the taps taken from that block, so each tap's sum is exact):
 
 Dilated and 3x3 convs, other strides, even kernels, other paddings, stride 2 on maps under
 6 px, non-CPU tensors and autocast keep PyTorch's own backward (their kernels are not the slow
-ones, or the split does not apply or was not measured faster). The weight gradient equals
+ones, or the split does not apply or was not measured faster). The gradients equal
 ``F.conv2d``'s up to float summation order (``tests/test_layers_ops_depthwise.py``).
 """
 
@@ -133,9 +134,11 @@ class _DepthwiseConv(torch.autograd.Function):
         need_x, need_w, need_b, _ = ctx.needs_input_grad
         k, s = weight.shape[-1], ctx.stride
         g_x = None
-        if need_x:
-            # PyTorch's own input gradient (oneDNN's is fast; keeping it keeps every gradient
-            # upstream of this conv bit-identical to the plain module's).
+        if need_x and s == 1:
+            # A stride-1 transposed conv with padding p is the conv with the flipped kernel and
+            # padding k - 1 - p (= p): oneDNN runs it at forward speed, 2-3x its own input gradient.
+            g_x = F.conv2d(grad, weight.flip(2, 3), None, 1, k // 2, 1, weight.shape[0])
+        elif need_x:
             g_x = torch.ops.aten.convolution_backward(
                 grad, x, weight, None, [s, s], [k // 2, k // 2], [1, 1], False, [0, 0], weight.shape[0],
                 [True, False, False])[0]
