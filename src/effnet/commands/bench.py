@@ -12,8 +12,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser(
         "bench", help="inference latency/throughput, training speed and peak memory of effnet vs the peers",
-        description="Measure effnet (plain, fast, its ONNX Runtime and OpenVINO sessions, int8 through torch and "
-                    "through ONNX Runtime; training default and memory-saving) next to every peer library "
+        description="Measure effnet (plain, fast, its ONNX Runtime and OpenVINO sessions, int8 through torch, "
+                    "ONNX Runtime and OpenVINO; training default and memory-saving) next to every peer library "
                     "importable in this Python (torchvision, timm, Keras 3, efficientnet_pytorch, and plain "
                     "ONNX Runtime on a peer's own export), interleaved across libraries; print medians and the "
                     "ratios effnet cost / peer cost (< 1: effnet cheaper; effnet's side is its fastest fp32 "

@@ -25,8 +25,8 @@ Lite0, both faster than the torch path (benchmarks/reference/2026-12-04_runtimes
 int8 (:func:`int8_session`) runs on either runtime, each with the QDQ layout its kernels fuse
 best (:func:`effnet.deploy.quantize.quantize_onnx`); ``runtime="auto"`` times both and keeps the
 fastest int8 that agrees with fp32. On the same 2-core x86 CPU (AVX-512 VNNI), batch 32, OpenVINO's
-int8 was ~2x fp32 ONNX Runtime for B0 and Lite0 against ~1.35x / ~1.75x for ONNX Runtime's own
-(benchmarks/reference/2026-12-05_int8_*: a busy machine).
+int8 ran 1.6x to 1.9x (B0) and 2.5x to 3.2x (Lite0) the faster fp32 session, ONNX Runtime's own
+1.4x to 1.6x and ~2x (benchmarks/reference/2026-12-05_int8_*: a busy machine).
 """
 
 from __future__ import annotations
