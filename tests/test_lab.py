@@ -128,17 +128,17 @@ def test_fit_max_flops_is_the_largest_under_the_budget():
 
 
 def test_fit_max_params_and_latency(monkeypatch):
-    r = fit("efficientnet_b0", max_params="10M")
-    assert r.best.params <= 10e6 < r.next_larger.params
+    r = fit("efficientnet_b0", max_params="6M")
+    assert r.best.params <= 6e6 < r.next_larger.params
     # The latency budget's search, with a stand-in clock so the answer does not depend on the
-    # machine's load: 1 ns per parameter. A 10 ms budget is then the 10M-parameter budget, and
+    # machine's load: 1 ns per parameter. A 6 ms budget is then the 6M-parameter budget, and
     # must pick the same model (the real clock is exercised by the slow test below).
     monkeypatch.setattr(effnet.profile, "latency",
                         lambda model, size, batch=1, runs=3: 1e-9 * sum(p.numel() for p in model.parameters()))
-    lat = fit("efficientnet_b0", max_latency="10ms")
+    lat = fit("efficientnet_b0", max_latency="6ms")
     assert lat.best.phi == r.best.phi and lat.best.latency_ms == pytest.approx(r.best.params * 1e-6)
     assert all(c.latency_ms is not None for c in lat.tried)
-    assert lat.next_larger is not None and lat.next_larger.latency_ms > 10
+    assert lat.next_larger is not None and lat.next_larger.latency_ms > 6
 
 
 @pytest.mark.slow  # times real models (B0 and larger at their own sizes): minutes on a loaded CPU
