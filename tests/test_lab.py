@@ -184,3 +184,22 @@ def test_validate_retrains_candidates_longer_and_reports_kendall_tau(tmp_path, b
     saved = json.loads((out / "results.json").read_text())
     assert saved["validation"]["kendall_tau"] == pytest.approx(v.tau)
     assert "rank fidelity: Kendall tau" in (out / "table.txt").read_text()
+
+
+def test_a_bad_storage_is_refused_before_the_grid_or_study_is_measured(tmp_path, monkeypatch, base):
+    """Measuring the grid or matching FLOPs costs seconds to minutes: an unopenable storage URL
+    is refused first."""
+    import effnet.lab.compare
+    import effnet.lab.search
+    from effnet.lab.store import StudyError
+
+    def measured(*args, **kwargs):
+        raise AssertionError("measured before the storage was checked")
+
+    monkeypatch.setattr(effnet.lab.search, "grid_candidates", measured)
+    monkeypatch.setattr(effnet.lab.compare, "solve_phi", measured)
+    bad = f"sqlite:///{tmp_path}/no-such-dir/x/s.db"
+    with pytest.raises(StudyError, match="cannot open the study storage"):
+        search(base, storage=bad, out=tmp_path / "s", **TINY)
+    with pytest.raises(StudyError, match="cannot open the study storage"):
+        study(base, flops=[2], storage=bad, out=tmp_path / "t", **TINY)

@@ -190,6 +190,9 @@ def study(
                          f"{', '.join(f'{m:g}' for m in too_big)} (e.g. --flops 2,4)")
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
+    out = Path(out)
+    storage = storage or store.default_storage(out)
+    store.check_storage(storage)  # before the candidates are matched and measured
     matched = [solve_phi(spec, s, m, tolerance=tolerance) for s in strategies for m in flops]
     base_flops = effnet.profile.count_flops(spec)
     candidates = [store.Candidate("baseline", {"phi": 0.0}, {"strategy": "baseline", "multiple": 1.0,
@@ -202,8 +205,6 @@ def study(
                                                                "flops": m.flops, "flops_ratio": m.flops_ratio}))
         specs[key] = m.spec.to_dict()
         sizes[key] = budget.scaled_size(m.spec.resolution / spec.resolution)
-    out = Path(out)
-    storage = storage or store.default_storage(out)
     study_name = study_name or f"study-{spec.name}"
     settings = {"kind": "scale-study", "base": budget.base_id, "flops": sorted(flops),
                 "strategies": sorted(strategies), "tolerance": tolerance, **budget.settings}

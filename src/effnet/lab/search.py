@@ -135,9 +135,10 @@ def search(
     engine.check_run(workers, validate)
     spec = base_spec(base)
     budget = trial_budget(spec, data=data, epochs=epochs, image_size=image_size, recipe=recipe, overrides=overrides)
-    candidates = grid_candidates(spec, phi, step, tolerance)
     out = Path(out)
     storage = storage or store.default_storage(out)
+    store.check_storage(storage)  # before the grid is measured
+    candidates = grid_candidates(spec, phi, step, tolerance)
     study = study or f"scale-{spec.name}-phi{phi:g}"
     settings = {"kind": "scale-search", "base": budget.base_id, "phi": phi, "step": step,
                 "tolerance": tolerance, "prune": prune, **budget.settings}

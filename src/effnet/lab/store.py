@@ -97,6 +97,16 @@ def _storage(url: str, heartbeat: int) -> Any:
                          "server is running and reachable, and the credentials") from e
 
 
+def check_storage(url: str) -> None:
+    """Open ``url`` once (creating an SQLite file and its tables) and refuse it with
+    :class:`StudyError` if it cannot be: called before a grid or a study is measured, so a bad
+    URL is reported at once, not after a minute of counting FLOPs."""
+    storage = _storage(url, HEARTBEAT_S)
+    engine = getattr(storage, "engine", None)
+    if engine is not None:
+        engine.dispose()
+
+
 def open_study(
     storage: str, name: str, settings: Mapping[str, Any], *, direction: str = "maximize",
     prune: bool = False, heartbeat: int = HEARTBEAT_S, directions: list[str] | None = None,
