@@ -88,8 +88,9 @@ def _optimized(model: nn.Module, path: str, example: torch.Tensor,
     :func:`effnet.deploy.runtime.session` of the weight file (its export cached beside it)."""
     if runtime != "torch":
         source = weights if weights is not None else model
-        if path == "int8":  # ONNX Runtime's static int8, or its fp32 session when int8 does not pay
-            return int8_session(source, calibration or [example], resolution=int(example.shape[-1]))
+        if path == "int8":  # static int8 on ``runtime`` (auto: the fastest that agrees), else fp32
+            return int8_session(source, calibration or [example], runtime=runtime,
+                                resolution=int(example.shape[-1]))
         return session(source, runtime, resolution=int(example.shape[-1]))
     if path == "plain":
         return model
@@ -108,11 +109,10 @@ def _route(path: str, runtime: str, device: torch.device) -> str:
         raise ValueError(f"--runtime {runtime} runs on the CPU; use --device cpu (or --runtime torch on {device})")
     if device.type != "cpu" or (runtime == "auto" and path == "plain"):
         return "torch"
-    if path == "int8":  # int8: ONNX Runtime's static QDQ model when installed (auto), else torch's FX one
-        if runtime == "openvino":
-            raise ValueError("--int8 runs on --runtime onnxruntime or torch (openvino runs the fp32 model)")
-        if runtime == "auto":
-            return "onnxruntime" if "onnxruntime" in available_runtimes() else "torch"
+    if path == "int8" and runtime == "auto":
+        # int8: the quantiser is ONNX Runtime's; with it installed, every installed runtime's int8
+        # is tried and the fastest that agrees with fp32 is kept (int8_session); else torch's FX one.
+        return "auto" if "onnxruntime" in available_runtimes() else "torch"
     return runtime
 
 
@@ -120,7 +120,7 @@ def describe_path(path: str) -> str:
     """One line naming the inference path (``fast:onnxruntime``: a runtime session), for the CLI."""
     path, _, runtime = path.partition(":")
     if runtime:
-        what = "int8 (static QDQ, calibrated on the inputs)" if path == "int8" else f"{path} fp32"
+        what = "int8 (static, calibrated on the inputs)" if path == "int8" else f"{path} fp32"
         return f"{what} on {describe(runtime)}"
     return {
         "plain": "plain (eval-mode model as loaded)",
