@@ -220,9 +220,7 @@ def test_effnet_runtime_sessions_give_the_plain_logits():
     r = build_runner("effnet", "ort-int8", "tinynet_e", 64)
     assert r.module.precision == "int8" and r.forward(r.prepare(x)).shape == (2, 1000)
     if "openvino" in variants:
-        from effnet.bench.run import _build
-
-        r = _build("effnet", "openvino-int8", "tinynet_e", 64, "cpu")
+        r = build_runner("effnet", "openvino-int8", "tinynet_e", 64)
         assert (r.module.runtime, r.module.precision) == ("openvino", "int8") and r.params == plain.params
         assert r.roles == ("inference",) and r.forward(r.prepare(x)).shape == (2, 1000)
 

@@ -183,7 +183,7 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
             raise Unavailable("ConvNet.set_grad_checkpointing is not available in this effnet")
         model.set_grad_checkpointing(True)
         return runner
-    if variant in ("ort", "openvino", "ort-int8"):
+    if variant in ("ort", "openvino", "ort-int8", "openvino-int8"):
         return _effnet_session(runner, model, variant, resolution, device)
     example = _cl(torch.randn(1, 3, resolution, resolution, device=device))  # (B, C, H, W)
     kwargs: dict[str, object] = {}
@@ -204,19 +204,22 @@ def _effnet_session(runner: Runner, model: nn.Module, variant: str, resolution: 
     """effnet's runtime sessions (effnet.deploy.runtime) on its verified ONNX export, CPU only."""
     if device.type != "cpu":
         raise Unavailable(f"effnet[{variant}] runs on the CPU (ONNX Runtime / OpenVINO CPU); device is {device.type}")
-    needs = "openvino" if variant == "openvino" else "onnxruntime"
-    if needs not in runtime.available_runtimes():
-        raise Unavailable(f"{needs} is not installed (pip install 'effnet[runtime]')")
+    on = "openvino" if variant.startswith("openvino") else "onnxruntime"
+    # int8 on either runtime is made by ONNX Runtime's quantiser
+    needs = [r for r in dict.fromkeys((on, "onnxruntime" if variant.endswith("int8") else on))
+             if r not in runtime.available_runtimes()]
+    if needs:
+        raise Unavailable(f"{' and '.join(needs)} not installed (pip install 'effnet[runtime]')")
     params = count_params(model)
     model = model.eval().to(memory_format=torch.contiguous_format)
     try:
-        if variant == "ort-int8":
+        if variant.endswith("int8"):
             gen = torch.Generator().manual_seed(0)
             calibration = [torch.randn(2, 3, resolution, resolution, generator=gen) for _ in range(4)]
             # Random weights: the agreement and speed guards would judge noise, so int8 is measured as is.
-            module = runtime.int8_session(model, calibration, resolution=resolution, require_gain=False)
+            module = runtime.int8_session(model, calibration, runtime=on, resolution=resolution, require_gain=False)
         else:
-            module = runtime.session(model, "onnxruntime" if variant == "ort" else "openvino", resolution=resolution)
+            module = runtime.session(model, on, resolution=resolution)
     except Exception as e:  # a variant that fails here must not stop the others being measured
         raise Unavailable(f"effnet.deploy.runtime ({variant}) failed: {type(e).__name__}: {e}") from e
     # Sessions take contiguous NCHW (a zero-copy numpy view); no channels-last conversion.

@@ -51,7 +51,6 @@ from effnet.bench.peers import (
     use_keras_torch_backend,
     versions,
 )
-from effnet.deploy import runtime
 from effnet.files import atomic_write
 from effnet.registry import get_spec
 
@@ -218,32 +217,6 @@ def _cuda_graph(runner: Runner, x: object, cfg: Config) -> Any:
     return graph.replay
 
 
-def _openvino_int8(name: str, res: int, device: torch.device | str) -> Runner:
-    """effnet[openvino-int8]: :func:`effnet.deploy.runtime.int8_session` on OpenVINO, calibrated
-    and built exactly as effnet[ort-int8] (four random batches of two; random weights, so
-    without the agreement and speed checks), from the network effnet[plain] measures."""
-    if torch.device(device).type != "cpu":
-        raise Unavailable(f"effnet[openvino-int8] runs on the CPU (OpenVINO CPU); device is {device}")
-    missing = [r for r in ("onnxruntime", "openvino") if r not in runtime.available_runtimes()]
-    if missing:  # ONNX Runtime's quantiser makes the model OpenVINO runs
-        raise Unavailable(f"{' and '.join(missing)} not installed (pip install 'effnet[runtime]')")
-    plain = build_runner("effnet", "plain", name, res, device)
-    model = plain.module.eval().to(memory_format=torch.contiguous_format)
-    gen = torch.Generator().manual_seed(0)
-    calibration = [torch.randn(2, 3, res, res, generator=gen) for _ in range(4)]
-    try:
-        module = runtime.int8_session(model, calibration, runtime="openvino", resolution=res, require_gain=False)
-    except Exception as e:  # a variant that fails here must not stop the others being measured
-        raise Unavailable(f"effnet.deploy.runtime (openvino-int8) failed: {type(e).__name__}: {e}") from e
-    return Runner("effnet", "openvino-int8", plain.lib_model, module, roles_of("effnet", "openvino-int8"),
-                  n_params=plain.params)
-
-
-def _build(lib: str, variant: str, name: str, res: int, device: torch.device | str) -> Runner:
-    return _openvino_int8(name, res, device) if (lib, variant) == ("effnet", "openvino-int8") else \
-        build_runner(lib, variant, name, res, device)
-
-
 def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, dict[str, Any]]) -> dict[str, Runner]:
     runners: dict[str, Runner] = {}
     for lib, variant in candidates(cfg.libs):
@@ -251,7 +224,7 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
             continue
         entry = entries.setdefault(label_of(lib, variant), _entry(lib, variant))
         try:
-            runner = _build(lib, variant, name, res, cfg.device)
+            runner = build_runner(lib, variant, name, res, cfg.device)
         except Unavailable as e:
             entry.update(status="skipped", reason=str(e))
             log.info("%s %s: skipped: %s", name, entry["label"], e)
