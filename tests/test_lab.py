@@ -90,7 +90,9 @@ def test_study_matches_flops_across_strategies_and_trains_them(tmp_path):
     # Full width, half depth: at a quarter width most layers sit at the 8-channel floor and
     # width steps are too coarse to land within 5% of 2x.
     base = effnet.scale(effnet.get_spec("efficientnet_b0"), width=1.0, depth=0.5, name="b0_d05")
-    rep = study(base, flops=(2.0,), strategies=("width", "depth", "resolution"), out=tmp_path / "st", **TINY)
+    # One optimiser step per model: this checks the matching and the outputs, not the accuracies.
+    rep = study(base, flops=(2.0,), strategies=("width", "depth", "resolution"), out=tmp_path / "st",
+                **{**TINY, "train_subset": 32})
     scaled = [r for r in rep.rows if r.strategy != "baseline"]
     assert sorted(r.strategy for r in scaled) == ["depth", "resolution", "width"]
     flops = [r.flops for r in scaled]

@@ -57,11 +57,14 @@ def solve_phi(base: ModelSpec, strategy: str, multiple: float, *, tolerance: flo
     rule = get_strategy(strategy)
     base_flops = effnet.profile.count_flops(base)
     cache: dict[float, tuple[ModelSpec, float]] = {}
+    counted: dict[ModelSpec, float] = {}  # rounding maps whole ranges of phi to one architecture
 
     def ratio(phi: float) -> float:
         if phi not in cache:
             spec = rule.apply(base, phi)
-            cache[phi] = (spec, effnet.profile.count_flops(spec) / base_flops)
+            if spec not in counted:
+                counted[spec] = effnet.profile.count_flops(spec) / base_flops
+            cache[phi] = (spec, counted[spec])
         return cache[phi][1]
 
     lo, hi = 0.0, 1.0 if multiple >= 1 else -1.0
@@ -80,7 +83,9 @@ def solve_phi(base: ModelSpec, strategy: str, multiple: float, *, tolerance: flo
             lo = mid
         else:
             hi = mid
-        if abs(ratio(hi) / multiple - 1) < 1e-3:
+        # Close enough, or the bracket is finer than any phi a user would quote (FLOPs move in
+        # rounding steps, so the ratio may never come within 1e-3 of the multiple).
+        if abs(ratio(hi) / multiple - 1) < 1e-3 or hi - lo < 1e-4:
             break
     phi = min((lo, hi), key=lambda p: abs(ratio(p) / multiple - 1))
     spec, r = cache[phi]
