@@ -382,7 +382,7 @@ def describe(runtime: str) -> str:
 
     names = {"torch": "PyTorch (effnet.optimize: BN folded, channels-last, traced)",
              "onnxruntime": "ONNX Runtime (CPU, effnet's verified ONNX export)",
-             "openvino": "OpenVINO (CPU, fp32, effnet's verified ONNX export)"}
+             "openvino": "OpenVINO (CPU, effnet's verified ONNX export)"}
     try:
         text = f"{names[runtime]} {version(runtime)}"
     except (KeyError, PackageNotFoundError):
