@@ -267,7 +267,7 @@ def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, An
 
             fns[label] = fn
         key = "latency_b1" if batch == 1 else f"throughput_b{batch}"
-        bar.set_postfix_str(f"{name} {key}")
+        bar.set_postfix_str(f"{name} {key}", refresh=False)
         n = cfg.iters if batch == 1 else cfg.batch_iters
         times = interleaved(fns, warmup=cfg.warmup if batch == 1 else 1, iters=n, rounds=cfg.rounds,
                             device=device, on_call=lambda _: bar.update())
@@ -294,7 +294,7 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         opt = torch.optim.SGD([p for p in r.module.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
-    bar.set_postfix_str(f"{name} train_b{tb}")
+    bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
     times = interleaved(fns, warmup=1, iters=cfg.train_iters, rounds=cfg.rounds, device=device,
                         on_call=lambda _: bar.update())
     for label, samples in times.items():
@@ -315,7 +315,7 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
     for label, entry in entries.items():
         if "training" not in entry["roles"] or entry["status"] != "ok" or label.endswith("+compile"):
             continue  # compiling in the worker would measure the compiler, not the step
-        bar.set_postfix_str(f"{name} peak {label}")
+        bar.set_postfix_str(f"{name} peak {label}", refresh=False)
         try:
             peak = peak_in_subprocess(entry["lib"], entry["variant"], name, cfg)
             entry["metrics"][f"peak_train_b{tb}_mib"] = peak / MIB
@@ -401,7 +401,9 @@ def run(models: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
     per_model = (2 * len(cfg.libs) + 4) * (cfg.iters + cfg.batch_iters) + 2 * len(cfg.libs) * cfg.train_iters
     results = []
     try:
-        with tqdm(total=per_model * len(cfg.models), desc="bench", unit="call", disable=not cfg.progress) as bar:
+        # delay: a run that measures nothing (every library unavailable) ends before a bar is drawn
+        with tqdm(total=per_model * len(cfg.models), desc="bench", unit="call", disable=not cfg.progress,
+                  delay=2) as bar:
             for name, res in cfg.models.items():
                 results.append(bench_model(name, res, cfg, bar))
     finally:
