@@ -42,6 +42,14 @@ def layer_of(module: str) -> int:
     return LAYERS.index(parts[1])
 
 
+def from_target(node: ast.ImportFrom, module: str, is_package: bool) -> str:
+    """The module a ``from ... import`` in ``module`` reads from, relative imports resolved."""
+    if not node.level:
+        return node.module or ""
+    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports_of(path: Path, module: str) -> set[str]:
     """The effnet modules ``path`` imports (``from effnet.x import y`` counts ``effnet.x.y``
     when that is a module, else ``effnet.x``)."""
@@ -51,11 +59,7 @@ def imports_of(path: Path, module: str) -> set[str]:
         if isinstance(node, ast.Import):
             found.update(a.name for a in node.names if a.name.startswith("effnet"))
         elif isinstance(node, ast.ImportFrom):
-            if node.level:  # relative import
-                base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
+            target = from_target(node, module, is_package)
             if not target.startswith("effnet"):
                 continue
             for alias in node.names:
@@ -209,11 +213,7 @@ def local_imports_of(path: Path, module: str) -> set[tuple[str, str]]:
             if isinstance(node, ast.Import):
                 found.update((module, a.name) for a in node.names if a.name.startswith("effnet"))
             elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = module.split(".")[: len(module.split(".")) - node.level + (1 if is_package else 0)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module or ""
+                target = from_target(node, module, is_package)
                 if target.startswith("effnet"):
                     found.add((module, target))
     return found
