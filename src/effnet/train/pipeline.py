@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from effnet.preprocessing import Normalize, Preprocessing, choose_normalisation
+from effnet.profile.measure import count_params
 from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig, resolve
@@ -209,7 +210,7 @@ def set_up(cfg: TrainConfig, d: distributed.Dist, folder: Path | None, saved: di
     sizes = sorted({s.image_size for s in data.stages})
     log.info("run folder %s: %s (%d params) at %s px on %s, %d train / %d val images, %d classes, %d epochs, "
              "batch %d x %d, peak lr %.4g, %d CPU thread(s)", folder or "none (nothing is saved)", model.spec.name,
-             sum(p.numel() for p in model.parameters()), "-".join(map(str, sizes)) if len(sizes) < 3
+             count_params(model, trainable_only=False), "-".join(map(str, sizes)) if len(sizes) < 3
              else f"{sizes[0]}-{sizes[-1]}", device, len(splits[0]), len(splits[1]),
              len(data.class_names), cfg.epochs, cfg.batch_size, cfg.accum_steps, schedule.peak_lr, threads)
     if d.enabled:
@@ -242,7 +243,7 @@ def report(run: Run, started: float) -> RunResult:
     result = RunResult(run.run_dir, len(rows), run.pos.best_top1, last.get("val_top1", math.nan), rows,
                        sorted(run.skips.skipped), run.d.is_main, final_top5=last.get("val_top5", math.nan),
                        final_loss=last.get("val_loss", math.nan), seconds=time.time() - started,
-                       img_per_s=last.get("img_per_s", 0.0), params=sum(p.numel() for p in run.model.parameters()))
+                       img_per_s=last.get("img_per_s", 0.0), params=count_params(run.model, trainable_only=False))
     log.info("done: %d epochs, final top-1 %.2f%%, best %.2f%%; run folder %s", result.epochs, result.final_top1,
              result.best_top1, run.run_dir or "none")
     return result
