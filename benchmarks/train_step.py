@@ -104,6 +104,58 @@ def peak_worker(candidate: str, args: argparse.Namespace) -> int:
     return (_kib("VmHWM") - before) * 1024
 
 
+def isolated_worker(candidate: str, args: argparse.Namespace) -> dict[str, object]:
+    """Warm-up then ``--steps`` timed steps of one candidate alone in this (fresh) process, and the
+    rise of the peak RSS over all of them (the steady state, not only the first step)."""
+    step = Step(candidate, args)
+    Path("/proc/self/clear_refs").write_text("5")
+    before = _kib("VmRSS")
+    for _ in range(args.warmup):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - t) * 1000)
+    return {"times": times, "peak_bytes": (_kib("VmHWM") - before) * 1024}
+
+
+def run_isolated(names: list[str], args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, float]]:
+    """Each round starts one fresh process per candidate (order rotated): a process that trained
+    another network first would hand this one a heap of freed memory, which changes its time."""
+    times: dict[str, list[float]] = {c: [] for c in names}
+    peaks: dict[str, list[float]] = {c: [] for c in names}
+    for r in range(args.rounds):
+        for c in names[r % len(names):] + names[:r % len(names)]:
+            cmd = [sys.executable, __file__, "--isolated-worker", c, "--model", args.model, "--batch", str(args.batch),
+                   "--resolution", str(args.resolution), "--threads", str(args.threads), "--warmup",
+                   str(args.warmup), "--steps", str(args.steps), "x"]
+            out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+            times[c] += out["times"]
+            peaks[c].append(out["peak_bytes"] / 2**20)
+    return times, {c: max(v) for c, v in peaks.items()}
+
+
+def report(names: list[str], times: dict[str, list[float]], peaks: dict[str, float], args: argparse.Namespace,
+           unit: str) -> None:
+    """The table: median and minimum step per candidate, ratios to the fastest peer, peaks."""
+    peers = [c for c in names if not c.startswith("effnet")]
+    best = min(peers, key=lambda c: statistics.median(times[c])) if peers else None
+    best_mem = min(peers, key=lambda c: peaks[c]) if peers and peaks else None
+    where = ", one fresh process per candidate per round" if args.isolated else ""
+    print(f"# {args.model} batch {args.batch} @ {args.resolution} px, {args.threads} threads, {args.rounds} rounds{where}, "
+          f"torch {torch.__version__}; ratios vs {best or '-'}")
+    print(f"{'candidate':24s} {'median ' + unit:>12s} {'min ' + unit:>10s} {'ratio med':>9s} {'ratio min':>9s}"
+          f" {'peak MiB':>9s} {'ratio':>6s}")
+    for c in names:
+        med, low = statistics.median(times[c]), min(times[c])
+        rm = med / statistics.median(times[best]) if best else float("nan")
+        rl = low / min(times[best]) if best else float("nan")
+        pk = peaks.get(c, float("nan"))
+        rp = pk / peaks[best_mem] if best_mem else float("nan")
+        print(f"{c:24s} {med:12.1f} {low:10.1f} {rm:9.3f} {rl:9.3f} {pk:9.1f} {rp:6.3f}")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("candidates", nargs="+")
@@ -116,12 +168,25 @@ def main() -> int:
     p.add_argument("--cpu-time", action="store_true", help="thread CPU time instead of wall time")
     p.add_argument("--peak", action="store_true", help="peak RSS of the first step, one subprocess each")
     p.add_argument("--profile", action="store_true", help="top ops of 3 steps of each candidate")
+    p.add_argument("--isolated", action="store_true",
+                   help="time each candidate in fresh processes (--steps steps per process, one process per "
+                        "candidate per round); the peak is then the steady-state peak of those steps")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per process with --isolated")
     p.add_argument("--peak-worker", help=argparse.SUPPRESS)
+    p.add_argument("--isolated-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     if args.peak_worker:
         print(json.dumps({"peak_bytes": peak_worker(args.peak_worker, args)}))
+        return 0
+    if args.isolated_worker:
+        print(json.dumps(isolated_worker(args.isolated_worker, args)))
+        return 0
+    if args.isolated:
+        names = list(args.candidates)
+        times, peaks = run_isolated(names, args)
+        report(names, times, peaks, args, "ms")
         return 0
     clock = time.thread_time if args.cpu_time else time.perf_counter
     steps = {c: Step(c, args) for c in args.candidates}
@@ -142,21 +207,7 @@ def main() -> int:
                    "--resolution", str(args.resolution), "--threads", str(args.threads), "x"]
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             peaks[c] = json.loads(out.strip().splitlines()[-1])["peak_bytes"] / 2**20
-    peers = [c for c in names if not c.startswith("effnet")]
-    best = min(peers, key=lambda c: statistics.median(times[c])) if peers else None
-    best_mem = min(peers, key=lambda c: peaks[c]) if peers and peaks else None
-    unit = "cpu ms" if args.cpu_time else "ms"
-    print(f"# {args.model} batch {args.batch} @ {args.resolution} px, {args.threads} threads, {args.rounds} rounds, "
-          f"torch {torch.__version__}; ratios vs {best or '-'}")
-    print(f"{'candidate':24s} {'median ' + unit:>12s} {'min ' + unit:>10s} {'ratio med':>9s} {'ratio min':>9s}"
-          f" {'peak MiB':>9s} {'ratio':>6s}")
-    for c in names:
-        med, low = statistics.median(times[c]), min(times[c])
-        rm = med / statistics.median(times[best]) if best else float("nan")
-        rl = low / min(times[best]) if best else float("nan")
-        pk = peaks.get(c, float("nan"))
-        rp = pk / peaks[best_mem] if best_mem else float("nan")
-        print(f"{c:24s} {med:12.1f} {low:10.1f} {rm:9.3f} {rl:9.3f} {pk:9.1f} {rp:6.3f}")
+    report(names, times, peaks, args, "cpu ms" if args.cpu_time else "ms")
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -22,7 +22,7 @@ PACKAGE = Path(effnet.__file__).resolve().parent
 #: command layer; profile, viz and preprocessing slot in where their imports put them.
 #: ``commands`` holds every CLI module; ``cli`` (the entry point's table) sits above it.
 LAYERS = (
-    "files", "lazy", "preprocessing", "layers", "specs", "scaling", "model", "registry", "profile", "viz",
+    "files", "hostmem", "lazy", "preprocessing", "layers", "specs", "scaling", "model", "registry", "profile", "viz",
     "weights", "data", "deploy", "train", "lab", "search", "bench", "commands", "cli",
 )
 #: The package's front door and entry point sit above everything they re-export.

@@ -114,6 +114,39 @@ def test_gradients_and_bn_statistics_equal_the_plain_model(name, channels_last):
     assert any(not torch.equal(fresh[k], v) for k, v in bufs0.items() if k.endswith("running_mean"))
 
 
+@pytest.mark.parametrize("act", [nn.SiLU(), nn.Hardswish(), nn.GELU(), nn.GELU(approximate="tanh")],
+                         ids=["silu", "hardswish", "gelu", "gelu_tanh"])
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input_grad", "frozen_input"])
+def test_batch_norm_act_gradients_equal_the_modules(act, input_grad):
+    # Every activation the fused op accepts (the zoo's models use SiLU only), with and without an
+    # input gradient (a frozen conv below), against nn.BatchNorm2d + the activation module run by
+    # autograd, in float64. The fused backward writes its three results over one buffer, so the
+    # input gradient must still match element for element, in both memory layouts.
+    from effnet.layers.activations import batch_norm_act
+
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(3)
+        bn = nn.BatchNorm2d(6).double().train()
+        nn.init.uniform_(bn.weight, 0.5, 1.5)
+        nn.init.normal_(bn.bias)
+        x0 = (torch.randn(3, 6, 5, 7, dtype=torch.float64) * 2 + 1).contiguous(memory_format=fmt)
+        g = torch.randn(3, 6, 5, 7, dtype=torch.float64).contiguous(memory_format=fmt)
+        results = []
+        for fused in (False, True):
+            layer = copy.deepcopy(bn)
+            x = x0.clone().requires_grad_(input_grad)
+            out = batch_norm_act(x, layer, act) if fused else act(layer(x))
+            assert out is not None
+            out.backward(g)
+            results.append((x.grad, layer.weight.grad, layer.bias.grad, layer.running_mean, layer.running_var))
+        for got, want in zip(results[1], results[0]):
+            if want is None:
+                assert got is None
+            else:
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert (results[1][0] is not None) == input_grad
+
+
 def test_bn_silu_saves_one_tensor_fewer_by_hand_count():
     # conv 1x1 8 -> 16 on (2, 8, 5, 5). Plain: the conv input (2*8*25 floats), the conv output
     # for BN (2*16*25), a copy of the BN output for the in-place SiLU (2*16*25), and the batch

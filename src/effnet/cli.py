@@ -17,6 +17,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from effnet.hostmem import enable_huge_pages
+
 #: Each command and the module that registers it, in help order. A command line that names its
 #: command loads only that module (``effnet train`` never imports the lab, the search or the
 #: benchmark); ``effnet --help`` and an unknown command load them all. tests/test_cli.py checks
@@ -127,6 +129,8 @@ def describe_error(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports torch: its CPU allocator reads this once (effnet.hostmem says why).
+    enable_huge_pages()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(_command_of(argv))
     # --debug is honoured wherever it stands (`effnet predict ... --debug` too), not only first.

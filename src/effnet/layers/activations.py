@@ -99,12 +99,15 @@ def _act_forward(kind: str, z: torch.Tensor) -> torch.Tensor:
     return F.gelu(z, approximate="tanh" if kind == "gelu_tanh" else "none")
 
 
-def _act_backward(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+def _act_backward_(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """The activation's input gradient, written over ``z`` (a buffer of the caller's own): each
+    element reads only its own input, so the kernels may write where they read."""
     if kind == "silu":
-        return torch.ops.aten.silu_backward(grad, z)
+        return torch.ops.aten.silu_backward.grad_input(grad, z, grad_input=z)
     if kind == "hardswish":
-        return torch.ops.aten.hardswish_backward(grad, z)
-    return torch.ops.aten.gelu_backward(grad, z, approximate="tanh" if kind == "gelu_tanh" else "none")
+        return torch.ops.aten.hardswish_backward.out(grad, z, out=z)
+    approximate = "tanh" if kind == "gelu_tanh" else "none"
+    return torch.ops.aten.gelu_backward.grad_input(grad, z, approximate=approximate, grad_input=z)
 
 
 class _BatchNormAct(torch.autograd.Function):
@@ -130,12 +133,21 @@ class _BatchNormAct(torch.autograd.Function):
         # The BN output, recomputed as the forward kernel computes it (in the statistics' float
         # precision, rounded to the input's dtype under mixed precision).
         z = torch.addcmul(shift.view(shape), x, scale.view(shape)).to(x.dtype)
-        grad_z = _act_backward(ctx.kind, grad, z)
-        del z
+        # One full-size buffer for the whole backward: z, then the activation's gradient over it,
+        # then BN's input gradient over that (its second pass reads each element, then writes it).
+        # A fresh CPU buffer of this size costs about as much as the arithmetic (its pages are
+        # faulted in and zeroed on first touch), so the two it saves are worth the aliasing; the
+        # gradients are bitwise those of separate buffers (tests/test_memory_saving.py).
+        grad_z = _act_backward_(ctx.kind, grad, z)
         mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
-        return gx, gw, gb, None, None, None, None, None
+        if not mask[0]:
+            _, gw, gb = torch.ops.aten.native_batch_norm_backward(
+                grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
+            return None, gw, gb, None, None, None, None, None
+        gw, gb = torch.empty_like(weight), torch.empty_like(weight)
+        gx, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
+            grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask, out0=grad_z, out1=gw, out2=gb)
+        return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None
 
 
 def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module) -> torch.Tensor | None:

@@ -134,6 +134,10 @@ class TrainConfig:
                                         "keeping them: much less training memory for about one extra forward "
                                         "pass per step")
     threads: int | None = option(None, "torch CPU threads (default: the idle cores)")
+    # effnet.hostmem: on the CPU, a large freed tensor goes back to the OS and the next one is
+    # faulted in afresh; keeping them for reuse makes steps faster at a higher peak.
+    reuse_host_memory: bool = option(False, "CPU: keep freed memory in the process heap for reuse (glibc): "
+                                            "much faster steps at a higher peak memory (docs/training.md)")
     seed: int = option(0, "random seed (data order, initialisation, augmentation)")
     deterministic: bool = option(False, "torch.use_deterministic_algorithms (reproducible, slower)")
     # --- distributed (torchrun; batch_size is per process, the global batch is x world size)

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from effnet.hostmem import reuse_freed_memory
 from effnet.preprocessing import Normalize, Preprocessing, choose_normalisation
 from effnet.profile.measure import count_params
 from effnet.specs.base import ModelSpec
@@ -183,6 +184,8 @@ def set_up(cfg: TrainConfig, d: distributed.Dist, folder: Path | None, saved: di
     torch.set_num_threads(threads)
     torch.manual_seed(cfg.seed)
     device = distributed.device_for(d, default_device(cfg.device))
+    if cfg.reuse_host_memory and device.type == "cpu":
+        reuse_freed_memory()
     # ===== 3. data: the splits (the loader and stage plan follow the network's sizes) =====
     splits = read_splits(cfg)
     if d.is_main and folder is not None and saved is None:
