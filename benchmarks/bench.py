@@ -19,9 +19,15 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))  # this checkout's effnet, not whatever the venv may hold
-# The peak-memory workers are fresh Pythons: they find the same effnet through PYTHONPATH
+# As the `effnet` command does, before torch is imported: huge pages for torch's CPU allocator
+# (effnet.hostmem), for this process and the training workers it starts, so every library runs
+# under the same allocator setting a user's `effnet bench` sees.
+from effnet.hostmem import enable_huge_pages  # noqa: E402  (after the sys.path fix above)
+
+enable_huge_pages()
+# The training workers are fresh Pythons: they find the same effnet through PYTHONPATH
 # (effnet.bench sets it), and Keras must pick the torch backend before its first import.
-from effnet.bench.peers import use_keras_torch_backend  # noqa: E402  (after the sys.path fix above)
+from effnet.bench.peers import use_keras_torch_backend  # noqa: E402
 from effnet.cli import main  # noqa: E402
 
 use_keras_torch_backend()

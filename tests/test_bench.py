@@ -252,3 +252,41 @@ def test_bench_with_only_missing_libraries_fails_with_a_message(monkeypatch, cap
                  "--no-peak"])
     err = capsys.readouterr().err
     assert code == 1 and "nothing was measured" in err and "torchvision is not importable" in err
+
+
+def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monkeypatch):
+    # The parent's side of the CPU training timing: one worker per candidate per round, the order
+    # rotating as in-process interleaving rotates it, train_iters steps split over the rounds, the
+    # peak the median of the workers' first-step peaks; a failing worker leaves a note and no figure.
+    from effnet.bench import worker
+    from effnet.bench.run import make_config
+
+    calls = []
+
+    def fake(lib, variant, name, cfg, *, steps, warmup):
+        calls.append((lib, steps))
+        if lib == "timm":
+            raise RuntimeError("training worker for timm x failed: boom")
+        return {"peak_bytes": {"effnet": 10, "torchvision": 30}[lib] * MIB * len(calls), "times": [0.5] * steps}
+
+    monkeypatch.setattr(worker, "run_worker", fake)
+    cfg = make_config(["tinynet_e"], libs=["effnet"], train_iters=5, rounds=2, progress=False)
+    entries = {lb: {"lib": lb, "variant": "", "notes": [], "metrics": {}} for lb in ("effnet", "timm", "torchvision")}
+    times = worker.train_in_workers("tinynet_e", cfg, list(entries), entries, __import__("tqdm").tqdm(disable=True))
+    # round 1: effnet, timm (fails, never again), torchvision with 3 steps; round 2 starts one later
+    assert calls == [("effnet", 3), ("timm", 3), ("torchvision", 3), ("torchvision", 2), ("effnet", 2)]
+    assert times == {"effnet": [0.5] * 5, "torchvision": [0.5] * 5}
+    assert entries["effnet"]["metrics"]["peak_train_b32_mib"] == (10 * 1 + 10 * 5) / 2  # median of 10 and 50
+    assert entries["torchvision"]["metrics"]["peak_train_b32_mib"] == (30 * 3 + 30 * 4) / 2
+    assert "timm" not in times and "failed: boom" in entries["timm"]["notes"][0]
+    assert not entries["timm"]["metrics"]
+
+
+def test_a_worker_times_its_steps_after_the_measured_first_one():
+    from effnet.bench.worker import measure
+
+    job = {"lib": "effnet", "variant": "default", "model": "tinynet_e", "resolution": 32, "batch": 2, "device": "cpu",
+           "threads": 1, "flush_denormal": True, "autocast": None, "steps": 3, "warmup": 1}
+    out = measure(job)
+    assert len(out["times"]) == 3 and all(t > 0 for t in out["times"])
+    assert out["peak_bytes"] > 0

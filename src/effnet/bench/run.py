@@ -7,11 +7,14 @@ For each model, two phases, each building its networks fresh and freeing them af
   (throughput), ``eval()`` under ``torch.inference_mode`` (``no_grad`` for Keras);
 - **training** at ``train_resolution`` and ``train_batch``: every training candidate (effnet
   ``default``, ``memory-saving`` and each peer) is timed on full steps (forward, cross-entropy
-  on fixed random labels, backward, SGD momentum 0.9, ``zero_grad(set_to_none=True)``); then
-  the bytes autograd saves for backward are counted, and the peak memory of one step of a
-  freshly built network is measured in a fresh subprocess per candidate (peak RSS rise on CPU,
+  on fixed random labels, backward, SGD momentum 0.9, ``zero_grad(set_to_none=True)``); the
+  bytes autograd saves for backward are counted, and the peak memory of one step of a freshly
+  built network is measured in a fresh subprocess per candidate (peak RSS rise on CPU,
   ``torch.cuda.max_memory_allocated`` on CUDA), so one candidate's freed memory cannot hide
-  another's.
+  another's. On the CPU the steps are timed in those fresh processes too (one per candidate
+  per round, rounds rotating the order): in a process that has trained other networks, a step
+  reuses their freed heap instead of faulting in new pages, which made B0's step 1.3-1.7x
+  faster than a user's fresh process sees, and by different amounts for different libraries.
 
 Timings are interleaved (:func:`effnet.bench.measure.interleaved`) and reported as medians.
 Ratios are **effnet cost / peer cost** (time per call, time per image, bytes): below 1 effnet
@@ -28,7 +31,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -48,9 +50,9 @@ from effnet.bench.peers import (
     candidates,
     label_of,
     roles_of,
-    use_keras_torch_backend,
     versions,
 )
+from effnet.bench.worker import peak_in_subprocess, train_in_workers
 from effnet.files import atomic_write
 from effnet.registry import get_spec
 
@@ -90,6 +92,7 @@ class Config:
     quick: bool = False
     autocast: str | None = None  # "bfloat16" on CUDA
     progress: bool = True
+    train_in_workers: bool = True  # CPU, not compiled: time training steps in fresh processes
 
 
 def _positive(name: str, value: int) -> int:
@@ -104,7 +107,7 @@ def make_config(
     train_resolution: int | None = None, iters: int | None = None, batch_iters: int | None = None,
     train_iters: int | None = None, rounds: int | None = None, device: str | None = None,
     threads: int | None = None, peak: bool = True, train: bool = True, compile: bool = False, cuda_graphs: bool = True,
-    flush_denormal: bool = True, progress: bool = True,
+    flush_denormal: bool = True, progress: bool = True, train_in_workers: bool = True,
 ) -> Config:
     """The run's configuration: the defaults, or --quick's smaller ones, with overrides applied."""
     names = list(models) if models else list(DEFAULT_MODELS)
@@ -123,6 +126,9 @@ def make_config(
         compile=compile, cuda_graphs=cuda_graphs and dev.type == "cuda",
         flush_denormal=flush_denormal and dev.type == "cpu", quick=quick, progress=progress,
         autocast="bfloat16" if dev.type == "cuda" else None, **small,
+        # CUDA's caching allocator keeps its own pool per process; compiling in a worker would
+        # time the compiler: both keep the in-process interleaving.
+        train_in_workers=train_in_workers and dev.type == "cpu" and not compile,
     )
     for key, value in (("batch", batch), ("train_batch", train_batch), ("train_resolution", train_resolution),
                        ("iters", iters), ("batch_iters", batch_iters), ("train_iters", train_iters),
@@ -295,8 +301,11 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
     bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
-    times = interleaved(fns, warmup=1, iters=cfg.train_iters, rounds=cfg.rounds, device=device,
-                        on_call=lambda _: bar.update())
+    if cfg.train_in_workers:
+        times = train_in_workers(name, cfg, list(fns), entries, bar)
+    else:
+        times = interleaved(fns, warmup=1, iters=cfg.train_iters, rounds=cfg.rounds, device=device,
+                            on_call=lambda _: bar.update())
     for label, samples in times.items():
         m = entries[label]["metrics"]
         m[f"train_b{tb}_ms"] = median_ms(samples)
@@ -310,7 +319,7 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         r.module.zero_grad(set_to_none=True)
     runners.clear()
     sync(device)
-    if not cfg.peak:
+    if not cfg.peak or cfg.train_in_workers:  # the workers measured it
         return
     for label, entry in entries.items():
         if "training" not in entry["roles"] or entry["status"] != "ok" or label.endswith("+compile"):
@@ -322,25 +331,6 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         except RuntimeError as e:
             entry["notes"].append(str(e))
             log.warning("%s %s: %s", name, label, e)
-
-
-def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Config) -> int:
-    """Peak memory (bytes) of the first training step of a freshly built network, measured by
-    ``python -m effnet.bench.worker`` in a fresh process (see :func:`effnet.bench.measure.peak_memory_bytes`)."""
-    job = {"lib": lib, "variant": "" if variant == "best" else variant, "model": name,
-           "resolution": cfg.train_resolution, "batch": cfg.train_batch, "device": cfg.device,
-           "threads": cfg.threads or torch.get_num_threads(), "flush_denormal": cfg.flush_denormal,
-           "autocast": cfg.autocast}
-    # The worker imports this effnet even where it is on sys.path only (benchmarks/bench.py runs a checkout).
-    src = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
-    use_keras_torch_backend(env)
-    proc = subprocess.run([sys.executable, "-m", "effnet.bench.worker", json.dumps(job)], capture_output=True,
-                          text=True, env=env)
-    if proc.returncode != 0:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"peak-memory worker for {lib} {name} failed: {last}")
-    return int(json.loads(proc.stdout.strip().splitlines()[-1])["peak_bytes"])
 
 
 def bench_model(name: str, resolution: int, cfg: Config, bar: Any = None) -> dict[str, Any]:
@@ -377,7 +367,8 @@ def run(models: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
     candidate), ``rounds`` (interleaving rounds), ``device`` (cuda when visible), ``threads``,
     ``peak`` (peak training memory in subprocesses), ``compile`` (add ``torch.compile`` runs),
     ``cuda_graphs`` (batch-1 latency replayed from a CUDA graph, CUDA only),
-    ``flush_denormal`` (CPU), ``progress`` (a tqdm bar).
+    ``flush_denormal`` (CPU), ``progress`` (a tqdm bar), ``train_in_workers`` (CPU: time the
+    training steps in fresh processes, the default; False: in this process, interleaved).
 
     The dict has :data:`RESULT_FIELDS`: ``meta`` (date, versions, device, load), ``config``,
     ``skipped`` (libraries unusable here, with the reason) and ``results`` (one record per model
@@ -473,5 +464,5 @@ def table(result: dict[str, Any]) -> str:
 
 
 __all__ = ["DEFAULT_MODELS", "ENTRY_FIELDS", "MODEL_FIELDS", "QUICK_RESOLUTION", "RESULT_FIELDS", "Config",
-           "bench_model", "is_cost", "make_config", "peak_in_subprocess", "ratios", "reference_of", "run",
+           "bench_model", "is_cost", "make_config", "ratios", "reference_of", "run",
            "table", "write_json"]

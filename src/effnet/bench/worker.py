@@ -1,25 +1,39 @@
-"""`python -m effnet.bench.worker JOB_JSON`: the peak memory of one training step, in a fresh process.
+"""`python -m effnet.bench.worker JOB_JSON`: one candidate's training steps, in a fresh process.
 
-Run by :func:`effnet.bench.run.peak_in_subprocess`, one process per (model, library): the
-memory a previous network freed stays in this process's heap and would hide part of the next
-one's peak. Builds the candidate, measures its first training step with
-:func:`effnet.bench.measure.peak_memory_bytes` and writes ``{"peak_bytes": N}`` on stdout (the
-one line the parent reads; this is a data channel, not a report).
+Started by :func:`run_worker` (below), one process per (model, library) and, when the
+training steps are timed here, per round: the memory a previous network freed stays in a
+process's heap, and it would both hide part of the next one's peak and hand it pages that need no
+faulting in (on the CPU, a fresh process ran B0's training step up to 1.7x slower than the same
+step in a process that had trained other networks first). Builds the candidate, measures its
+first training step with :func:`effnet.bench.measure.peak_memory_bytes`, then ``warmup`` untimed
+and ``steps`` timed steps, and writes ``{"peak_bytes": N, "times": [seconds, ...]}`` on stdout
+(the one line the parent reads; this is a data channel, not a report).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import statistics
+import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 import torch
 
-from effnet.bench.measure import peak_memory_bytes, train_step
-from effnet.bench.peers import build_runner
+from effnet.bench.measure import MIB, peak_memory_bytes, rotation, sync, train_step
+from effnet.bench.peers import build_runner, use_keras_torch_backend
+
+log = logging.getLogger(__name__)
 
 
-def measure(job: dict) -> int:
-    """Peak bytes of the first training step of ``job``'s freshly built candidate."""
+# --- the worker's side ------------------------------------------------------------------------
+def measure(job: dict) -> dict[str, object]:
+    """Peak bytes of the first training step of ``job``'s freshly built candidate, and the seconds
+    of each of its next ``job["steps"]`` steps after ``job["warmup"]`` untimed ones."""
     torch.set_num_threads(int(job["threads"]))
     torch.set_flush_denormal(bool(job["flush_denormal"]))
     device = torch.device(job["device"])
@@ -31,14 +45,86 @@ def measure(job: dict) -> int:
     y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
     opt = torch.optim.SGD([p for p in runner.module.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
     dtype = getattr(torch, job["autocast"]) if job.get("autocast") else None
-    return peak_memory_bytes(lambda: train_step(lambda t: runner.forward(t, True), opt, x, y, dtype), device)
+
+    def step() -> None:
+        train_step(lambda t: runner.forward(t, True), opt, x, y, dtype)
+
+    peak = peak_memory_bytes(step, device)
+    for _ in range(int(job.get("warmup", 0))):
+        step()
+    times = []
+    for _ in range(int(job.get("steps", 0))):
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return {"peak_bytes": peak, "times": times}
+
+
+# --- the parent's side: start workers and read their line --------------------------------------
+def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, dict[str, Any]],
+                     bar: Any) -> dict[str, list[float]]:
+    """Seconds per training step of each candidate (``cfg``: the run's :class:`effnet.bench.run.Config`,
+    not imported here, which would make the two modules import each other), ``cfg.train_iters`` each, every round in a fresh
+    worker process per candidate (:func:`rotation` order); the peak is the median of the workers'
+    first-step peaks. A candidate whose worker fails keeps a note and no training figures."""
+    rounds = max(1, min(cfg.rounds, cfg.train_iters))
+    per_round = [cfg.train_iters // rounds + (1 if r < cfg.train_iters % rounds else 0) for r in range(rounds)]
+    times: dict[str, list[float]] = {lb: [] for lb in labels}
+    peaks: dict[str, list[int]] = {lb: [] for lb in labels}
+    failed: set[str] = set()
+    for order, n in zip(rotation(labels, rounds), per_round):
+        for label in order:
+            if label in failed:
+                continue
+            entry = entries[label]
+            try:
+                out = run_worker(entry["lib"], entry["variant"], name, cfg, steps=n, warmup=1)
+            except RuntimeError as e:
+                failed.add(label)
+                entry["notes"].append(str(e))
+                log.warning("%s %s: %s", name, label, e)
+                continue
+            times[label] += out["times"]
+            peaks[label].append(int(out["peak_bytes"]))
+            bar.update(n)
+    if cfg.peak:
+        for label, values in peaks.items():
+            if values:
+                entries[label]["metrics"][f"peak_train_b{cfg.train_batch}_mib"] = statistics.median(values) / MIB
+    return {lb: t for lb, t in times.items() if lb not in failed}
+
+
+def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Any) -> int:
+    """Peak memory (bytes) of the first training step of a freshly built network, measured by
+    ``python -m effnet.bench.worker`` in a fresh process (see :func:`effnet.bench.measure.peak_memory_bytes`)."""
+    return int(run_worker(lib, variant, name, cfg)["peak_bytes"])
+
+
+def run_worker(lib: str, variant: str, name: str, cfg: Any, *, steps: int = 0, warmup: int = 0) -> dict[str, Any]:
+    """``python -m effnet.bench.worker`` on one candidate in a fresh process: the peak bytes of its
+    first training step and the seconds of ``steps`` timed steps after ``warmup`` untimed ones."""
+    job = {"lib": lib, "variant": "" if variant == "best" else variant, "model": name,
+           "resolution": cfg.train_resolution, "batch": cfg.train_batch, "device": cfg.device,
+           "threads": cfg.threads or torch.get_num_threads(), "flush_denormal": cfg.flush_denormal,
+           "autocast": cfg.autocast, "steps": steps, "warmup": warmup}
+    # The worker imports this effnet even where it is on sys.path only (benchmarks/bench.py runs a checkout).
+    src = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
+    use_keras_torch_backend(env)
+    proc = subprocess.run([sys.executable, "-m", "effnet.bench.worker", json.dumps(job)], capture_output=True,
+                          text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"training worker for {lib} {name} failed: {last}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         raise ValueError("usage: python -m effnet.bench.worker JOB_JSON (run by effnet.bench, not by hand)")
-    sys.stdout.write(json.dumps({"peak_bytes": measure(json.loads(args[0]))}) + "\n")
+    sys.stdout.write(json.dumps(measure(json.loads(args[0]))) + "\n")
     return 0
 
 

@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--no-cuda-graphs", action="store_true", help="CUDA: time batch-1 latency eagerly, not replayed")
     p.add_argument("--no-train", action="store_true", help="inference only: skip the training phase")
     p.add_argument("--no-peak", action="store_true", help="skip the peak training memory (one subprocess each)")
+    p.add_argument("--train-in-process", action="store_true",
+                   help="CPU: time the training steps in this process, interleaved (default: in a fresh process "
+                        "per candidate and round, as a user's own run starts)")
     p.add_argument("--keep-denormals", action="store_true",
                    help="CPU: do not flush subnormal floats (random-init SE gates make them; see README)")
     p.add_argument("--out", metavar="JSON", default=None,
@@ -66,7 +69,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                  device=args.device, threads=args.threads, peak=not args.no_peak, train=not args.no_train,
                  compile=args.compile,
                  cuda_graphs=not args.no_cuda_graphs, flush_denormal=not args.keep_denormals,
-                 progress=not args.no_progress)
+                 progress=not args.no_progress, train_in_workers=not args.train_in_process)
     meta = result["meta"]
     print(f"# {meta['date']}  {meta['device_name']}  threads={meta['threads']}  "
           f"load={meta['loadavg_start'][0]:.1f}->{meta['loadavg_end'][0]:.1f}  "
