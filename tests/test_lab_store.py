@@ -4,8 +4,11 @@ bookkeeping is tested apart from training (the scaling tests train for real)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import signal
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +74,69 @@ def test_two_workers_split_the_queue_and_train_every_candidate_once(lab):
     assert len({p for p, e, _ in events(log) if e == "end"}) == 2  # both workers trained some
     done = finished(storage)
     assert all(states.count("COMPLETE") == 1 for states in done.values()) and len(done) == 10
+
+
+def test_two_workers_asking_at_once_never_take_the_same_queued_trial(tmp_path, monkeypatch):
+    # Optuna's ask reads a WAITING trial, then moves it to RUNNING; hold each asker between the
+    # two (until the other arrives, or 0.5 s) so that, unless the asks are serialized, both
+    # read WAITING before either writes and both take trial 0.
+    from optuna.storages._rdb import models
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cands = [store.Candidate("c0", {"x": 0.0})]
+    store.open_study(storage, "t", {}).enqueue_trial({"x": 0.0}, user_attrs={store.KEY: "c0"})
+    studies = [store.open_study(storage, "t", {}) for _ in range(2)]  # one storage each, like two processes
+    both_read = threading.Barrier(2, timeout=0.5)
+    read = models.TrialModel.find_or_raise_by_id.__func__
+
+    def read_then_wait(cls, trial_id, session, for_update=False):
+        t = read(cls, trial_id, session, for_update)
+        if for_update and t.state.name == "WAITING":
+            with contextlib.suppress(threading.BrokenBarrierError):  # the other asker waits for this one
+                both_read.wait()
+        return t
+
+    monkeypatch.setattr(models.TrialModel, "find_or_raise_by_id", classmethod(read_then_wait))
+    taken: list = [None, None]
+
+    def worker(i: int) -> None:
+        got = queue.take(studies[i], cands)
+        taken[i] = got and (got[0].number, got[1].key)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(taken, key=str) == [(0, "c0"), None]  # one worker has c0, the other finds nothing left
+    assert finished(storage) == {"c0": ["RUNNING"]}
+
+
+def test_a_copy_stamped_before_a_running_one_still_gives_way_to_it(tmp_path, monkeypatch):
+    # Two workers queued c0 twice (trials 0 and 1). Optuna stamps a trial's start before its
+    # transaction commits: a worker held between the two commits trial 1 with a start earlier
+    # than trial 0's, after trial 0's worker checked. Only trial 0's worker may train c0.
+    from optuna.storages._rdb import storage as rdb
+
+    storage = f"sqlite:///{tmp_path / 's.db'}"
+    cands = [store.Candidate("c0", {"x": 0.0})]
+    study = store.open_study(storage, "t", {})
+    for _ in range(2):
+        study.enqueue_trial({"x": 0.0}, user_attrs={store.KEY: "c0"})
+    first, cand = queue.take(study, cands)
+    assert (first.number, cand.key) == (0, "c0")
+    stamped = study.trials[0].datetime_start - datetime.timedelta(seconds=1)
+
+    class Early(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return stamped
+
+    monkeypatch.setattr(rdb, "datetime", Early)
+    assert queue.take(study, cands) is None  # trial 1 was a duplicate; nothing else waits
+    second = study.trials[1]
+    assert second.datetime_start < study.trials[0].datetime_start  # the stamp did come out earlier
+    assert second.state.name == "FAIL" and second.user_attrs[store.DUPLICATE_OF] == 0
 
 
 def test_a_killed_worker_loses_no_finished_trial_and_its_candidate_is_trained_again(lab):

@@ -2,15 +2,22 @@
 
 A fixed list of candidates (grid points, strategies at matched FLOPs): each candidate is put on
 the study's own queue as a WAITING trial (``Study.enqueue_trial``); a worker takes one with
-``Study.ask()``, which moves a WAITING trial to RUNNING in one storage transaction, trains it
-and reports. Finished candidates are never queued again, so nothing is retrained.
+``Study.ask()``, which moves a WAITING trial to RUNNING, trains it and reports. Finished candidates are never queued again, so nothing is retrained.
 
-Two workers starting together may both queue a missing candidate, and on SQLite two ``ask``
-calls can race; so a worker that has taken a candidate checks the study for another trial of
-the same candidate that finished or started before its own (``datetime_start``, then trial
-number), and if there is one it gives its trial up (FAIL, ``effnet.duplicate_of``) without
-training. The earliest claim always wins, so every candidate is trained once. A trial whose
-worker died (:mod:`effnet.lab.liveness`) is failed and its candidate queued again.
+Two workers starting together may both queue a missing candidate, so a candidate can have
+several WAITING copies. On SQLite, Optuna's ``ask`` reads a trial's state before it opens the
+write transaction, so two workers asking at once could both take the same WAITING trial;
+:func:`effnet.lab.store.pop_lock` makes one ask wait for the other. A worker that has taken a
+copy then checks the study for another copy of the same candidate that finished, or that is
+waiting or running with a lower trial number, and if there is one it gives its trial up (FAIL,
+``effnet.duplicate_of``) without training. Trial numbers are fixed when a copy is queued (its
+candidate written with it in one transaction), and a lower-numbered copy already exists when a
+higher one is checked, so every worker ranks the copies alike whichever order the takes commit
+and check in: the lowest copy not failed is the one trained (a waiting one is taken next, as
+workers go on while anything waits), so every candidate is trained once. Start times would not
+do: Optuna stamps a trial's start before the transaction commits, so a claim checked first
+could later look "started after" one that committed late. A trial whose worker died
+(:mod:`effnet.lab.liveness`) is failed and its candidate queued again.
 
 A trial whose own training raises is different: the cause (a bad data folder, recipe or option)
 would fail the next candidate alike, so the worker stops with :class:`TrialFailed` naming it.
@@ -35,6 +42,7 @@ from effnet.lab.store import (
     Candidate,
     finished_trials,
     live_keys,
+    pop_lock,
     results,
     retrying,
 )
@@ -78,19 +86,19 @@ def take(study: optuna.Study, candidates: list[Candidate]) -> tuple[optuna.Trial
         recover_dead(study)
         if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
             return None
-        with quiet():
-            trial = retrying(study.ask, "take a trial")
+        trial = _ask(study)
         key = trial.user_attrs.get(KEY)
         if key is None:
-            # The queue ran empty between the check and ask(): ask() made a fresh trial. Give
-            # it a candidate nobody has, or give it up.
-            free = [c.key for c in candidates if c.key not in live_keys(study) - {None}]
+            # The queue ran empty between the check and ask(): ask() made a fresh trial. Give it
+            # up, and queue a candidate nobody has as a copy of its own: a candidate written
+            # onto a running trial afterwards would be a claim other workers could miss.
+            trial.set_user_attr(ERROR, "no candidate left to train")
+            retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a trial")
+            free = [c for c in candidates if c.key not in live_keys(study)]
             if not free:
-                trial.set_user_attr(ERROR, "no candidate left to train")
-                retrying(lambda t=trial: study.tell(t, state=TrialState.FAIL), "give up a trial")
                 return None
-            key = free[0]
-            trial.set_user_attr(KEY, key)
+            study.enqueue_trial(free[0].params, user_attrs={KEY: free[0].key, **free[0].attrs})
+            continue
         claim(trial)
         if key not in by_key:
             trial.set_user_attr(ERROR, f"candidate {key!r} is not in this run's list")
@@ -106,18 +114,26 @@ def take(study: optuna.Study, candidates: list[Candidate]) -> tuple[optuna.Trial
         return trial, by_key[key]
 
 
+def _ask(study: optuna.Study) -> optuna.Trial:
+    """``study.ask()``: the next WAITING trial, moved to RUNNING by this worker alone (see
+    :func:`effnet.lab.store.pop_lock`), else a fresh one."""
+    with pop_lock(study), quiet():
+        return retrying(study.ask, "take a trial")
+
+
 def _earlier_claim(study: optuna.Study, trial: optuna.Trial, key: str) -> int | None:
+    """Another copy of candidate ``key`` that is trained instead of ``trial``: a finished one,
+    or a waiting or running one with a lower number; ``None`` when ``trial`` is the one. Called
+    after ``trial`` is RUNNING, so of two copies checked in any order the higher-numbered one
+    always sees the lower (created first) and gives way, and the lower never gives way to it."""
     from optuna.trial import TrialState
 
-    mine = study.get_trials(deepcopy=False)  # one read: my own start time and everyone else's
-    me = next(t for t in mine if t.number == trial.number)
-    for t in mine:
+    for t in study.get_trials(deepcopy=False):
         if t.number == trial.number or t.user_attrs.get(KEY) != key:
             continue
         if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
             return t.number
-        if t.state == TrialState.RUNNING and t.datetime_start is not None and me.datetime_start is not None \
-                and (t.datetime_start, t.number) < (me.datetime_start, me.number):
+        if t.state in (TrialState.WAITING, TrialState.RUNNING) and t.number < trial.number:
             return t.number
     return None
 
@@ -214,8 +230,7 @@ def take_sampled(study: optuna.Study, trials: int) -> optuna.Trial | None:
         busy = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
         if len(busy) >= trials:
             return None
-        with quiet():
-            trial = retrying(study.ask, "take a trial")
+        trial = _ask(study)
         claim(trial)
         key = trial.user_attrs.get(KEY)
         earlier = _earlier_claim(study, trial, key) if key is not None else None

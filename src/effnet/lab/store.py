@@ -11,16 +11,22 @@ from a live one is :mod:`effnet.lab.liveness`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from effnet.files import atomic_write
 from effnet.lab.liveness import GRACE_S, HEARTBEAT_S, process_token, quiet
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import optuna
@@ -169,6 +175,38 @@ def live_keys(study: optuna.Study) -> set[str]:
 
     live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.WAITING, TrialState.RUNNING)
     return {t.user_attrs[KEY] for t in study.get_trials(deepcopy=False, states=live) if KEY in t.user_attrs}
+
+
+@contextlib.contextmanager
+def pop_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold this while ``study.ask()`` moves a WAITING trial to RUNNING. On SQLite, Optuna reads
+    the trial's state before it opens the write transaction, so two processes asking at once
+    can both read WAITING and both move the same trial to RUNNING: both would train it. An
+    exclusive lock on a file next to the database (``study.db.lock``) makes the read and the
+    write of one process's ask happen before the other's. Server databases need none (Optuna
+    reads the row with ``SELECT ... FOR UPDATE``), nor an in-memory SQLite (one process)."""
+    path = _sqlite_file(study)
+    if path is None or fcntl is None:  # Windows has no fcntl: there two asks are not kept apart
+        yield
+        return
+    with open(f"{path}.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _sqlite_file(study: optuna.Study) -> str | None:
+    """The database file of a study stored in SQLite, else ``None``."""
+    from sqlalchemy.engine import make_url  # optuna's RDB storage is built on SQLAlchemy
+
+    storage = getattr(study._storage, "_backend", study._storage)  # Optuna wraps RDBStorage in a cache
+    url = getattr(storage, "url", None)
+    if not isinstance(url, str) or not url.startswith("sqlite"):
+        return None
+    database = make_url(url).database
+    return database if database and database != ":memory:" and not database.startswith("file:") else None
 
 
 def retrying(fn: Callable[[], Any], what: str) -> Any:
