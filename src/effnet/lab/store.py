@@ -20,13 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock
+
 from effnet.files import atomic_write
 from effnet.lab.liveness import GRACE_S, HEARTBEAT_S, process_token, quiet
-
-try:
-    import fcntl
-except ImportError:  # Windows
-    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     import optuna
@@ -186,15 +183,12 @@ def pop_lock(study: optuna.Study) -> Iterator[None]:
     write of one process's ask happen before the other's. Server databases need none (Optuna
     reads the row with ``SELECT ... FOR UPDATE``), nor an in-memory SQLite (one process)."""
     path = _sqlite_file(study)
-    if path is None or fcntl is None:  # Windows has no fcntl: there two asks are not kept apart
+    if path is None:
         yield
         return
-    with open(f"{path}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    # filelock (a dependency: run folders and the download cache use it too) locks on every OS.
+    with FileLock(f"{path}.lock"):
+        yield
 
 
 def _sqlite_file(study: optuna.Study) -> str | None:
