@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -167,3 +169,43 @@ def test_predict_and_eval_take_the_runtime(small_file: Path, tmp_path: Path, cap
     assert scores["onnxruntime"]["path"] == "plain:onnxruntime" and scores["torch"]["path"] == "plain"
     assert scores["onnxruntime"]["confusion"] == scores["torch"]["confusion"]
     assert scores["onnxruntime"]["loss"] == pytest.approx(scores["torch"]["loss"], abs=1e-4)
+
+
+def _signal_stack() -> tuple[int, int, int]:
+    """The calling thread's alternate signal stack (sigaltstack(2)): address, size, flags."""
+    import ctypes
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    st = StackT()
+    assert ctypes.CDLL(None).sigaltstack(None, ctypes.byref(st)) == 0
+    return st.ss_sp or 0, st.ss_size, st.ss_flags
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("openvino") or not sys.platform.startswith("linux"),
+                    reason="OpenVINO on Linux")
+def test_openvino_sessions_leave_the_threads_signal_stack_as_it_was(tmp_path: Path) -> None:
+    """OpenVINO's CPU plugin swaps the thread's alternate signal stack per core; two cores freed
+    oldest first left it on the first's unmapped stack, where the next signal with a Python
+    handler wrote its frame (an in-process `effnet bench` after a DataLoader with workers, which
+    leaves a SIGCHLD handler, crashed with SIGSEGV)."""
+    import gc
+
+    import openvino as ov
+    from openvino import opset8 as ops
+
+    from effnet.deploy.runtime import _openvino_runner
+
+    x = ops.parameter([1, 4], np.float32)
+    ov.save_model(ov.Model([ops.relu(x)], [x]), tmp_path / "relu.xml")  # a model file independent of effnet's export
+    before = _signal_stack()
+    first = _openvino_runner(tmp_path / "relu.xml", 1)
+    assert first(torch.tensor([[-1.0, 2.0, -3.0, 4.0]])).tolist() == [[0.0, 2.0, 0.0, 4.0]]
+    second = _openvino_runner(tmp_path / "relu.xml", 1)
+    second(torch.zeros(1, 4))
+    del first
+    gc.collect()
+    del second
+    gc.collect()
+    assert _signal_stack() == before

@@ -33,14 +33,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
 import statistics
+import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -227,11 +229,50 @@ def _ort_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tens
     return run
 
 
+class _SignalStack(ctypes.Structure):
+    """``stack_t`` of sigaltstack(2) on Linux (x86-64 and arm64 alike)."""
+
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def _keep_signal_stack() -> Iterator[None]:
+    """Give the calling thread back the alternate signal stack it had, should the block change it.
+
+    OpenVINO's CPU plugin (2026.4 checked) installs an alternate signal stack of its own on the
+    thread that first compiles a model for a new ``ov.Core`` and, when that core goes, puts back
+    the stack it found. With two cores on one thread freed oldest first, the second puts back the
+    first's stack, already unmapped: every later signal with a Python handler (Python installs
+    them all SA_ONSTACK) writes its frame into that memory, by then reused by the Python heap,
+    and the process crashes at random (a SIGCHLD handler + a subprocess was enough; faulthandler,
+    on the same stack, printed nothing). Restoring the thread's own stack after each call keeps
+    the plugin's stack out of use, so freeing it is harmless; the plugin then also skips its
+    restore (it restores only a stack that is still its own). Signals are then handled on the
+    stack the thread had before OpenVINO (faulthandler's 16 KiB under pytest, or none: the
+    thread's own stack), as in a process that never loaded it."""
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    before = _SignalStack()
+    if libc.sigaltstack(None, ctypes.byref(before)) != 0:
+        yield
+        return
+    try:
+        yield
+    finally:
+        now = _SignalStack()
+        libc.sigaltstack(None, ctypes.byref(now))
+        if (now.ss_sp, now.ss_size, now.ss_flags) != (before.ss_sp, before.ss_size, before.ss_flags):
+            libc.sigaltstack(ctypes.byref(before), None)
+
+
 def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
     import numpy as np
     import openvino as ov
 
-    core = ov.Core()
+    with _keep_signal_stack():  # see there: OpenVINO's CPU plugin swaps the thread's signal stack
+        core = ov.Core()
     base = core.read_model(str(path))
     # fp32 kept (OpenVINO's CPU plugin runs bf16 where the CPU has it: ~1e-2 off, not 1e-4);
     # one stream, latency hint: one synchronous call uses every thread.
@@ -244,7 +285,8 @@ def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch
         if shape not in compiled:  # a static shape per batch size compiles to faster kernels
             model = base.clone()
             model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
-            compiled[shape] = core.compile_model(model, "CPU", config).create_infer_request()
+            with _keep_signal_stack():
+                compiled[shape] = core.compile_model(model, "CPU", config).create_infer_request()
         request = compiled[shape]
         request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())})
         return torch.from_numpy(np.array(request.get_output_tensor(0).data))
