@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effnet.layers.activations import gated_pointwise_conv, lean_ops_active
+from effnet.layers.activations import gated_pointwise_conv, lean_ops_active, spatial_mean
 from effnet.layers.conv import ConvBnAct, make_activation
 
 
@@ -34,7 +34,12 @@ class SqueezeExcite(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The (B, C, 1, 1) channel weights ``sigmoid(s)``."""
-        s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1) global context
+        s: torch.Tensor | None = None
+        if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
+            if self.training:
+                s = spatial_mean(x)  # the same mean; its backward adds in place (layers.activations)
+        if s is None:
+            s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1) global context
         return torch.sigmoid(self.expand(self.act(self.reduce(s))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

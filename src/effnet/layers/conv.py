@@ -87,13 +87,15 @@ class ConvBnAct(nn.Sequential):
         self.bn = nn.BatchNorm2d(out_ch, eps=bn_eps, momentum=bn_momentum)
         self.act = make_activation(act) if act else nn.Identity()
 
-    def norm_act(self, x: torch.Tensor) -> torch.Tensor:
-        """``act(bn(x))``: the part after the conv (the SE projection runs its own conv)."""
+    def norm_act(self, x: torch.Tensor, scratch: bool = False) -> torch.Tensor:
+        """``act(bn(x))``: the part after the conv (the SE projection runs its own conv).
+        ``scratch``: ``x`` is this layer's own conv output, which nothing else reads, so the
+        memory-saving op may write its result over it."""
         # Scripting compiles the plain ops only (custom autograd is Python-only); TorchScript
         # skips a block only when `not torch.jit.is_scripting()` guards it alone.
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self.training and lean_ops_active():
-                y = batch_norm_act(x, self.bn, self.act)
+                y = batch_norm_act(x, self.bn, self.act, scratch=scratch)
                 if y is not None:
                     return y
         return self.act(self.bn(x))
@@ -102,5 +104,7 @@ class ConvBnAct(nn.Sequential):
         if not torch.jit.is_scripting():  # noqa: SIM102 (as in norm_act)
             if self.training and lean_ops_active() and fast_backward_applies(self.conv, x):
                 # The same convolution with a faster backward (effnet.layers.depthwise).
-                return self.norm_act(depthwise_conv(x, self.conv))
+                return self.norm_act(depthwise_conv(x, self.conv), scratch=True)
+            # A forward hook on the conv may keep its output: then it is not scratch.
+            return self.norm_act(self.conv(x), scratch=not self.conv._forward_hooks)
         return self.norm_act(self.conv(x))
