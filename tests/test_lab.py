@@ -29,10 +29,10 @@ def trials(storage: str, name: str) -> list:
 
 def test_grid_search_writes_table_json_plot_and_resumes_without_retraining(tmp_path, base):
     out = tmp_path / "search"
-    rep = search(base, step=0.1, tolerance=0.1, out=out, **TINY)
+    rep = search(base, step=0.2, tolerance=0.2, out=out, **TINY)  # the coarse grid: the suite's time
     assert rep.complete and rep.candidates == len(rep.rows) >= 3
     for r in rep.rows:  # each point satisfies the constraint and was trained at its own size
-        assert abs(r.alpha * r.beta**2 * r.gamma**2 - 2) <= 0.1 + 1e-9
+        assert abs(r.alpha * r.beta**2 * r.gamma**2 - 2) <= 0.2 + 1e-9
         assert r.image_size == max(32, round(32 * r.gamma)) and r.epochs == 1 and 0 <= r.top1 <= 100
         assert r.flops == count_flops(effnet.compound_scale(base, 1.0, r.alpha, r.beta, r.gamma))
     assert rep.best is not None and rep.best.top1 == max(r.top1 for r in rep.rows)
@@ -52,7 +52,7 @@ def test_grid_search_writes_table_json_plot_and_resumes_without_retraining(tmp_p
 
     storage = f"sqlite:///{(out / 'study.db').resolve()}"
     n_before = len(trials(storage, rep.study))
-    again = search(base, step=0.1, tolerance=0.1, out=out, **TINY)
+    again = search(base, step=0.2, tolerance=0.2, out=out, **TINY)
     assert len(trials(storage, rep.study)) == n_before  # nothing trained again
     assert [(r.key, r.top1) for r in again.rows] == [(r.key, r.top1) for r in rep.rows]
 

@@ -227,7 +227,9 @@ def _backward_from_output(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | 
 def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch: bool = False) -> torch.Tensor | None:
     """``act(bn(x))`` for a training-mode ``bn``, saving one tensor for backward instead of two;
     ``None`` when this pair cannot be fused (another norm or activation, no affine parameters,
-    no batch statistics): the caller then runs the modules."""
+    no batch statistics): the caller then runs the modules. ``scratch=True``: ``x`` is the
+    caller's own (a conv output nothing else reads) and may be overwritten with the result,
+    which is then ``x`` itself."""
     kind = _act_kind(act)
     if kind is None or type(bn) is not nn.BatchNorm2d or not bn.training or bn.weight is None:
         return None
