@@ -10,8 +10,9 @@ one of the two and the (C,) statistics: one tensor of three. It keeps the BN out
 can (SiLU's backward reads it as it is, and BN's backward runs on it with the shift and 1/scale
 in place of the batch statistics) and writes the activation over the conv output, which nothing
 else reads: no full-size tensor is recomputed or freshly allocated. Where a channel's scale is
-too small against its shift for that, it keeps the conv output and recomputes the BN output. (A SiLU alone saving "only its input" would save nothing: PyTorch's SiLU
-already saves just its input; the copy is what costs.) ReLU / ReLU6 after BN are left as they
+too small against its shift for that, it keeps the conv output and recomputes the BN output.
+(A SiLU alone saving "only its input" would save nothing: PyTorch's SiLU already saves just its
+input; the copy is what costs.) ReLU / ReLU6 after BN are left as they
 are: in place, they save their output, which the next conv keeps anyway, and BN's backward needs
 its input, not its output, so the in-place write is safe.
 
@@ -115,7 +116,8 @@ def _act_backward_(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tens
 
 
 class _BatchNormAct(torch.autograd.Function):
-    """Training-mode ``act(batch_norm(x))`` saving ``x`` and the (C,) batch statistics only."""
+    """Training-mode ``act(batch_norm(x))`` saving one full-size tensor: the BN output and 1/std
+    (see ``_save_output``), else ``x`` and both (C,) batch statistics."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, kind, scratch):  # type: ignore[override]
