@@ -192,17 +192,54 @@ def test_bn_act_float32_gradients_stay_as_close_to_float64_as_the_plain_ops():
         assert err_lean < 1e-6 and err_lean < 4 * err_plain + 1e-7, (name, err_lean, err_plain)
 
 
-def test_a_forward_hook_on_the_conv_keeps_the_conv_output():
+class _KeepingConv(nn.Conv2d):
+    """A user's conv that keeps its last output (as a cache or a feature tap would)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.last = super().forward(x)
+        return self.last
+
+
+@pytest.mark.parametrize("watcher", ["hook_on_conv", "global_hook", "user_conv"])
+def test_whoever_keeps_the_conv_output_sees_the_conv_output(watcher):
     # ConvBnAct lets the lean op write the activation over the conv output, which nothing else
-    # reads; a hook on the conv may keep it, and must then see the conv's output, not the act's.
+    # reads; a hook on the conv or on every module, or a conv of the user's own, may keep it, and
+    # must then see the conv's output, not the activation's.
     torch.manual_seed(5)
     layer = ConvBnAct(8, 16, 3, act="silu").train()
     kept: list[torch.Tensor] = []
-    layer.conv.register_forward_hook(lambda module, args, out: kept.append(out))
+    handle = None
+    if watcher == "hook_on_conv":
+        handle = layer.conv.register_forward_hook(lambda module, args, out: kept.append(out))
+    elif watcher == "global_hook":
+        handle = nn.modules.module.register_module_forward_hook(
+            lambda module, args, out: kept.append(out) if module is layer.conv else None)
+    else:
+        user = _KeepingConv(8, 16, 3, padding=1, bias=False)
+        user.load_state_dict(layer.conv.state_dict())
+        layer.conv = user
     x = torch.randn(2, 8, 9, 9)
-    y = layer(x)
-    torch.testing.assert_close(kept[0], F.conv2d(x, layer.conv.weight, padding=1))
-    torch.testing.assert_close(y, F.silu(copy.deepcopy(layer.bn)(kept[0])))  # batch statistics again
+    try:
+        y = layer(x)
+    finally:
+        if handle is not None:
+            handle.remove()
+    out = kept[0] if kept else layer.conv.last
+    torch.testing.assert_close(out, F.conv2d(x, layer.conv.weight, padding=1))
+    torch.testing.assert_close(y, F.silu(copy.deepcopy(layer.bn)(out)))  # batch statistics again
+
+
+def test_a_hook_on_a_depthwise_conv_runs_in_training():
+    # The 5x5 depthwise conv trains through effnet.layers.depthwise, which does not call the
+    # conv module; with a hook on it, the module runs, so the hook sees its input and output.
+    torch.manual_seed(6)
+    layer = ConvBnAct(8, 8, 5, groups=8, act="silu").train()
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    layer.conv.register_forward_hook(lambda module, args, out: seen.append((args[0], out)))
+    x = torch.randn(2, 8, 9, 9)
+    layer(x).sum().backward()
+    assert len(seen) == 1 and seen[0][0] is x
+    torch.testing.assert_close(seen[0][1], F.conv2d(x, layer.conv.weight, padding=2, groups=8))
 
 
 def test_bn_silu_saves_one_tensor_fewer_by_hand_count():
