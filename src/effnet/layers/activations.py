@@ -96,23 +96,42 @@ def _act_kind(act: nn.Module) -> str | None:
     return None
 
 
-def _act_forward(kind: str, z: torch.Tensor) -> torch.Tensor:
+def _act(kind: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The activation of ``z`` into ``out`` (``z`` itself, the conv output, ...) or a new tensor:
+    each element reads only its own input, so the kernels may write where they read."""
+    if out is None:
+        out = torch.empty_like(z)
     if kind == "silu":
-        return F.silu(z, inplace=True)  # in place: grad is off here, so no copy is saved
+        return torch.ops.aten.silu.out(z, out=out)
     if kind == "hardswish":
-        return F.hardswish(z, inplace=True)
-    return F.gelu(z, approximate="tanh" if kind == "gelu_tanh" else "none")
+        return torch.ops.aten.hardswish.out(z, out=out)
+    return torch.ops.aten.gelu.out(z, approximate="tanh" if kind == "gelu_tanh" else "none", out=out)
 
 
-def _act_backward_(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """The activation's input gradient, written over ``z`` (a buffer of the caller's own): each
-    element reads only its own input, so the kernels may write where they read."""
+def _act_grad(kind: str, grad: torch.Tensor, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The activation's input gradient, into ``out`` (may be ``z``, a buffer of the caller's own:
+    each element reads only its own input) or a new tensor."""
+    if out is None:
+        out = torch.empty_like(z)
     if kind == "silu":
-        return torch.ops.aten.silu_backward.grad_input(grad, z, grad_input=z)
+        return torch.ops.aten.silu_backward.grad_input(grad, z, grad_input=out)
     if kind == "hardswish":
-        return torch.ops.aten.hardswish_backward.out(grad, z, out=z)
+        return torch.ops.aten.hardswish_backward.out(grad, z, out=out)
     approximate = "tanh" if kind == "gelu_tanh" else "none"
-    return torch.ops.aten.gelu_backward.grad_input(grad, z, approximate=approximate, grad_input=z)
+    return torch.ops.aten.gelu_backward.grad_input(grad, z, approximate=approximate, grad_input=out)
+
+
+def _bn_backward(grad_z: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor,
+                 invstd: torch.Tensor, eps: float, mask: list[bool]) -> tuple[torch.Tensor | None, ...]:
+    """BN's gradients, as :meth:`_BatchNormAct.backward` returns them; the input gradient is
+    written over ``grad_z`` (BN's second pass reads each element, then writes it)."""
+    args = (grad_z, inp, weight, None, None, mean, invstd, True, eps, mask)
+    if not mask[0]:
+        _, gw, gb = torch.ops.aten.native_batch_norm_backward(*args)
+        return None, gw, gb, None, None, None, None, None, None
+    gw, gb = torch.empty_like(weight), torch.empty_like(weight)
+    gx, gw, gb = torch.ops.aten.native_batch_norm_backward.out(*args, out0=grad_z, out1=gw, out2=gb)
+    return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None, None
 
 
 class _BatchNormAct(torch.autograd.Function):
@@ -134,7 +153,7 @@ class _BatchNormAct(torch.autograd.Function):
                 return _act(kind, z, out=x)
             return _act(kind, z)
         ctx.save_for_backward(x, weight, bias, mean, invstd)
-        return _act_forward(kind, z)
+        return _act(kind, z, out=z)  # in place: grad is off here, so no copy is saved
 
     @staticmethod
     @once_differentiable
@@ -153,16 +172,8 @@ class _BatchNormAct(torch.autograd.Function):
         # A fresh CPU buffer of this size costs about as much as the arithmetic (its pages are
         # faulted in and zeroed on first touch), so the two it saves are worth the aliasing; the
         # gradients are bitwise those of separate buffers (tests/test_memory_saving.py).
-        grad_z = _act_backward_(ctx.kind, grad, z)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-        if not mask[0]:
-            _, gw, gb = torch.ops.aten.native_batch_norm_backward(
-                grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask)
-            return None, gw, gb, None, None, None, None, None, None
-        gw, gb = torch.empty_like(weight), torch.empty_like(weight)
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward.out(
-            grad_z, x, weight, None, None, mean, invstd, True, ctx.eps, mask, out0=grad_z, out1=gw, out2=gb)
-        return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None, None
+        grad_z = _act_grad(ctx.kind, grad, z, out=z)
+        return _bn_backward(grad_z, x, weight, mean, invstd, ctx.eps, list(ctx.needs_input_grad[:3]))
 
 
 # How far a BN output may sit from its shift, in units of its scale, for its normalised input to
@@ -187,26 +198,6 @@ def _save_output(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> b
     return bool((scale > 0).all() and (bias.detach().abs() <= _MAX_SHIFT_OVER_SCALE * scale).all())
 
 
-def _act_backward(kind: str, grad: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """The activation's input gradient, into a new tensor."""
-    if kind == "silu":
-        return torch.ops.aten.silu_backward(grad, z)
-    if kind == "hardswish":
-        return torch.ops.aten.hardswish_backward(grad, z)
-    return torch.ops.aten.gelu_backward(grad, z, approximate="tanh" if kind == "gelu_tanh" else "none")
-
-
-def _act(kind: str, z: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """The activation of ``z`` into ``out`` or a new tensor (``z`` is saved for backward)."""
-    if out is None:
-        out = torch.empty_like(z)
-    if kind == "silu":
-        return torch.ops.aten.silu.out(z, out=out)
-    if kind == "hardswish":
-        return torch.ops.aten.hardswish.out(z, out=out)
-    return torch.ops.aten.gelu.out(z, approximate="tanh" if kind == "gelu_tanh" else "none", out=out)
-
-
 def _backward_from_output(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
     """:meth:`_BatchNormAct.backward` from the saved BN output ``z = w * xhat + b``.
 
@@ -215,15 +206,9 @@ def _backward_from_output(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | 
     are unchanged, and its input gradient, ``weight * invstd * (...)``, comes out right with
     ``w * invstd * w`` as the weight (invstd being ``1/w`` there)."""
     z, weight, bias, invstd = ctx.saved_tensors
-    grad_z = _act_backward(ctx.kind, grad, z)  # a new buffer: BN's backward still reads z
-    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]]
-    args = (grad_z, z, weight * invstd * weight, None, None, bias, weight.reciprocal(), True, ctx.eps, mask)
-    if not mask[0]:
-        _, gw, gb = torch.ops.aten.native_batch_norm_backward(*args)
-        return None, gw, gb, None, None, None, None, None, None
-    gw, gb = torch.empty_like(weight), torch.empty_like(weight)
-    gx, gw, gb = torch.ops.aten.native_batch_norm_backward.out(*args, out0=grad_z, out1=gw, out2=gb)
-    return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None, None
+    grad_z = _act_grad(ctx.kind, grad, z)  # a new buffer: BN's backward still reads z
+    return _bn_backward(grad_z, z, weight * invstd * weight, bias, weight.reciprocal(), ctx.eps,
+                        list(ctx.needs_input_grad[:3]))
 
 
 def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch: bool = False) -> torch.Tensor | None:

@@ -102,13 +102,14 @@ class ConvBnAct(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # noqa: SIM102 (as in norm_act)
-            scratch = self._conv_output_is_scratch()
-            if (self.training and lean_ops_active() and fast_backward_applies(self.conv, x) and scratch
-                    and not self.conv._forward_pre_hooks and not nn.modules.module._global_forward_pre_hooks):
-                # The same convolution with a faster backward (effnet.layers.depthwise); it does
-                # not call the conv module, so not where a hook on it must run.
-                return self.norm_act(depthwise_conv(x, self.conv), scratch=True)
-            return self.norm_act(self.conv(x), scratch=scratch)
+            if self.training and lean_ops_active():
+                scratch = self._conv_output_is_scratch()
+                if (scratch and fast_backward_applies(self.conv, x) and not self.conv._forward_pre_hooks
+                        and not nn.modules.module._global_forward_pre_hooks):
+                    # The same convolution with a faster backward (effnet.layers.depthwise); it
+                    # does not call the conv module, so not where a hook on it must run.
+                    return self.norm_act(depthwise_conv(x, self.conv), scratch=True)
+                return self.norm_act(self.conv(x), scratch=scratch)
         return self.norm_act(self.conv(x))
 
     def _conv_output_is_scratch(self) -> bool:
