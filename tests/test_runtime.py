@@ -195,14 +195,14 @@ def test_openvino_sessions_leave_the_threads_signal_stack_as_it_was(tmp_path: Pa
     import openvino as ov
     from openvino import opset8 as ops
 
-    from effnet.deploy.runtime import _openvino_runner
+    from effnet.deploy.runners import openvino_runner
 
     x = ops.parameter([1, 4], np.float32)
     ov.save_model(ov.Model([ops.relu(x)], [x]), tmp_path / "relu.xml")  # a model file independent of effnet's export
     before = _signal_stack()
-    first = _openvino_runner(tmp_path / "relu.xml", 1)
+    first = openvino_runner(tmp_path / "relu.xml", 1)
     assert first(torch.tensor([[-1.0, 2.0, -3.0, 4.0]])).tolist() == [[0.0, 2.0, 0.0, 4.0]]
-    second = _openvino_runner(tmp_path / "relu.xml", 1)
+    second = openvino_runner(tmp_path / "relu.xml", 1)
     second(torch.zeros(1, 4))
     del first
     gc.collect()

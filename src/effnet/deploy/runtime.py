@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import hashlib
 import importlib.util
 import json
 import logging
 import statistics
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +50,7 @@ from torch import nn
 from effnet.deploy import optimize as torch_path  # the module: this one defines its own optimize()
 from effnet.deploy.export import export
 from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
+from effnet.deploy.runners import RUNNERS
 from effnet.files import atomic_write
 from effnet.weights import load_model
 
@@ -208,93 +207,6 @@ def _record(onnx_path: Path, key: str, value: Any) -> None:
         atomic_write(_checks_path(onnx_path), lambda tmp: Path(tmp).write_text(text))
 
 
-# --- the runtimes -------------------------------------------------------------------------------
-def _ort_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    import numpy as np
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name_in, name_out = sess.get_inputs()[0].name, sess.get_outputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        (y,) = sess.run([name_out], {name_in: np.ascontiguousarray(x.detach().float().cpu().numpy())})
-        return torch.from_numpy(np.asarray(y))
-
-    return run
-
-
-class _SignalStack(ctypes.Structure):
-    """``stack_t`` of sigaltstack(2) on Linux (x86-64 and arm64 alike)."""
-
-    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
-
-
-@contextlib.contextmanager
-def _keep_signal_stack() -> Iterator[None]:
-    """Give the calling thread back the alternate signal stack it had, should the block change it.
-
-    OpenVINO's CPU plugin (2026.4 checked) installs an alternate signal stack of its own on the
-    thread that first compiles a model for a new ``ov.Core`` and, when that core goes, puts back
-    the stack it found. With two cores on one thread freed oldest first, the second puts back the
-    first's stack, already unmapped: every later signal with a Python handler (Python installs
-    them all SA_ONSTACK) writes its frame into that memory, by then reused by the Python heap,
-    and the process crashes at random (a SIGCHLD handler + a subprocess was enough; faulthandler,
-    on the same stack, printed nothing). Restoring the thread's own stack after each call keeps
-    the plugin's stack out of use, so freeing it is harmless; the plugin then also skips its
-    restore (it restores only a stack that is still its own). Signals are then handled on the
-    stack the thread had before OpenVINO (faulthandler's 16 KiB under pytest, or none: the
-    thread's own stack), as in a process that never loaded it."""
-    if not sys.platform.startswith("linux"):
-        yield
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    before = _SignalStack()
-    if libc.sigaltstack(None, ctypes.byref(before)) != 0:
-        yield
-        return
-    try:
-        yield
-    finally:
-        now = _SignalStack()
-        libc.sigaltstack(None, ctypes.byref(now))
-        if (now.ss_sp, now.ss_size, now.ss_flags) != (before.ss_sp, before.ss_size, before.ss_flags):
-            libc.sigaltstack(ctypes.byref(before), None)
-
-
-def _openvino_runner(path: Path, threads: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    import numpy as np
-    import openvino as ov
-
-    with _keep_signal_stack():  # see there: OpenVINO's CPU plugin swaps the thread's signal stack
-        core = ov.Core()
-    base = core.read_model(str(path))
-    # fp32 kept (OpenVINO's CPU plugin runs bf16 where the CPU has it: ~1e-2 off, not 1e-4);
-    # one stream, latency hint: one synchronous call uses every thread.
-    config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32",
-              "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-    compiled: dict[tuple[int, ...], Any] = {}
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        shape = tuple(x.shape)
-        if shape not in compiled:  # a static shape per batch size compiles to faster kernels
-            model = base.clone()
-            model.reshape({model.inputs[0].get_any_name(): ov.PartialShape(list(shape))})
-            with _keep_signal_stack():
-                compiled[shape] = core.compile_model(model, "CPU", config).create_infer_request()
-        request = compiled[shape]
-        request.infer({0: np.ascontiguousarray(x.detach().float().cpu().numpy())})
-        return torch.from_numpy(np.array(request.get_output_tensor(0).data))
-
-    return run
-
-
-_RUNNERS = {"onnxruntime": _ort_runner, "openvino": _openvino_runner}
 
 
 def _load_reference(source: str | Path | nn.Module) -> nn.Module:
@@ -340,7 +252,7 @@ def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, r
         checked = None  # in process, every time: a trace is built fresh
     else:
         onnx_path, keep = onnx or _onnx_for(source, reference, res, cache_dir)
-        runner = _RUNNERS[runtime](onnx_path, threads)
+        runner = RUNNERS[runtime](onnx_path, threads)
         s = Session(runtime, runner, resolution=res, source=reference, onnx_path=onnx_path, threads=threads,
                     keep=keep)
         checked = _read_checks(onnx_path).get(runtime)
@@ -503,7 +415,7 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         int8_path = onnx_path.with_name(f"{onnx_path.stem}.int8-{key}{'' if r == 'onnxruntime' else '-' + r}.onnx")
         if not int8_path.is_file():
             quantize_onnx(onnx_path, int8_path, batches, target=r)
-        s = Session(r, _RUNNERS[r](int8_path, threads), resolution=res, source=reference, onnx_path=int8_path,
+        s = Session(r, RUNNERS[r](int8_path, threads), resolution=res, source=reference, onnx_path=int8_path,
                     threads=threads, keep=keep)
         s.precision = "int8"
         int8s[r] = s
