@@ -267,15 +267,18 @@ def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monke
         calls.append((lib, steps))
         if lib == "timm":
             raise RuntimeError("training worker for timm x failed: boom")
-        return {"peak_bytes": {"effnet": 10, "torchvision": 30}[lib] * MIB * len(calls), "times": [0.5] * steps}
+        return {"peak_bytes": {"effnet": 10, "torchvision": 30}[lib] * MIB * len(calls), "times": [0.5] * steps,
+                "kernel": [0.1] * steps, "faults": [7] * steps}
 
     monkeypatch.setattr(worker, "run_worker", fake)
     cfg = make_config(["tinynet_e"], libs=["effnet"], train_iters=5, rounds=2, progress=False)
     entries = {lb: {"lib": lb, "variant": "", "notes": [], "metrics": {}} for lb in ("effnet", "timm", "torchvision")}
-    times = worker.train_in_workers("tinynet_e", cfg, list(entries), entries, __import__("tqdm").tqdm(disable=True))
+    times, kernel = worker.train_in_workers("tinynet_e", cfg, list(entries), entries,
+                                            __import__("tqdm").tqdm(disable=True))
     # round 1: effnet, timm (fails, never again), torchvision with 3 steps; round 2 starts one later
     assert calls == [("effnet", 3), ("timm", 3), ("torchvision", 3), ("torchvision", 2), ("effnet", 2)]
     assert times == {"effnet": [0.5] * 5, "torchvision": [0.5] * 5}
+    assert kernel == {"effnet": [0.1] * 5, "torchvision": [0.1] * 5}
     assert entries["effnet"]["metrics"]["peak_train_b32_mib"] == (10 * 1 + 10 * 5) / 2  # median of 10 and 50
     assert entries["torchvision"]["metrics"]["peak_train_b32_mib"] == (30 * 3 + 30 * 4) / 2
     assert "timm" not in times and "failed: boom" in entries["timm"]["notes"][0]
@@ -290,3 +293,23 @@ def test_a_worker_times_its_steps_after_the_measured_first_one():
     out = measure(job)
     assert len(out["times"]) == 3 and all(t > 0 for t in out["times"])
     assert out["peak_bytes"] > 0
+    if sys.platform.startswith("linux"):
+        assert len(out["kernel"]) == len(out["faults"]) == 3
+        assert all(k >= 0 for k in out["kernel"]) and all(f >= 0 for f in out["faults"])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="getrusage's counters as Linux keeps them")
+def test_the_workers_cpu_counters_see_the_pages_a_step_faults_in():
+    # 64 MiB of fresh memory (above glibc's largest mmap threshold, so new pages), every byte
+    # written: the kernel faults in at least one page per 2 MiB (huge pages; 4 KiB pages give 512
+    # times more). What is measured must be this process's minor faults, not major ones or time.
+    import numpy as np
+
+    from effnet.bench.worker import _cpu_counters
+
+    before = _cpu_counters()
+    block = np.ones(64 << 20, dtype=np.uint8)
+    after = _cpu_counters()
+    assert block[-1] == 1
+    assert after[1] - before[1] >= 32
+    assert after[0] >= before[0]

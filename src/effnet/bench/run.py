@@ -301,8 +301,9 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
     bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
+    kernel: dict[str, list[float]] = {}
     if cfg.train_in_workers:
-        times = train_in_workers(name, cfg, list(fns), entries, bar)
+        times, kernel = train_in_workers(name, cfg, list(fns), entries, bar)
     else:
         times = interleaved(fns, warmup=1, iters=cfg.train_iters, rounds=cfg.rounds, device=device,
                             on_call=lambda _: bar.update())
@@ -311,6 +312,8 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         m[f"train_b{tb}_ms"] = median_ms(samples)
         m[f"train_b{tb}_ms_min"] = min(samples) * 1e3
         m[f"train_b{tb}_img_s"] = tb / (m[f"train_b{tb}_ms"] / 1e3)
+        if label in kernel:  # the step's system CPU time (all threads): faulting in fresh memory, mostly
+            m[f"train_b{tb}_kernel_ms"] = median_ms(kernel[label])
     for label, r in runners.items():
         with _autocast(cfg):
             saved = saved_activation_bytes(lambda r=r, xin=r.prepare(x): r.forward(xin, True),

@@ -6,8 +6,12 @@ process's heap, and it would both hide part of the next one's peak and hand it p
 faulting in (on the CPU, a fresh process ran B0's training step up to 1.7x slower than the same
 step in a process that had trained other networks first). Builds the candidate, measures its
 first training step with :func:`effnet.bench.measure.peak_memory_bytes`, then ``warmup`` untimed
-and ``steps`` timed steps, and writes ``{"peak_bytes": N, "times": [seconds, ...]}`` on stdout
-(the one line the parent reads; this is a data channel, not a report).
+and ``steps`` timed steps, and writes ``{"peak_bytes": N, "times": [seconds, ...], "kernel": [seconds,
+...], "faults": [count, ...]}`` on stdout (the one line the parent reads; this is a data channel,
+not a report). ``kernel`` and ``faults`` are the process's system CPU time and minor page faults
+during each timed step (``getrusage``, all threads): on the CPU, most of a step's system time is
+the kernel faulting in and zeroing the memory the step asks for, which no library's arithmetic
+shows and which moves with the host's memory state.
 """
 
 from __future__ import annotations
@@ -24,10 +28,24 @@ from typing import Any
 
 import torch
 
+try:
+    import resource  # POSIX only: the system CPU time and page faults of each step
+except ImportError:  # pragma: no cover - Windows
+    resource = None  # type: ignore[assignment]
+
 from effnet.bench.measure import MIB, peak_memory_bytes, rotation, sync, train_step
 from effnet.bench.peers import build_runner, use_keras_torch_backend
 
 log = logging.getLogger(__name__)
+
+
+def _cpu_counters() -> tuple[float, int] | None:
+    """(system CPU seconds, minor page faults) of this process so far, all threads; None where
+    ``getrusage`` does not exist (Windows)."""
+    if resource is None:
+        return None
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_stime, usage.ru_minflt
 
 
 # --- the worker's side ------------------------------------------------------------------------
@@ -52,25 +70,32 @@ def measure(job: dict) -> dict[str, object]:
     peak = peak_memory_bytes(step, device)
     for _ in range(int(job.get("warmup", 0))):
         step()
-    times = []
+    times, kernel, faults = [], [], []
     for _ in range(int(job.get("steps", 0))):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_counters(), time.perf_counter()
         step()
         sync(device)
         times.append(time.perf_counter() - t0)
-    return {"peak_bytes": peak, "times": times}
+        c1 = _cpu_counters()
+        if c0 is not None and c1 is not None:
+            kernel.append(c1[0] - c0[0])
+            faults.append(c1[1] - c0[1])
+    return {"peak_bytes": peak, "times": times, "kernel": kernel, "faults": faults}
 
 
 # --- the parent's side: start workers and read their line --------------------------------------
 def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, dict[str, Any]],
-                     bar: Any) -> dict[str, list[float]]:
+                     bar: Any) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Seconds per training step of each candidate (``cfg``: the run's :class:`effnet.bench.run.Config`,
     not imported here, which would make the two modules import each other), ``cfg.train_iters`` each, every round in a fresh
     worker process per candidate (:func:`rotation` order); the peak is the median of the workers'
-    first-step peaks. A candidate whose worker fails keeps a note and no training figures."""
+    first-step peaks. Returns the seconds of every timed step and the system CPU seconds of each
+    (where ``getrusage`` exists), per candidate. A candidate whose worker fails keeps a note and no
+    training figures."""
     rounds = max(1, min(cfg.rounds, cfg.train_iters))
     per_round = [cfg.train_iters // rounds + (1 if r < cfg.train_iters % rounds else 0) for r in range(rounds)]
     times: dict[str, list[float]] = {lb: [] for lb in labels}
+    kernel: dict[str, list[float]] = {lb: [] for lb in labels}
     peaks: dict[str, list[int]] = {lb: [] for lb in labels}
     failed: set[str] = set()
     for order, n in zip(rotation(labels, rounds), per_round):
@@ -86,13 +111,15 @@ def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, 
                 log.warning("%s %s: %s", name, label, e)
                 continue
             times[label] += out["times"]
+            kernel[label] += out["kernel"]
             peaks[label].append(int(out["peak_bytes"]))
             bar.update(n)
     if cfg.peak:
         for label, values in peaks.items():
             if values:
                 entries[label]["metrics"][f"peak_train_b{cfg.train_batch}_mib"] = statistics.median(values) / MIB
-    return {lb: t for lb, t in times.items() if lb not in failed}
+    return ({lb: t for lb, t in times.items() if lb not in failed},
+            {lb: k for lb, k in kernel.items() if lb not in failed and k})
 
 
 def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Any) -> int:
