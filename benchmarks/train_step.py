@@ -7,7 +7,8 @@ training ops on a busy machine.
     python benchmarks/train_step.py effnet --profile                       # top ops of the step
 
 Candidates: ``effnet`` (``create_model``, its default training ops), ``effnet:plain`` (the
-memory-saving ops switched off: what autograd saves for plain PyTorch modules), ``timm``,
+memory-saving ops switched off: what autograd saves for plain PyTorch modules), ``effnet:nopool``
+(the default ops with their full-size buffers allocated afresh each step), ``timm``,
 ``torchvision``; a ``+compile`` suffix wraps the network in ``torch.compile``. Every network is
 channels_last with channels_last inputs, stochastic depth 0.2, trained by SGD (momentum 0.9) on a
 fixed random batch with cross-entropy, as ``effnet bench`` trains (``effnet.bench.measure``).
@@ -40,7 +41,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import effnet  # noqa: E402
-from effnet.layers import memory_efficient  # noqa: E402
+from effnet.layers import ConvBnAct, memory_efficient  # noqa: E402
 
 DROP_PATH = 0.2
 
@@ -54,6 +55,10 @@ def build(candidate: str, model: str) -> tuple[nn.Module, Callable[[], object]]:
         net = effnet.create_model(model, drop_path_rate=DROP_PATH)
         lean = variant != "plain"
         context = lambda: memory_efficient(lean)  # noqa: E731
+        if variant == "nopool":  # the training buffers allocated afresh every step (effnet.layers.buffers)
+            for m in net.modules():
+                if isinstance(m, ConvBnAct):
+                    m.buffer_pool = None
     elif lib == "timm":
         import timm
 
@@ -65,7 +70,7 @@ def build(candidate: str, model: str) -> tuple[nn.Module, Callable[[], object]]:
         net = getattr(torchvision.models, model)(stochastic_depth_prob=DROP_PATH, dropout=0.2)
         context = memory_efficient
     else:
-        raise ValueError(f"candidate: expected effnet[:plain], timm or torchvision [+compile], got {candidate!r}")
+        raise ValueError(f"candidate: expected effnet[:plain|:nopool], timm or torchvision [+compile], got {candidate!r}")
     net = net.to(memory_format=torch.channels_last).train()
     if compiled:
         net = torch.compile(net)

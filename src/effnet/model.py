@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from effnet.layers import BLOCKS, ConvBnAct
+from effnet.layers.buffers import BufferPool
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
 __all__ = ["MIN_INPUT_SIZE", "ConvNet", "EfficientNet", "build"]
@@ -82,6 +83,12 @@ class ConvNet(nn.Module):
         self.classifier = self._new_classifier(spec.num_classes)
         self.feature_info = self._feature_info()
         self.grad_checkpointing = False
+        # One pool of full-size CPU training buffers for every conv-BN-act layer of this model
+        # (effnet.layers.buffers: their pages are faulted in once, not every step).
+        self.buffer_pool = BufferPool()
+        for m in self.modules():
+            if isinstance(m, ConvBnAct):
+                m.buffer_pool = self.buffer_pool
         self._init_weights()
         if spec.extra.get(ZERO_INIT_LAST, False):
             zero_init_last(self)
@@ -162,10 +169,23 @@ class ConvNet(nn.Module):
                              f"decoding and normalisation that produced it")
 
     # --- forward ------------------------------------------------------------------------
+    def train(self, mode: bool = True) -> ConvNet:
+        """``nn.Module.train``; leaving training also frees the training buffers' pool."""
+        super().train(mode)
+        if not mode and getattr(self, "buffer_pool", None) is not None:
+            self.buffer_pool.clear()
+        return self
+
+    @torch.jit.unused
+    def _step_begins(self) -> None:
+        if self.training and getattr(self, "buffer_pool", None) is not None:  # a module pickled before has none
+            self.buffer_pool.next_step()
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
         if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)
             self._check_input(x)
+            self._step_begins()
         x = self.stem_pool(self.stem(x))
         if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
             if self._checkpointing_now():
@@ -211,6 +231,7 @@ class ConvNet(nn.Module):
         channels): for a ResNet stride 2 is the stem conv, before the max pool.
         """
         self._check_input(x)
+        self._step_begins()
         wanted = {f["module"] for f in self.feature_info}
         out: list[torch.Tensor] = []
         modules = [("stem", self.stem), ("stem_pool", self.stem_pool),

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from effnet.layers.buffers import BufferPool
+
 __all__ = ["batch_norm_act", "gated_pointwise_conv", "memory_efficient", "memory_efficient_enabled",
            "set_memory_efficient", "spatial_mean"]
 
@@ -128,10 +130,10 @@ def _bn_backward(grad_z: torch.Tensor, inp: torch.Tensor, weight: torch.Tensor, 
     args = (grad_z, inp, weight, None, None, mean, invstd, True, eps, mask)
     if not mask[0]:
         _, gw, gb = torch.ops.aten.native_batch_norm_backward(*args)
-        return None, gw, gb, None, None, None, None, None, None
+        return None, gw, gb, None, None, None, None, None, None, None
     gw, gb = torch.empty_like(weight), torch.empty_like(weight)
     gx, gw, gb = torch.ops.aten.native_batch_norm_backward.out(*args, out0=grad_z, out1=gw, out2=gb)
-    return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None, None
+    return gx, gw if mask[1] else None, gb if mask[2] else None, None, None, None, None, None, None, None
 
 
 class _BatchNormAct(torch.autograd.Function):
@@ -139,12 +141,18 @@ class _BatchNormAct(torch.autograd.Function):
     (see ``_save_output``), else ``x`` and both (C,) batch statistics."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, kind, scratch):  # type: ignore[override]
+    def forward(ctx, x, weight, bias, running_mean, running_var, momentum, eps, kind, scratch, pool):  # type: ignore[override]
         # native_batch_norm is what F.batch_norm runs on CPU: the same output, the same
         # running-statistics update (momentum, unbiased variance), plus the batch mean and
         # 1/std that its backward takes.
-        z, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
-        ctx.eps, ctx.kind = eps, kind
+        if pool is not None:  # the BN output into a buffer kept from an earlier step (layers.buffers)
+            stats = (x.new_empty(x.shape[1]), x.new_empty(x.shape[1]))
+            z, mean, invstd = torch.ops.aten.native_batch_norm.out(
+                x, weight, bias, running_mean, running_var, True, momentum, eps,
+                out=pool.empty_like(x), save_mean=stats[0], save_invstd=stats[1])
+        else:
+            z, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
+        ctx.eps, ctx.kind, ctx.pool = eps, kind, pool
         ctx.saved_output = _save_output(z, weight, bias)
         if ctx.saved_output:
             ctx.save_for_backward(z, weight, bias, invstd)
@@ -206,17 +214,21 @@ def _backward_from_output(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | 
     are unchanged, and its input gradient, ``weight * invstd * (...)``, comes out right with
     ``w * invstd * w`` as the weight (invstd being ``1/w`` there)."""
     z, weight, bias, invstd = ctx.saved_tensors
-    grad_z = _act_grad(ctx.kind, grad, z)  # a new buffer: BN's backward still reads z
+    # A buffer of its own (BN's backward still reads z): where the model has a pool, the BN output
+    # of a layer whose backward is done, when one of this shape is free (not kept otherwise).
+    grad_z = _act_grad(ctx.kind, grad, z, out=None if ctx.pool is None else ctx.pool.empty_like(z, keep=False))
     return _bn_backward(grad_z, z, weight * invstd * weight, bias, weight.reciprocal(), ctx.eps,
                         list(ctx.needs_input_grad[:3]))
 
 
-def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch: bool = False) -> torch.Tensor | None:
+def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch: bool = False,
+                   pool: BufferPool | None = None) -> torch.Tensor | None:
     """``act(bn(x))`` for a training-mode ``bn``, saving one tensor for backward instead of two;
     ``None`` when this pair cannot be fused (another norm or activation, no affine parameters,
     no batch statistics): the caller then runs the modules. ``scratch=True``: ``x`` is the
     caller's own (a conv output nothing else reads) and may be overwritten with the result,
-    which is then ``x`` itself."""
+    which is then ``x`` itself. ``pool``: where the BN output and its gradient get their
+    full-size buffers (:class:`~effnet.layers.buffers.BufferPool`; CPU), instead of fresh ones."""
     kind = _act_kind(act)
     if kind is None or type(bn) is not nn.BatchNorm2d or not bn.training or bn.weight is None:
         return None
@@ -228,7 +240,10 @@ def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch:
             momentum = 1.0 / float(bn.num_batches_tracked)
     running_mean = bn.running_mean if bn.track_running_stats else None
     running_var = bn.running_var if bn.track_running_stats else None
-    return _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch)
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != bn.weight.dtype:
+        pool = None  # CUDA's caching allocator already reuses its blocks; mixed precision: as measured
+    return _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch,
+                               pool)
 
 
 # --- squeeze-excitation gate + 1x1 projection --------------------------------------------------

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from effnet.layers.activations import batch_norm_act, lean_ops_active
+from effnet.layers.buffers import BufferPool
 from effnet.layers.depthwise import depthwise_conv, fast_backward_applies
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -77,6 +78,12 @@ class ConvBnAct(nn.Sequential):
     for backward).
     """
 
+    #: Where the memory-saving op gets its full-size CPU buffers (``effnet.layers.buffers``): the
+    #: model's pool, which :class:`effnet.model.ConvNet` sets on each of its layers; None (a layer
+    #: on its own) allocates afresh.
+    buffer_pool: BufferPool | None = None
+    __jit_ignored_attributes__ = ["buffer_pool"]  # TorchScript runs the plain ops, without the pool
+
     def __init__(
         self, in_ch: int, out_ch: int, kernel: int = 1, stride: int = 1, groups: int = 1,
         act: str | None = "silu", bn_eps: float = 1e-3, bn_momentum: float = 0.01,
@@ -95,7 +102,7 @@ class ConvBnAct(nn.Sequential):
         # skips a block only when `not torch.jit.is_scripting()` guards it alone.
         if not torch.jit.is_scripting():  # noqa: SIM102
             if self.training and lean_ops_active():
-                y = batch_norm_act(x, self.bn, self.act, scratch=scratch)
+                y = batch_norm_act(x, self.bn, self.act, scratch=scratch, pool=self.buffer_pool)
                 if y is not None:
                     return y
         return self.act(self.bn(x))

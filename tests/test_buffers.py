@@ -1,0 +1,148 @@
+"""The training buffers' pool (effnet.layers.buffers): the numbers are those of fresh buffers,
+the buffers are reused from step to step, and nothing a user or autograd still holds is ever
+handed out again."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import effnet
+from effnet.layers import ConvBnAct
+from effnet.layers.buffers import BufferPool
+
+
+def small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    spec = effnet.scale(effnet.get_spec("efficientnet_b0"), width=0.5, depth=0.5)
+    return effnet.build(spec.replace(num_classes=10, drop_path_rate=0.0, dropout=0.0)).train()
+
+
+def without_pool(model: nn.Module) -> nn.Module:
+    for m in model.modules():
+        if isinstance(m, ConvBnAct):
+            m.buffer_pool = None
+    return model
+
+
+def batches(n: int, size: int = 4) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [(torch.randn(size, 3, 64, 64, generator=gen), torch.randint(0, 10, (size,), generator=gen))
+            for _ in range(n)]
+
+
+def train(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    losses = []
+    for x, y in data:
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def test_training_with_the_pool_equals_training_with_fresh_buffers_bitwise():
+    data = batches(4)
+    pooled, fresh = small_model(), without_pool(small_model())
+    assert train(pooled, data) == train(fresh, data)
+    for (name, a), b in zip(pooled.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name  # weights and BN running statistics
+
+
+def test_the_buffers_of_one_step_are_those_of_the_next():
+    model = small_model()
+    data = batches(3)
+    train(model, data[:1])
+    first = {t.data_ptr() for bucket in model.buffer_pool._buckets.values() for t in bucket}
+    assert len(first) == len(model.buffer_pool) > 0
+    train(model, data[1:])
+    now = {t.data_ptr() for bucket in model.buffer_pool._buckets.values() for t in bucket}
+    assert now == first  # no buffer made after the first step
+
+
+def test_a_gradient_a_hook_keeps_is_never_written_over():
+    # The input gradient of a conv-BN-act's BN comes from the pool (a BN output whose layer is
+    # done); a tensor hook that keeps it must find it unchanged after later steps.
+    model = small_model()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def keep_grad(module, inp, out):
+        out.register_hook(lambda g: kept.append((g, g.clone())))
+
+    for m in model.modules():
+        if isinstance(m, ConvBnAct):
+            m.conv.register_forward_hook(keep_grad)
+    data = batches(3)
+    train(model, data[:1])
+    first = list(kept)
+    assert len(first) > 10
+    train(model, data[1:])
+    assert all(torch.equal(g, copy_) for g, copy_ in first)
+
+
+def test_saved_tensors_a_pack_hook_keeps_are_never_written_over():
+    model = small_model()
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        kept.append((t, t.detach().clone()))
+        return t
+
+    data = batches(3)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        train(model, data[:1])
+    # Parameters and BN running statistics are saved too, and updated in place: left out.
+    params = {p.data_ptr() for p in (*model.parameters(), *model.buffers())}
+    first = [(t, copy_) for t, copy_ in kept if t.data_ptr() not in params]
+    assert len(first) > 10
+    train(model, data[1:])
+    assert all(torch.equal(t, copy_) for t, copy_ in first)
+
+
+def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers():
+    (x1, y1), (x2, y2) = batches(2)
+    grads = []
+    for model in (small_model(), without_pool(small_model())):
+        loss = nn.functional.cross_entropy(model(x1), y1) + nn.functional.cross_entropy(model(x2), y2)
+        loss.backward()
+        grads.append([p.grad for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+def test_shapes_a_step_no_longer_uses_are_dropped_and_eval_empties_the_pool():
+    model = small_model()
+    train(model, batches(1, size=4))
+    big = model.buffer_pool.nbytes
+    train(model, batches(2, size=2))  # a smaller last batch: the batch-4 buffers go at the step after
+    assert 0 < model.buffer_pool.nbytes == pytest.approx(big / 2, rel=0.01)
+    model.eval()
+    assert model.buffer_pool.nbytes == 0 and len(model.buffer_pool) == 0
+
+
+def test_a_copy_of_the_model_gets_an_empty_pool_of_its_own():
+    model = small_model()
+    train(model, batches(1))
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert other.buffer_pool is not model.buffer_pool and len(other.buffer_pool) == 0
+        assert all(m.buffer_pool is other.buffer_pool for m in other.modules() if isinstance(m, ConvBnAct))
+
+
+def test_the_pool_hands_out_only_buffers_nothing_else_holds():
+    pool = BufferPool()
+    like = torch.empty(2, 3)
+    a = pool.empty_like(like)
+    assert pool.empty_like(like) is not a  # `a` is held here
+    view = a.view(6)
+    del a
+    b = pool.empty_like(like)
+    assert b.data_ptr() != view.data_ptr()  # a view keeps its storage in use
+    del b, view
+    c = pool.empty_like(like)
+    assert len(pool) == 2 and any(c is t for bucket in pool._buckets.values() for t in bucket)
+    assert pool.empty_like(like, keep=False) is not c and len(pool) == 2
