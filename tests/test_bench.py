@@ -268,7 +268,8 @@ def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monke
         if lib == "timm":
             raise RuntimeError("training worker for timm x failed: boom")
         return {"peak_bytes": {"effnet": 10, "torchvision": 30}[lib] * MIB * len(calls), "times": [0.5] * steps,
-                "kernel": [0.1] * steps, "faults": [7] * steps}
+                "kernel": [0.1] * steps, "faults": [7] * steps,
+                "steady_peak_bytes": {"effnet": 20, "torchvision": 60}[lib] * MIB * len(calls)}
 
     monkeypatch.setattr(worker, "run_worker", fake)
     cfg = make_config(["tinynet_e"], libs=["effnet"], train_iters=5, rounds=2, progress=False)
@@ -281,6 +282,7 @@ def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monke
     assert kernel == {"effnet": [0.1] * 5, "torchvision": [0.1] * 5}
     assert entries["effnet"]["metrics"]["peak_train_b32_mib"] == (10 * 1 + 10 * 5) / 2  # median of 10 and 50
     assert entries["torchvision"]["metrics"]["peak_train_b32_mib"] == (30 * 3 + 30 * 4) / 2
+    assert entries["effnet"]["metrics"]["peak_train_b32_steady_mib"] == (20 * 1 + 20 * 5) / 2
     assert "timm" not in times and "failed: boom" in entries["timm"]["notes"][0]
     assert not entries["timm"]["metrics"]
 
@@ -294,6 +296,9 @@ def test_a_worker_times_its_steps_after_the_measured_first_one():
     assert len(out["times"]) == 3 and all(t > 0 for t in out["times"])
     assert out["peak_bytes"] > 0
     if sys.platform.startswith("linux"):
+        # The peak over all steps starts from the same resident size as the first step's and
+        # its high-water mark is not reset in between, so it is at least the first step's.
+        assert out["steady_peak_bytes"] >= out["peak_bytes"]
         assert len(out["kernel"]) == len(out["faults"]) == 3
         assert all(k >= 0 for k in out["kernel"]) and all(f >= 0 for f in out["faults"])
 

@@ -79,6 +79,12 @@ def _status_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}: peak RSS needs Linux")
 
 
+def resident_bytes() -> tuple[int, int]:
+    """(resident set size now, its peak since the last reset) of this process, in bytes (Linux:
+    ``VmRSS``, ``VmHWM``; :func:`peak_memory_bytes` resets the peak)."""
+    return _status_kib("VmRSS") * 1024, _status_kib("VmHWM") * 1024
+
+
 def peak_memory_bytes(fn: Callable[[], object], device: torch.device | str = "cpu") -> int:
     """Peak memory ``fn()`` uses above what the process held just before it.
 
@@ -119,5 +125,5 @@ def train_step(forward: Callable[[torch.Tensor], torch.Tensor], opt: torch.optim
     opt.zero_grad(set_to_none=True)
 
 
-__all__ = ["MIB", "interleaved", "median_ms", "peak_memory_bytes", "rotation", "saved_activation_bytes", "sync",
-           "train_step"]
+__all__ = ["MIB", "interleaved", "median_ms", "peak_memory_bytes", "resident_bytes", "rotation", "saved_activation_bytes",
+           "sync", "train_step"]

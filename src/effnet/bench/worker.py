@@ -6,8 +6,8 @@ process's heap, and it would both hide part of the next one's peak and hand it p
 faulting in (on the CPU, a fresh process ran B0's training step up to 1.7x slower than the same
 step in a process that had trained other networks first). Builds the candidate, measures its
 first training step with :func:`effnet.bench.measure.peak_memory_bytes`, then ``warmup`` untimed
-and ``steps`` timed steps, and writes ``{"peak_bytes": N, "times": [seconds, ...], "kernel": [seconds,
-...], "faults": [count, ...]}`` on stdout (the one line the parent reads; this is a data channel,
+and ``steps`` timed steps, and writes ``{"peak_bytes": N, "steady_peak_bytes": N, "times": [seconds,
+...], "kernel": [seconds, ...], "faults": [count, ...]}`` on stdout (the one line the parent reads; this is a data channel,
 not a report). ``kernel`` and ``faults`` are the process's system CPU time and minor page faults
 during each timed step (``getrusage``, all threads): on the CPU, most of a step's system time is
 the kernel faulting in and zeroing the memory the step asks for, which no library's arithmetic
@@ -33,7 +33,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
-from effnet.bench.measure import MIB, peak_memory_bytes, rotation, sync, train_step
+from effnet.bench.measure import MIB, peak_memory_bytes, resident_bytes, rotation, sync, train_step
 from effnet.bench.peers import build_runner, use_keras_torch_backend
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,10 @@ def measure(job: dict) -> dict[str, object]:
     def step() -> None:
         train_step(lambda t: runner.forward(t, True), opt, x, y, dtype)
 
+    try:
+        rss_before = resident_bytes()[0] if device.type == "cpu" else None
+    except (OSError, RuntimeError):  # no /proc (not Linux): peak_memory_bytes says so below
+        rss_before = None
     peak = peak_memory_bytes(step, device)
     for _ in range(int(job.get("warmup", 0))):
         step()
@@ -80,7 +84,10 @@ def measure(job: dict) -> dict[str, object]:
         if c0 is not None and c1 is not None:
             kernel.append(c1[0] - c0[0])
             faults.append(c1[1] - c0[1])
-    return {"peak_bytes": peak, "times": times, "kernel": kernel, "faults": faults}
+    # CPU: the peak over every step (the first one's reset it), above what the process held before
+    # them: what a training run sees once freed blocks are reused, cached or fragmented.
+    steady = resident_bytes()[1] - rss_before if rss_before is not None and times else None
+    return {"peak_bytes": peak, "steady_peak_bytes": steady, "times": times, "kernel": kernel, "faults": faults}
 
 
 # --- the parent's side: start workers and read their line --------------------------------------
@@ -97,6 +104,7 @@ def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, 
     times: dict[str, list[float]] = {lb: [] for lb in labels}
     kernel: dict[str, list[float]] = {lb: [] for lb in labels}
     peaks: dict[str, list[int]] = {lb: [] for lb in labels}
+    steady: dict[str, list[int]] = {lb: [] for lb in labels}
     failed: set[str] = set()
     for order, n in zip(rotation(labels, rounds), per_round):
         for label in order:
@@ -113,11 +121,16 @@ def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, 
             times[label] += out["times"]
             kernel[label] += out["kernel"]
             peaks[label].append(int(out["peak_bytes"]))
+            if out.get("steady_peak_bytes") is not None:
+                steady[label].append(int(out["steady_peak_bytes"]))
             bar.update(n)
     if cfg.peak:
         for label, values in peaks.items():
             if values:
                 entries[label]["metrics"][f"peak_train_b{cfg.train_batch}_mib"] = statistics.median(values) / MIB
+            if steady[label] and label not in failed:
+                entries[label]["metrics"][f"peak_train_b{cfg.train_batch}_steady_mib"] = (
+                    statistics.median(steady[label]) / MIB)
     return ({lb: t for lb, t in times.items() if lb not in failed},
             {lb: k for lb, k in kernel.items() if lb not in failed and k})
 
