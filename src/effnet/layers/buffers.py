@@ -27,14 +27,11 @@ and a copy of the model gets an empty pool of its own.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 __all__ = ["BufferPool"]
 
@@ -89,7 +86,7 @@ class BufferPool:
         with self._lock:
             self._last_used[key] = self._step
             bucket = self._buckets.setdefault(key, [])
-            for i in range(len(bucket)):
+            for i in range(len(bucket)):  # by index: a loop variable would be one more reference
                 if _holders(bucket[i]) == _UNHELD:
                     return bucket[i]
             t = torch.empty_like(like)
