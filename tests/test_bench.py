@@ -318,3 +318,49 @@ def test_the_workers_cpu_counters_see_the_pages_a_step_faults_in():
     assert block[-1] == 1
     assert after[1] - before[1] >= 32
     assert after[0] >= before[0]
+
+
+def test_compile_wraps_torch_networks_only_and_a_failed_compilation_is_reported(monkeypatch):
+    # --compile on the CPU: runtime sessions and ONNX Runtime are no torch networks (torch.compile
+    # of a session once killed the whole run inside dynamo); effnet[fast] is compiled as its
+    # optimised network, not as the TorchScript trace; a network whose compilation fails is
+    # reported as failed and the others are still timed.
+    from effnet.bench import run
+    from effnet.bench.peers import Runner
+    from effnet.deploy.optimize import TracedInference
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    traced = TracedInference(net, torch.randn(1, 3, 32, 32))
+
+    def fake_build(lib, variant, name, res, device):
+        if lib == "effnet" and variant not in ("plain", "fast", "ort"):
+            raise Unavailable("not in this test")
+        module = {"plain": net, "fast": traced}.get(variant, net)
+        compilable = not (lib == "onnxruntime" or variant == "ort")
+        return Runner(lib, variant, name, module, ("inference",), n_params=1, compilable=compilable)
+
+    compiled = []
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("inductor: boom")
+
+    def fake_compile(module):
+        compiled.append(module)
+        return Broken() if len(compiled) == 3 else module  # the third one (timm's network) fails
+
+    monkeypatch.setattr(run, "build_runner", fake_build)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    cfg = run.make_config(["tinynet_e"], resolution=32, libs=["effnet", "timm", "onnxruntime"], compile=True,
+                          iters=1, batch_iters=1, rounds=1, batch=2, train=False, progress=False)
+    entries: dict = {}
+    run._inference("tinynet_e", 32, cfg, entries, __import__("tqdm").tqdm(disable=True))
+    # plain's network, fast's network under the trace, timm's network: nothing else
+    assert [m is net for m in compiled] == [True, True, True]
+    assert {lb for lb in entries if lb.endswith("+compile")} == {"effnet[plain]+compile", "effnet[fast]+compile",
+                                                                  "timm+compile"}
+    assert entries["timm+compile"]["status"] == "failed" and "boom" in entries["timm+compile"]["reason"]
+    assert "latency_b1_ms" not in entries["timm+compile"]["metrics"]
+    for label in ("effnet[plain]+compile", "effnet[fast]+compile", "timm", "effnet[ort]"):
+        assert entries[label]["status"] == "ok" and "throughput_b2_ms" in entries[label]["metrics"], label
+    assert any(n.startswith("first call (compilation)") for n in entries["effnet[fast]+compile"]["notes"])

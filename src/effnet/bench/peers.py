@@ -85,6 +85,9 @@ class Runner:
     no_grad_only: bool = False
     #: the source network's parameter count, for runners whose module holds none (runtime sessions)
     n_params: int | None = None
+    #: ``--compile`` wraps it in ``torch.compile``: False where the module is no torch network
+    #: (runtime sessions, Keras) or one Inductor does not take (torch's FX int8)
+    compilable: bool = True
 
     @property
     def label(self) -> str:
@@ -191,6 +194,7 @@ def _effnet(name: str, variant: str, resolution: int, device: torch.device) -> R
         gen = torch.Generator().manual_seed(0)
         kwargs = {"int8": True, "calibration": [
             _cl(torch.randn(2, 3, resolution, resolution, generator=gen).to(device)) for _ in range(4)]}
+    runner.compilable = variant != "int8"
     try:
         runner.module = optimize(model.eval(), example, **kwargs)
     except Exception as e:  # a variant that fails here must not stop the others being measured
@@ -223,7 +227,7 @@ def _effnet_session(runner: Runner, model: nn.Module, variant: str, resolution: 
     except Exception as e:  # a variant that fails here must not stop the others being measured
         raise Unavailable(f"effnet.deploy.runtime ({variant}) failed: {type(e).__name__}: {e}") from e
     # Sessions take contiguous NCHW (a zero-copy numpy view); no channels-last conversion.
-    return Runner("effnet", variant, runner.lib_model, module, runner.roles, n_params=params)
+    return Runner("effnet", variant, runner.lib_model, module, runner.roles, n_params=params, compilable=False)
 
 
 def _onnxruntime(name: str, resolution: int, device: torch.device) -> Runner:
@@ -267,7 +271,7 @@ def _onnxruntime(name: str, resolution: int, device: torch.device) -> Runner:
             return torch.from_numpy(session.run(None, {"input": t.numpy()})[0])
 
     return Runner("onnxruntime", "", f"{lib}:{peer.lib_model}", _Plain(), roles_of("onnxruntime", ""),
-                  n_params=peer.params)
+                  n_params=peer.params, compilable=False)
 
 
 @dataclass(frozen=True)
@@ -330,7 +334,7 @@ def _keras(name: str, resolution: int, device: torch.device) -> Runner:
         return x.permute(0, 2, 3, 1).contiguous()  # (B, H, W, C): Keras's native layout
 
     return Runner("keras", "", peer, model, roles_of("keras", ""), prepare=nhwc,
-                  call=lambda x, training: model(x, training=training), no_grad_only=True)
+                  call=lambda x, training: model(x, training=training), no_grad_only=True, compilable=False)
 
 
 _BUILDERS: dict[str, Callable[[str, int, torch.device], Runner]] = {

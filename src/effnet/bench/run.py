@@ -32,7 +32,8 @@ import logging
 import os
 import platform
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,7 @@ from effnet.bench.peers import (
     versions,
 )
 from effnet.bench.worker import peak_in_subprocess, train_in_workers
+from effnet.deploy.optimize import TracedInference
 from effnet.files import atomic_write
 from effnet.registry import get_spec
 
@@ -237,14 +239,33 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
             continue
         entry.update(lib_model=runner.lib_model, params=runner.params)
         runners[entry["label"]] = runner
-        if cfg.compile and lib != "keras":
-            compiled = Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(runner.module),
-                              runner.roles, prepare=runner.prepare)
+        if cfg.compile and runner.compilable:
+            # effnet[fast] is a trace of the optimised network; Inductor compiles that network itself
+            # (what optimize(..., compile=True) returns), not the TorchScript trace.
+            eager = runner.module.module if isinstance(runner.module, TracedInference) else runner.module
+            compiled = Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(eager),
+                              runner.roles, prepare=runner.prepare, n_params=runner.params)
             label = f"{entry['label']}+compile"
             entries[label] = {**_entry(lib, variant), "label": label, "lib_model": runner.lib_model,
                               "params": runner.params}
             runners[label] = compiled
     return runners
+
+
+def _compile_first(fns: dict[str, Callable[[], object]], runners: dict[str, Runner],
+                   entries: dict[str, dict[str, Any]]) -> None:
+    """Make every ``+compile`` candidate's first call, the compilation, before the timing. One that
+    fails is reported as failed, with the compiler's message, and the others are still measured."""
+    for label in [lb for lb in fns if lb.endswith("+compile")]:
+        start = time.perf_counter()
+        try:
+            fns[label]()
+        except Exception as e:  # noqa: BLE001 - a network Inductor cannot compile must not stop the rest
+            entries[label].update(status="failed", reason=f"torch.compile: {type(e).__name__}: {str(e)[:300]}")
+            log.warning("%s: torch.compile failed: %s: %s", label, type(e).__name__, e)
+            del fns[label], runners[label]
+            continue
+        entries[label]["notes"].append(f"first call (compilation) {time.perf_counter() - start:.0f} s")
 
 
 def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, Any]], bar: Any) -> None:
@@ -274,6 +295,7 @@ def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, An
             fns[label] = fn
         key = "latency_b1" if batch == 1 else f"throughput_b{batch}"
         bar.set_postfix_str(f"{name} {key}", refresh=False)
+        _compile_first(fns, runners, entries)
         n = cfg.iters if batch == 1 else cfg.batch_iters
         times = interleaved(fns, warmup=cfg.warmup if batch == 1 else 1, iters=n, rounds=cfg.rounds,
                             device=device, on_call=lambda _: bar.update())
@@ -301,6 +323,7 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
     bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
+    _compile_first(fns, runners, entries)
     kernel: dict[str, list[float]] = {}
     if cfg.train_in_workers:
         times, kernel = train_in_workers(name, cfg, list(fns), entries, bar)
