@@ -263,7 +263,8 @@ def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monke
 
     calls = []
 
-    def fake(lib, variant, name, cfg, *, steps, warmup):
+    def fake(lib, variant, name, cfg, *, steps, warmup, compile):
+        assert not compile
         calls.append((lib, steps))
         if lib == "timm":
             raise RuntimeError("training worker for timm x failed: boom")
@@ -364,3 +365,46 @@ def test_compile_wraps_torch_networks_only_and_a_failed_compilation_is_reported(
     for label in ("effnet[plain]+compile", "effnet[fast]+compile", "timm", "effnet[ort]"):
         assert entries[label]["status"] == "ok" and "throughput_b2_ms" in entries[label]["metrics"], label
     assert any(n.startswith("first call (compilation)") for n in entries["effnet[fast]+compile"]["notes"])
+    run._build_all("tinynet_e", 32, "inference", cfg, entries)  # the training phase builds its labels again
+    assert "throughput_b2_ms" in entries["effnet[plain]+compile"]["metrics"]  # ... and keeps these figures
+
+
+def test_a_compiled_candidate_is_compiled_in_its_worker_before_anything_is_measured(monkeypatch):
+    # --compile times training in fresh workers too: the worker compiles the network and makes
+    # the compiling step before the peak and the timed steps, and the parent asks for it by label.
+    from effnet.bench import worker
+    from effnet.bench.run import make_config
+    from effnet.model import ConvNet
+
+    calls, seen_by_peak = [], []
+
+    class Counting(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            calls.append(1)
+            return self.net(x)
+
+    compiled_nets = []
+    monkeypatch.setattr(torch, "compile", lambda net: compiled_nets.append(net) or Counting(net))
+    real_peak = worker.peak_memory_bytes
+    monkeypatch.setattr(worker, "peak_memory_bytes", lambda fn, device: seen_by_peak.append(len(calls)) or
+                        real_peak(fn, device))
+    job = {"lib": "effnet", "variant": "default", "model": "tinynet_e", "resolution": 32, "batch": 2, "device": "cpu",
+           "threads": 1, "flush_denormal": True, "autocast": None, "steps": 2, "warmup": 1, "compile": True}
+    out = worker.measure(job)
+    assert len(compiled_nets) == 1 and isinstance(compiled_nets[0], ConvNet)
+    assert seen_by_peak == [1]  # the compiling step came first
+    assert len(calls) == 5 and len(out["times"]) == 2  # compile, peak, warm-up, 2 timed
+
+    asked = []
+    monkeypatch.setattr(worker, "run_worker", lambda lib, variant, name, cfg, *, steps, warmup, compile: asked.append(
+        (lib, compile)) or {"peak_bytes": MIB, "times": [0.1] * steps, "kernel": [], "faults": []})
+    cfg = make_config(["tinynet_e"], libs=["effnet", "timm"], compile=True, train_iters=1, rounds=1, progress=False)
+    assert cfg.train_in_workers
+    entries = {lb: {"lib": lib, "variant": "", "notes": [], "metrics": {}}
+               for lb, lib in (("effnet", "effnet"), ("timm+compile", "timm"))}
+    worker.train_in_workers("tinynet_e", cfg, list(entries), entries, __import__("tqdm").tqdm(disable=True))
+    assert asked == [("effnet", False), ("timm", True)]

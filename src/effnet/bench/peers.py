@@ -39,7 +39,7 @@ from torch import nn
 
 from effnet.bench.names import EFFNET_INFERENCE, EFFNET_TRAINING, LIBRARIES
 from effnet.deploy import runtime
-from effnet.deploy.optimize import optimize
+from effnet.deploy.optimize import TracedInference, optimize
 from effnet.profile import count_params
 from effnet.registry import get_spec, list_models
 from effnet.weights import create_model
@@ -99,6 +99,17 @@ class Runner:
 
     def forward(self, x: object, training: bool = False) -> torch.Tensor:
         return self.call(x, training) if self.call is not None else self.module(x)
+
+
+def compiled(runner: Runner) -> Runner:
+    """``runner``'s network under ``torch.compile`` (``--compile``): effnet[fast] is a TorchScript
+    trace of its optimised network, and Inductor compiles that network itself (what
+    ``optimize(..., compile=True)`` returns). The first call compiles."""
+    if not runner.compilable:
+        raise ValueError(f"{runner.label}: not a torch network torch.compile can take")
+    eager = runner.module.module if isinstance(runner.module, TracedInference) else runner.module
+    return Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(eager), runner.roles,
+                  prepare=runner.prepare, n_params=runner.params)
 
 
 def candidates(libs: tuple[str, ...] | list[str] = LIBRARIES) -> list[tuple[str, str]]:
@@ -385,4 +396,4 @@ def versions() -> dict[str, str]:
 
 
 __all__ = ["DROP_PATH_RATE", "EFFNET_INFERENCE", "EFFNET_TRAINING", "LIBRARIES", "Runner", "Unavailable",
-           "build_runner", "candidates", "peer_name", "roles_of", "use_keras_torch_backend", "versions"]
+           "build_runner", "candidates", "compiled", "peer_name", "roles_of", "use_keras_torch_backend", "versions"]

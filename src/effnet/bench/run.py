@@ -49,12 +49,12 @@ from effnet.bench.peers import (
     Unavailable,
     build_runner,
     candidates,
+    compiled,
     label_of,
     roles_of,
     versions,
 )
 from effnet.bench.worker import peak_in_subprocess, train_in_workers
-from effnet.deploy.optimize import TracedInference
 from effnet.files import atomic_write
 from effnet.registry import get_spec
 
@@ -128,9 +128,9 @@ def make_config(
         compile=compile, cuda_graphs=cuda_graphs and dev.type == "cuda",
         flush_denormal=flush_denormal and dev.type == "cpu", quick=quick, progress=progress,
         autocast="bfloat16" if dev.type == "cuda" else None, **small,
-        # CUDA's caching allocator keeps its own pool per process; compiling in a worker would
-        # time the compiler: both keep the in-process interleaving.
-        train_in_workers=train_in_workers and dev.type == "cpu" and not compile,
+        # CUDA's caching allocator keeps its own pool per process: the in-process interleaving
+        # stays there. A compiled candidate's worker compiles before it measures.
+        train_in_workers=train_in_workers and dev.type == "cpu",
     )
     for key, value in (("batch", batch), ("train_batch", train_batch), ("train_resolution", train_resolution),
                        ("iters", iters), ("batch_iters", batch_iters), ("train_iters", train_iters),
@@ -240,15 +240,11 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
         entry.update(lib_model=runner.lib_model, params=runner.params)
         runners[entry["label"]] = runner
         if cfg.compile and runner.compilable:
-            # effnet[fast] is a trace of the optimised network; Inductor compiles that network itself
-            # (what optimize(..., compile=True) returns), not the TorchScript trace.
-            eager = runner.module.module if isinstance(runner.module, TracedInference) else runner.module
-            compiled = Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(eager),
-                              runner.roles, prepare=runner.prepare, n_params=runner.params)
             label = f"{entry['label']}+compile"
-            entries[label] = {**_entry(lib, variant), "label": label, "lib_model": runner.lib_model,
-                              "params": runner.params}
-            runners[label] = compiled
+            # setdefault: the training phase must not wipe the inference figures of the same label
+            entries.setdefault(label, {**_entry(lib, variant), "label": label}).update(
+                lib_model=runner.lib_model, params=runner.params)
+            runners[label] = compiled(runner)
     return runners
 
 

@@ -5,7 +5,8 @@ training steps are timed here, per round: the memory a previous network freed st
 process's heap, and it would both hide part of the next one's peak and hand it pages that need no
 faulting in (on the CPU, a fresh process ran B0's training step up to 1.7x slower than the same
 step in a process that had trained other networks first). Builds the candidate, measures its
-first training step with :func:`effnet.bench.measure.peak_memory_bytes`, then ``warmup`` untimed
+first training step with :func:`effnet.bench.measure.peak_memory_bytes` (a ``torch.compile``-d one: its first
+step after the one that compiles), then ``warmup`` untimed
 and ``steps`` timed steps, and writes ``{"peak_bytes": N, "steady_peak_bytes": N, "times": [seconds,
 ...], "kernel": [seconds, ...], "faults": [count, ...]}`` on stdout (the one line the parent reads; this is a data channel,
 not a report). ``kernel`` and ``faults`` are the process's system CPU time and minor page faults
@@ -34,7 +35,7 @@ except ImportError:  # pragma: no cover - Windows
     resource = None  # type: ignore[assignment]
 
 from effnet.bench.measure import MIB, peak_memory_bytes, resident_bytes, rotation, sync, train_step
-from effnet.bench.peers import build_runner, use_keras_torch_backend
+from effnet.bench.peers import build_runner, compiled, use_keras_torch_backend
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ def measure(job: dict) -> dict[str, object]:
     device = torch.device(job["device"])
     res, batch = int(job["resolution"]), int(job["batch"])
     runner = build_runner(job["lib"], job["variant"], job["model"], res, device)
+    if job.get("compile"):
+        runner = compiled(runner)
     runner.module.train()
     gen = torch.Generator().manual_seed(1)
     x = runner.prepare(torch.randn(batch, 3, res, res, generator=gen).to(device))  # (B, C, H, W)
@@ -67,6 +70,8 @@ def measure(job: dict) -> dict[str, object]:
     def step() -> None:
         train_step(lambda t: runner.forward(t, True), opt, x, y, dtype)
 
+    if job.get("compile"):
+        step()  # the compilation: its memory and time are the compiler's, not the step's
     try:
         rss_before = resident_bytes()[0] if device.type == "cpu" else None
     except (OSError, RuntimeError):  # no /proc (not Linux): peak_memory_bytes says so below
@@ -112,7 +117,8 @@ def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, 
                 continue
             entry = entries[label]
             try:
-                out = run_worker(entry["lib"], entry["variant"], name, cfg, steps=n, warmup=1)
+                out = run_worker(entry["lib"], entry["variant"], name, cfg, steps=n, warmup=1,
+                                 compile=label.endswith("+compile"))
             except RuntimeError as e:
                 failed.add(label)
                 entry["notes"].append(str(e))
@@ -141,13 +147,16 @@ def peak_in_subprocess(lib: str, variant: str, name: str, cfg: Any) -> int:
     return int(run_worker(lib, variant, name, cfg)["peak_bytes"])
 
 
-def run_worker(lib: str, variant: str, name: str, cfg: Any, *, steps: int = 0, warmup: int = 0) -> dict[str, Any]:
+def run_worker(lib: str, variant: str, name: str, cfg: Any, *, steps: int = 0, warmup: int = 0,
+               compile: bool = False) -> dict[str, Any]:
     """``python -m effnet.bench.worker`` on one candidate in a fresh process: the peak bytes of its
-    first training step and the seconds of ``steps`` timed steps after ``warmup`` untimed ones."""
+    first training step and the seconds of ``steps`` timed steps after ``warmup`` untimed ones.
+    ``compile``: the network under ``torch.compile``, its first step (the compilation) made before
+    any of that is measured."""
     job = {"lib": lib, "variant": "" if variant == "best" else variant, "model": name,
            "resolution": cfg.train_resolution, "batch": cfg.train_batch, "device": cfg.device,
            "threads": cfg.threads or torch.get_num_threads(), "flush_denormal": cfg.flush_denormal,
-           "autocast": cfg.autocast, "steps": steps, "warmup": warmup}
+           "autocast": cfg.autocast, "steps": steps, "warmup": warmup, "compile": compile}
     # The worker imports this effnet even where it is on sys.path only (benchmarks/bench.py runs a checkout).
     src = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)}
