@@ -129,3 +129,34 @@ def test_training_asks_for_it_on_the_cpu_when_configured(monkeypatch):
     run_trial("efficientnet_b0", epochs=1, image_size=32, width=0.25, depth=0.25, train_subset=32, batch_size=32,
               threads=1)
     assert calls == [1]  # off by default
+
+
+_HOLES = """
+import gc, json
+import effnet.hostmem as h
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+big, keep = [], []
+for _ in range(2000):  # 100 KiB blocks (heap, under the mmap threshold), each pinned in place by a 1 KiB one
+    big.append(bytearray(100 << 10))
+    keep.append(bytearray(1 << 10))
+del big
+gc.collect()
+before = rss()
+ok = h.return_freed_memory()
+print(json.dumps({"ok": ok, "returned": before - rss()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+def test_return_freed_memory_gives_the_heaps_free_pages_back():
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    # ~195 MiB freed between live blocks stay resident (free() trims only the heap's top);
+    # malloc_trim hands most of them back, so a peak measured next starts from memory in use.
+    out = json.loads(_python(_HOLES, env_drop=("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")))
+    assert out["ok"] is True and out["returned"] >= 150 << 20

@@ -31,7 +31,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HUGE_PAGES_ENV", "enable_huge_pages", "huge_pages_mode", "reuse_freed_memory"]
+__all__ = ["HUGE_PAGES_ENV", "enable_huge_pages", "huge_pages_mode", "return_freed_memory", "reuse_freed_memory"]
 
 #: The variable torch's CPU allocator reads (c10 ``alloc_cpu``): 1 = madvise(MADV_HUGEPAGE) on
 #: blocks of 2 MiB and more.
@@ -97,3 +97,17 @@ def reuse_freed_memory(limit_bytes: int = REUSE_BELOW_BYTES) -> bool:
     else:
         log.warning("reuse host memory: glibc refused mallopt(%d); left as it is", limit_bytes)
     return ok
+
+
+def return_freed_memory() -> bool:
+    """Hand the memory glibc's heap holds free back to the kernel (``malloc_trim(0)``), so that the
+    resident size counts only memory in use: a memory measurement that starts after earlier work
+    in the process (a ``torch.compile`` step, another network) would otherwise see part of its
+    peak served from pages already resident and report too little (a compiled torchvision B0
+    training step at 224 px, batch 32: 1153 MiB above the resident size without it, 1802 MiB with
+    it; the same step eager, second in its process: 2035 and 2889 MiB). Returns whether glibc did
+    it (``False`` off glibc)."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True

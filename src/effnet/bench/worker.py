@@ -17,6 +17,7 @@ shows and which moves with the host's memory state.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ except ImportError:  # pragma: no cover - Windows
 
 from effnet.bench.measure import MIB, peak_memory_bytes, resident_bytes, rotation, sync, train_step
 from effnet.bench.peers import build_runner, compiled, use_keras_torch_backend
+from effnet.hostmem import return_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ def measure(job: dict) -> dict[str, object]:
 
     if job.get("compile"):
         step()  # the compilation: its memory and time are the compiler's, not the step's
+        gc.collect()
+        return_freed_memory()  # or the next step's peak would reuse the first step's freed pages
     try:
         rss_before = resident_bytes()[0] if device.type == "cpu" else None
     except (OSError, RuntimeError):  # no /proc (not Linux): peak_memory_bytes says so below
