@@ -346,7 +346,8 @@ def test_compile_wraps_torch_networks_only_and_a_failed_compilation_is_reported(
         def forward(self, x):
             raise RuntimeError("inductor: boom")
 
-    def fake_compile(module):
+    def fake_compile(module, **options):
+        assert options == {"dynamic": False}  # one static compilation per batch size
         compiled.append(module)
         return Broken() if len(compiled) == 3 else module  # the third one (timm's network) fails
 
@@ -364,7 +365,7 @@ def test_compile_wraps_torch_networks_only_and_a_failed_compilation_is_reported(
     assert "latency_b1_ms" not in entries["timm+compile"]["metrics"]
     for label in ("effnet[plain]+compile", "effnet[fast]+compile", "timm", "effnet[ort]"):
         assert entries[label]["status"] == "ok" and "throughput_b2_ms" in entries[label]["metrics"], label
-    assert any(n.startswith("first call (compilation)") for n in entries["effnet[fast]+compile"]["notes"])
+    assert any(n.startswith("throughput_b2: first call (compilation)") for n in entries["effnet[fast]+compile"]["notes"])
     run._build_all("tinynet_e", 32, "inference", cfg, entries)  # the training phase builds its labels again
     assert "throughput_b2_ms" in entries["effnet[plain]+compile"]["metrics"]  # ... and keeps these figures
 
@@ -387,17 +388,43 @@ def test_a_compiled_candidate_is_compiled_in_its_worker_before_anything_is_measu
             calls.append(1)
             return self.net(x)
 
-    compiled_nets = []
-    monkeypatch.setattr(torch, "compile", lambda net: compiled_nets.append(net) or Counting(net))
+    compiled_nets, trimmed = [], []
+    monkeypatch.setattr(torch, "compile", lambda net, **options: compiled_nets.append(net) or Counting(net))
+    monkeypatch.setattr(worker, "return_freed_memory", lambda: trimmed.append(len(calls)))
+    optimisers = []
+
+    class Recorded(torch.optim.SGD):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimisers.append(self)
+
+    monkeypatch.setattr(torch.optim, "SGD", Recorded)
     real_peak = worker.peak_memory_bytes
-    monkeypatch.setattr(worker, "peak_memory_bytes", lambda fn, device: seen_by_peak.append(len(calls)) or
-                        real_peak(fn, device))
+
+    def peak(fn, device):
+        # the real optimiser (made first) has no state yet: the measured step creates it, as eager
+        seen_by_peak.append((len(calls), len(optimisers[0].state)))
+        return real_peak(fn, device)
+
+    monkeypatch.setattr(worker, "peak_memory_bytes", peak)
     job = {"lib": "effnet", "variant": "default", "model": "tinynet_e", "resolution": 32, "batch": 2, "device": "cpu",
            "threads": 1, "flush_denormal": True, "autocast": None, "steps": 2, "warmup": 1, "compile": True}
     out = worker.measure(job)
     assert len(compiled_nets) == 1 and isinstance(compiled_nets[0], ConvNet)
-    assert seen_by_peak == [1]  # the compiling step came first
+    assert trimmed == [1] and seen_by_peak == [(1, 0)]  # the compiling step, its freed pages returned, then the peak
     assert len(calls) == 5 and len(out["times"]) == 2  # compile, peak, warm-up, 2 timed
+    # An eager candidate: no extra step before the measured first one, no trim.
+    real_build = worker.build_runner
+
+    def counting_build(*args):
+        runner = real_build(*args)
+        runner.module = Counting(runner.module)
+        return runner
+
+    monkeypatch.setattr(worker, "build_runner", counting_build)
+    calls.clear(), seen_by_peak.clear(), trimmed.clear(), optimisers.clear()
+    worker.measure({**job, "compile": False})
+    assert seen_by_peak == [(0, 0)] and not trimmed and len(calls) == 4 and len(compiled_nets) == 1
 
     asked = []
     monkeypatch.setattr(worker, "run_worker", lambda lib, variant, name, cfg, *, steps, warmup, compile: asked.append(
@@ -408,3 +435,67 @@ def test_a_compiled_candidate_is_compiled_in_its_worker_before_anything_is_measu
                for lb, lib in (("effnet", "effnet"), ("timm+compile", "timm"))}
     worker.train_in_workers("tinynet_e", cfg, list(entries), entries, __import__("tqdm").tqdm(disable=True))
     assert asked == [("effnet", False), ("timm", True)]
+
+
+def test_compiled_candidates_across_the_two_phases(monkeypatch):
+    # A network whose compilation failed at inference is not compiled again for training; the
+    # others go to the training workers by their "+compile" label and are not run in this process
+    # (the workers compile their own); their inference figures survive the training phase.
+    from effnet.bench import run
+    from effnet.bench.peers import Runner
+
+    def fake_build(lib, variant, name, res, device):
+        if lib == "effnet" and variant not in ("plain", "default"):
+            raise Unavailable("not in this test")
+        net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                  torch.nn.Linear(4, 1000))
+        roles = {"plain": ("inference",), "default": ("training",)}.get(variant, ("inference", "training"))
+        return Runner(lib, variant, name, net, roles, n_params=1)
+
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("inductor: boom")
+
+    in_training = []
+
+    class Watched(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            if torch.is_grad_enabled():
+                in_training.append(1)
+            return self.net(x)
+
+    def fake_compile(module, **options):
+        return Broken() if module[-1].out_features == 1000 and fake_compile.timm_next else Watched(module)
+
+    fake_compile.timm_next = False
+    real_fake_build = fake_build
+
+    def build(lib, variant, name, res, device):
+        fake_compile.timm_next = lib == "timm"
+        return real_fake_build(lib, variant, name, res, device)
+
+    asked = []
+
+    def fake_workers(name, cfg, labels, entries, bar):
+        asked.extend(labels)
+        return {lb: [0.1] for lb in labels}, {}
+
+    monkeypatch.setattr(run, "build_runner", build)
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(run, "train_in_workers", fake_workers)
+    cfg = run.make_config(["tinynet_e"], resolution=32, libs=["effnet", "timm"], compile=True, iters=1,
+                          batch_iters=1, rounds=1, batch=2, train_batch=2, train_resolution=32, train_iters=1,
+                          progress=False)
+    entries: dict = {}
+    run._inference("tinynet_e", 32, cfg, entries, __import__("tqdm").tqdm(disable=True))
+    assert entries["timm+compile"]["status"] == "failed"
+    run._training("tinynet_e", cfg, entries, __import__("tqdm").tqdm(disable=True))
+    assert sorted(asked) == ["effnet[default]", "effnet[default]+compile", "timm"]
+    assert not in_training  # no compiled network trained here
+    assert "latency_b1_ms" in entries["effnet[plain]+compile"]["metrics"]
+    assert "train_b2_ms" in entries["effnet[default]+compile"]["metrics"]
+    assert "saved_act_b2_mib" not in entries["effnet[default]+compile"]["metrics"]

@@ -17,7 +17,8 @@ and both apply to every library in the process (docs/performance.md has the meas
   (``mallopt``): no page faults at all after the first step, at the price of a higher peak
   (freed blocks are not returned, and the heap fragments). ``effnet train --reuse-host-memory``.
 
-Neither changes a number a network computes.
+Neither changes a number a network computes. :func:`return_freed_memory` is for measuring: it
+hands the heap's free pages back before a peak is read.
 """
 
 from __future__ import annotations
@@ -103,10 +104,11 @@ def return_freed_memory() -> bool:
     """Hand the memory glibc's heap holds free back to the kernel (``malloc_trim(0)``), so that the
     resident size counts only memory in use: a memory measurement that starts after earlier work
     in the process (a ``torch.compile`` step, another network) would otherwise see part of its
-    peak served from pages already resident and report too little (a compiled torchvision B0
-    training step at 224 px, batch 32: 1153 MiB above the resident size without it, 1802 MiB with
-    it; the same step eager, second in its process: 2035 and 2889 MiB). Returns whether glibc did
-    it (``False`` off glibc)."""
+    peak served from pages already resident and report too little. Measured on torchvision's B0,
+    224 px, batch 32, the peak of a training step made after one earlier step in the same process:
+    compiled, 1153 MiB above the resident size without it and 1802 MiB with it; eager, 2035 and
+    2889 MiB (a first step in a fresh process: about 2830). Returns whether it could ask glibc
+    (``False`` off glibc; glibc's own answer says only whether pages went back)."""
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return False
     ctypes.CDLL("libc.so.6").malloc_trim(0)

@@ -108,7 +108,8 @@ def compiled(runner: Runner) -> Runner:
     if not runner.compilable:
         raise ValueError(f"{runner.label}: not a torch network torch.compile can take")
     eager = runner.module.module if isinstance(runner.module, TracedInference) else runner.module
-    return Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(eager), runner.roles,
+    # Static shapes: one compilation per batch size, each with the kernels of a fixed shape.
+    return Runner(runner.lib, runner.variant, runner.lib_model, torch.compile(eager, dynamic=False), runner.roles,
                   prepare=runner.prepare, n_params=runner.params)
 
 

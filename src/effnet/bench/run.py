@@ -94,7 +94,7 @@ class Config:
     quick: bool = False
     autocast: str | None = None  # "bfloat16" on CUDA
     progress: bool = True
-    train_in_workers: bool = True  # CPU, not compiled: time training steps in fresh processes
+    train_in_workers: bool = True  # CPU: time training steps in fresh processes (compiled ones too)
 
 
 def _positive(name: str, value: int) -> int:
@@ -173,7 +173,9 @@ def ratios(entries: dict[str, dict[str, Any]], reference: dict[str, str | None])
             ref = reference.get(kind)
             if ref is None:
                 continue
-            if label.endswith("+compile") and f"{ref}+compile" in entries:
+            compiled_ref = entries.get(f"{ref}+compile", {})
+            if (label.endswith("+compile") and compiled_ref.get("status") == "ok"
+                    and metric in compiled_ref.get("metrics", {})):
                 ref = f"{ref}+compile"
             mine = entries.get(ref, {}).get("metrics", {}).get(metric)
             if mine is not None:
@@ -242,26 +244,43 @@ def _build_all(name: str, res: int, role: str, cfg: Config, entries: dict[str, d
         if cfg.compile and runner.compilable:
             label = f"{entry['label']}+compile"
             # setdefault: the training phase must not wipe the inference figures of the same label
-            entries.setdefault(label, {**_entry(lib, variant), "label": label}).update(
-                lib_model=runner.lib_model, params=runner.params)
-            runners[label] = compiled(runner)
+            compiled_entry = entries.setdefault(label, {**_entry(lib, variant), "label": label})
+            if compiled_entry["status"] != "ok":
+                continue  # its compilation failed in the previous phase: not tried again
+            compiled_entry.update(lib_model=runner.lib_model, params=runner.params)
+            try:
+                runners[label] = compiled(runner)
+            except Exception as e:  # noqa: BLE001 - torch.compile can refuse at once (a Python it lacks)
+                _compile_failed(label, role, e, entries)
     return runners
 
 
+def _compile_failed(label: str, phase: str, error: Exception, entries: dict[str, dict[str, Any]]) -> None:
+    """Record a failed compilation: the label fails, or, where an earlier phase measured it, keeps
+    those figures and a note says which phase failed."""
+    message = f"torch.compile: {type(error).__name__}: {str(error)[:300]}"
+    log.warning("%s (%s): %s", label, phase, message)
+    entry = entries[label]
+    if entry["metrics"]:
+        entry["notes"].append(f"{phase}: {message}")
+    else:
+        entry.update(status="failed", reason=message)
+
+
 def _compile_first(fns: dict[str, Callable[[], object]], runners: dict[str, Runner],
-                   entries: dict[str, dict[str, Any]]) -> None:
-    """Make every ``+compile`` candidate's first call, the compilation, before the timing. One that
-    fails is reported as failed, with the compiler's message, and the others are still measured."""
+                   entries: dict[str, dict[str, Any]], key: str) -> None:
+    """Make every ``+compile`` candidate's first call for ``key`` (``latency_b1``, ``train_b32`` ...),
+    the compilation, before the timing. One that fails is reported (:func:`_compile_failed`) and
+    dropped; the others are still measured."""
     for label in [lb for lb in fns if lb.endswith("+compile")]:
         start = time.perf_counter()
         try:
             fns[label]()
         except Exception as e:  # noqa: BLE001 - a network Inductor cannot compile must not stop the rest
-            entries[label].update(status="failed", reason=f"torch.compile: {type(e).__name__}: {str(e)[:300]}")
-            log.warning("%s: torch.compile failed: %s: %s", label, type(e).__name__, e)
+            _compile_failed(label, key, e, entries)
             del fns[label], runners[label]
             continue
-        entries[label]["notes"].append(f"first call (compilation) {time.perf_counter() - start:.0f} s")
+        entries[label]["notes"].append(f"{key}: first call (compilation) {time.perf_counter() - start:.0f} s")
 
 
 def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, Any]], bar: Any) -> None:
@@ -291,7 +310,7 @@ def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, An
             fns[label] = fn
         key = "latency_b1" if batch == 1 else f"throughput_b{batch}"
         bar.set_postfix_str(f"{name} {key}", refresh=False)
-        _compile_first(fns, runners, entries)
+        _compile_first(fns, runners, entries, key)
         n = cfg.iters if batch == 1 else cfg.batch_iters
         times = interleaved(fns, warmup=cfg.warmup if batch == 1 else 1, iters=n, rounds=cfg.rounds,
                             device=device, on_call=lambda _: bar.update())
@@ -302,6 +321,7 @@ def _inference(name: str, res: int, cfg: Config, entries: dict[str, dict[str, An
             if batch > 1:
                 m[f"{key}_img_s"] = batch / (m[f"{key}_ms"] / 1e3)
     runners.clear()
+    _forget_compiled(cfg)
 
 
 def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: Any) -> None:
@@ -319,7 +339,13 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
     bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
-    _compile_first(fns, runners, entries)
+    if cfg.train_in_workers:
+        # Each worker compiles its own (and reports a failure as a note); compiled networks are
+        # not run here, so the saved-activation count below covers the eager ones only.
+        for label in [lb for lb in runners if lb.endswith("+compile")]:
+            del runners[label]
+    else:
+        _compile_first(fns, runners, entries, f"train_b{tb}")
     kernel: dict[str, list[float]] = {}
     if cfg.train_in_workers:
         times, kernel = train_in_workers(name, cfg, list(fns), entries, bar)
@@ -340,12 +366,13 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         entries[label]["metrics"][f"saved_act_b{tb}_mib"] = saved / MIB
         r.module.zero_grad(set_to_none=True)
     runners.clear()
+    _forget_compiled(cfg)
     sync(device)
     if not cfg.peak or cfg.train_in_workers:  # the workers measured it
         return
     for label, entry in entries.items():
         if "training" not in entry["roles"] or entry["status"] != "ok" or label.endswith("+compile"):
-            continue  # compiling in the worker would measure the compiler, not the step
+            continue  # in-process timing (CUDA, --train-in-process): no compiled peak measured
         bar.set_postfix_str(f"{name} peak {label}", refresh=False)
         try:
             peak = peak_in_subprocess(entry["lib"], entry["variant"], name, cfg)
@@ -353,6 +380,14 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         except RuntimeError as e:
             entry["notes"].append(str(e))
             log.warning("%s %s: %s", name, label, e)
+
+
+def _forget_compiled(cfg: Config) -> None:
+    """Drop dynamo's compiled code and guards once a phase's networks are gone: the next phase and
+    model start afresh instead of piling recompilations onto one frame (past dynamo's recompile
+    limit it would run them eagerly, under a "+compile" label)."""
+    if cfg.compile:
+        torch._dynamo.reset()
 
 
 def bench_model(name: str, resolution: int, cfg: Config, bar: Any = None) -> dict[str, Any]:

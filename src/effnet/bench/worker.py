@@ -5,8 +5,8 @@ training steps are timed here, per round: the memory a previous network freed st
 process's heap, and it would both hide part of the next one's peak and hand it pages that need no
 faulting in (on the CPU, a fresh process ran B0's training step up to 1.7x slower than the same
 step in a process that had trained other networks first). Builds the candidate, measures its
-first training step with :func:`effnet.bench.measure.peak_memory_bytes` (a ``torch.compile``-d one: its first
-step after the one that compiles), then ``warmup`` untimed
+first training step with :func:`effnet.bench.measure.peak_memory_bytes` (a compiled candidate:
+the first after the step that compiles), then ``warmup`` untimed
 and ``steps`` timed steps, and writes ``{"peak_bytes": N, "steady_peak_bytes": N, "times": [seconds,
 ...], "kernel": [seconds, ...], "faults": [count, ...]}`` on stdout (the one line the parent reads; this is a data channel,
 not a report). ``kernel`` and ``faults`` are the process's system CPU time and minor page faults
@@ -54,7 +54,10 @@ def _cpu_counters() -> tuple[float, int] | None:
 # --- the worker's side ------------------------------------------------------------------------
 def measure(job: dict) -> dict[str, object]:
     """Peak bytes of the first training step of ``job``'s freshly built candidate, and the seconds
-    of each of its next ``job["steps"]`` steps after ``job["warmup"]`` untimed ones."""
+    of each of its next ``job["steps"]`` steps after ``job["warmup"]`` untimed ones. With
+    ``job["compile"]`` the network runs under ``torch.compile`` and a step before all of that
+    compiles it (with an optimiser of its own, so the measured step still creates the real one's
+    state, as an eager first step does)."""
     torch.set_num_threads(int(job["threads"]))
     torch.set_flush_denormal(bool(job["flush_denormal"]))
     device = torch.device(job["device"])
@@ -66,14 +69,17 @@ def measure(job: dict) -> dict[str, object]:
     gen = torch.Generator().manual_seed(1)
     x = runner.prepare(torch.randn(batch, 3, res, res, generator=gen).to(device))  # (B, C, H, W)
     y = torch.randint(0, 1000, (batch,), generator=gen).to(device)
-    opt = torch.optim.SGD([p for p in runner.module.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    params = [p for p in runner.module.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     dtype = getattr(torch, job["autocast"]) if job.get("autocast") else None
 
-    def step() -> None:
-        train_step(lambda t: runner.forward(t, True), opt, x, y, dtype)
+    def step(optimizer: torch.optim.Optimizer = opt) -> None:
+        train_step(lambda t: runner.forward(t, True), optimizer, x, y, dtype)
 
     if job.get("compile"):
-        step()  # the compilation: its memory and time are the compiler's, not the step's
+        # The compilation: its memory and time are the compiler's, not the step's. lr 0: the
+        # weights stay as built; the throwaway optimiser's momentum goes with it.
+        step(torch.optim.SGD(params, lr=0.0, momentum=0.9))
         gc.collect()
         return_freed_memory()  # or the next step's peak would reuse the first step's freed pages
     try:
