@@ -499,3 +499,27 @@ def test_compiled_candidates_across_the_two_phases(monkeypatch):
     assert "latency_b1_ms" in entries["effnet[plain]+compile"]["metrics"]
     assert "train_b2_ms" in entries["effnet[default]+compile"]["metrics"]
     assert "saved_act_b2_mib" not in entries["effnet[default]+compile"]["metrics"]
+
+
+def test_the_table_names_the_compiled_reference_and_puts_each_note_under_its_phase():
+    from effnet.bench.run import ratios, table
+
+    def entry(lib, metrics, notes=()):
+        return {**_entry(lib, metrics, roles=("inference", "training")), "notes": list(notes)}
+
+    entries = {
+        "effnet[default]": entry("effnet", {"train_b2_ms": 10.0}),
+        "effnet[default]+compile": entry("effnet", {"train_b2_ms": 30.0}),
+        "timm": entry("timm", {"train_b2_ms": 20.0}),
+        "timm+compile": entry("timm", {"train_b2_ms": 15.0, "latency_b1_ms": 1.0},
+                              notes=["latency_b1: first call (compilation) 3 s", "train_b2: first call (compilation) 9 s"]),
+    }
+    ref = {"inference": None, "training": "effnet[default]"}
+    rec = {"model": "tinynet_e", "resolution": 32, "train_resolution": 32, "entries": entries, "reference": ref,
+           "ratios": ratios(entries, ref)}
+    text = table({"skipped": [], "config": {"train": True}, "results": [rec]})
+    inference, training = text.split("\n\n")
+    assert "effnet[default]+compile/timm+compile" in training and "effnet[default]/timm " in training + " "
+    assert "2.000" in training  # 30 / 15: compiled against compiled
+    assert "latency_b1: first call" in inference and "train_b2: first call" not in inference
+    assert "train_b2: first call" in training and "latency_b1: first call" not in training

@@ -501,7 +501,10 @@ def table(result: dict[str, Any]) -> str:
                                          if m.startswith(prefixes) and not m.endswith("_min")))
             ref = rec["reference"].get(phase)
             res = rec["resolution"] if phase == "inference" else rec["train_resolution"]
-            head = ["metric", *ok, *(f"{ref or 'effnet'}/{p}" for p in peers)]
+            compiled_ref = entries.get(f"{ref}+compile", {}).get("status") == "ok"
+            # a compiled peer is compared with effnet's compiled reference where there is one (ratios())
+            head = ["metric", *ok, *(f"{ref}+compile/{p}" if p.endswith("+compile") and compiled_ref
+                                     else f"{ref or 'effnet'}/{p}" for p in peers)]
             rows = [[m, *(_fmt(entries[lb]["metrics"].get(m)) for lb in ok),
                      *(_fmt(rec["ratios"].get(p, {}).get(m)) if is_cost(m) else "" for p in peers)]
                     for m in metrics]
@@ -514,8 +517,10 @@ def table(result: dict[str, Any]) -> str:
             for lb, e in entries.items():
                 if phase in e["roles"] and e["status"] != "ok" and e["lib"] not in missing:
                     lines.append(f"  {lb}: {e['status']} ({e['reason']})")
+                other = TRAINING_PREFIXES if phase == "inference" else INFERENCE_PREFIXES
                 for note in e["notes"] if phase in e["roles"] else ():
-                    lines.append(f"  {lb}: {note}")
+                    if not note.startswith(other):  # a note that names the other phase's metric
+                        lines.append(f"  {lb}: {note}")
             blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 
