@@ -77,7 +77,9 @@ def test_every_runtime_gives_the_eager_outputs(small_file: Path, runtime: str) -
     assert isinstance(s, Session) and s.runtime == runtime and s.resolution == 64
     assert s.class_names == eager.class_names and s.spec == eager.spec
     gen = torch.Generator().manual_seed(1)
-    for batch in (1, 3, 1):  # batch sizes change between calls (OpenVINO compiles one shape each)
+    # batch sizes change between calls (OpenVINO compiles one shape each); 9 runs in chunks
+    # (Session.micro_batch: 4, 4, 1 on ONNX Runtime and OpenVINO fp32)
+    for batch in (1, 3, 9, 1):
         x = torch.randn(batch, 3, 64, 64, generator=gen) * 2
         with torch.no_grad():
             ref = eager(x)
@@ -87,6 +89,38 @@ def test_every_runtime_gives_the_eager_outputs(small_file: Path, runtime: str) -
         assert _error(y, ref) <= 1e-4
     with pytest.raises(ValueError, match="expected"):
         s(torch.zeros(1, 3, 32, 32))  # the export is fixed to its resolution
+
+
+def test_a_large_batch_runs_in_chunks_and_comes_back_whole_in_order() -> None:
+    calls = []
+
+    def runner(x: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return x[:, 0, 0, :2] * 10  # (N, 2): each row from its own image
+
+    s = Session("onnxruntime", runner, resolution=8, source=torch.nn.Identity(), micro_batch=2)
+    x = torch.randn(5, 3, 8, 8)
+    y = s(x)
+    assert calls == [2, 2, 1] and torch.equal(y, x[:, 0, 0, :2] * 10)
+    calls.clear()
+    s(x[:2])
+    assert calls == [2]  # a batch that fits is one call
+    # "auto": the measured count for the runtime and precision (runners.MICRO_BATCH); None: whole
+    s.micro_batch = "auto"
+    assert s.micro_batch == 4
+    s.precision = "int8"
+    assert s.micro_batch is None  # ONNX Runtime's int8 ran fastest whole
+    assert Session("openvino", runner, resolution=8, source=torch.nn.Identity()).micro_batch == 4
+    assert Session("torch", runner, resolution=8, source=torch.nn.Identity()).micro_batch is None
+    s.micro_batch = None
+    calls.clear()
+    s(x)
+    assert calls == [5]
+    for bad in (0, -1, True, 2.5, "fast"):
+        with pytest.raises(ValueError, match="micro_batch"):
+            s.micro_batch = bad
+    with pytest.raises(ValueError, match="micro_batch"):
+        session(torch.nn.Identity(), "torch", micro_batch=0)
 
 
 def test_the_export_is_cached_beside_the_weights_under_their_hash(small_file: Path, tmp_path: Path) -> None:

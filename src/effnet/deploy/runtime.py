@@ -50,11 +50,11 @@ from torch import nn
 from effnet.deploy import optimize as torch_path  # the module: this one defines its own optimize()
 from effnet.deploy.export import export
 from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
-from effnet.deploy.runners import RUNNERS
+from effnet.deploy.runners import MICRO_BATCH, RUNNERS
 from effnet.files import atomic_write
 from effnet.weights import load_model
 
-__all__ = ["INT8_RUNTIMES", "RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
+__all__ = ["INT8_RUNTIMES", "MICRO_BATCH", "RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
            "last_choice", "optimize", "session"]
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,12 @@ def available_runtimes() -> list[str]:
     return [r for r in RUNTIMES if r == "torch" or importlib.util.find_spec(_MODULES[r]) is not None]
 
 
+def _check_micro_batch(value: int | str | None) -> int | str | None:
+    if value is None or value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"micro_batch: expected a positive number of images, 'auto' or None, got {value!r}")
+
+
 def _check_runtime(runtime: str) -> None:
     if runtime not in (*RUNTIMES, "auto"):
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join((*RUNTIMES, 'auto'))}")
@@ -103,8 +109,9 @@ class Session(nn.Module):
 
     def __init__(self, runtime: str, run: Callable[[torch.Tensor], torch.Tensor], *, resolution: int,
                  source: nn.Module, module: nn.Module | None = None, onnx_path: Path | None = None,
-                 threads: int | None = None, keep: Any = None) -> None:
+                 threads: int | None = None, keep: Any = None, micro_batch: int | str | None = "auto") -> None:
         super().__init__()
+        self._micro_batch = _check_micro_batch(micro_batch)
         self.runtime = runtime
         self.resolution = resolution
         self.onnx_path = onnx_path
@@ -119,16 +126,34 @@ class Session(nn.Module):
         for name in ("class_names", "preprocessing", "spec"):
             object.__setattr__(self, name, getattr(source, name, None))
 
+    @property
+    def micro_batch(self) -> int | None:
+        """Images per runtime call: a larger batch runs in chunks of this many (the outputs are
+        those of one call; faster where a chunk's feature maps stay nearer the caches). ``"auto"``
+        (the default) is :data:`~effnet.deploy.runners.MICRO_BATCH` for this runtime and
+        precision; ``None`` runs every batch whole. Settable."""
+        if self._micro_batch == "auto":
+            return MICRO_BATCH.get((self.runtime, self.precision))
+        return self._micro_batch  # type: ignore[return-value]
+
+    @micro_batch.setter
+    def micro_batch(self, value: int | str | None) -> None:
+        self._micro_batch = _check_micro_batch(value)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or tuple(x.shape[-2:]) != (self.resolution, self.resolution):
             raise ValueError(f"{self.runtime} session: expected (N, C, {self.resolution}, {self.resolution}) input, "
                              f"got {tuple(x.shape)} (the export is fixed to its resolution; build a session at "
                              f"the other size)")
-        return self._run(x)
+        chunk = self.micro_batch
+        if chunk is None or len(x) <= chunk:
+            return self._run(x)
+        return torch.cat([self._run(part) for part in x.split(chunk)])
 
     def extra_repr(self) -> str:
-        return f"runtime={self.runtime}, precision={self.precision}, resolution={self.resolution}, threads={self.threads}"
+        return (f"runtime={self.runtime}, precision={self.precision}, resolution={self.resolution}, "
+                f"threads={self.threads}, micro_batch={self.micro_batch}")
 
     def path_label(self, asked: str) -> str:
         """``plain:onnxruntime``, ``int8:onnxruntime`` ...: the inference path asked for (``fast``
@@ -221,16 +246,19 @@ def _load_reference(source: str | Path | nn.Module) -> nn.Module:
 
 
 def session(source: str | Path | nn.Module, runtime: str = "auto", *, resolution: int | None = None,
-            threads: int | None = None, cache_dir: str | Path | None = None) -> Session:
+            threads: int | None = None, cache_dir: str | Path | None = None,
+            micro_batch: int | str | None = "auto") -> Session:
     """``source`` (an effnet weight file or a model) as a :class:`Session` on ``runtime``.
 
     ``runtime``: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` or ``"auto"`` (the fastest here,
     see :func:`choose_runtime`). ``resolution``: the input side (default the model's). ``threads``:
     intra-op threads (default torch's current count). ``cache_dir``: where a weight file's export
-    is kept (default its folder). The first run of each runtime on an export is checked against
+    is kept (default its folder). ``micro_batch``: images per runtime call for larger batches
+    (:attr:`Session.micro_batch`). The first run of each runtime on an export is checked against
     the eager model (1e-4); a larger difference raises ``RuntimeError``.
     """
     _check_runtime(runtime)
+    _check_micro_batch(micro_batch)
     reference = _load_reference(source)
     spec = getattr(reference, "spec", None)
     res = int(resolution or getattr(getattr(reference, "preprocessing", None), "resolution", 0)
@@ -239,7 +267,9 @@ def session(source: str | Path | nn.Module, runtime: str = "auto", *, resolution
     onnx = None
     if runtime == "auto":
         runtime, onnx = _choose(source, reference, res, threads, cache_dir)
-    return _build(source, reference, runtime, res, threads, cache_dir, onnx)
+    s = _build(source, reference, runtime, res, threads, cache_dir, onnx)
+    s.micro_batch = micro_batch
+    return s
 
 
 def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, res: int, threads: int,
@@ -375,7 +405,8 @@ def optimize(model: nn.Module, example_input: torch.Tensor | None = None, *, run
 
 def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Tensor], *,
                  runtime: str = "onnxruntime", resolution: int | None = None, threads: int | None = None,
-                 cache_dir: str | Path | None = None, require_gain: bool = True) -> Session:
+                 cache_dir: str | Path | None = None, require_gain: bool = True,
+                 micro_batch: int | str | None = "auto") -> Session:
     """Static int8 of ``source``, calibrated on ``calibration`` (float input batches preprocessed
     like real inputs: the user's images), or the fastest fp32 session when int8 does not pay.
 
@@ -389,8 +420,10 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     failed and the fastest fp32 session comes back with ``int8_fallback`` set to the reason.
     ``int8_agreement`` holds the measured agreement either way. ``require_gain=False`` (a named
     runtime only) returns the int8 session without either check (benchmarks of random-weight
-    models, where agreement would judge noise).
+    models, where agreement would judge noise). ``micro_batch``: as :func:`session`'s, set on the
+    session returned (the speed check compares each session with its own default).
     """
+    _check_micro_batch(micro_batch)
     if runtime not in (*INT8_RUNTIMES, "auto"):
         raise ValueError(f"int8 runtime {runtime!r}: expected one of {', '.join((*INT8_RUNTIMES, 'auto'))}")
     _check_runtime("onnxruntime")  # the quantiser is ONNX Runtime's, whichever runtime runs the result
@@ -420,6 +453,7 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         s.precision = "int8"
         int8s[r] = s
     if not require_gain:
+        int8s[runtime].micro_batch = micro_batch
         return int8s[runtime]
     agree = {r: agreement(reference, s, batches) for r, s in int8s.items()}
     fp32s = {r: _build(source, reference, r, res, threads, cache_dir, (onnx_path, keep)) for r in candidates}
@@ -440,11 +474,13 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         log.warning("%s: running fp32 on %s instead", reason, fp32_best)
         fallback = fp32s[fp32_best]
         fallback.int8_fallback, fallback.int8_agreement = reason, agree[best]
+        fallback.micro_batch = micro_batch
         return fallback
     log.info("int8 on %s: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 on %s %.1f ms (all: %s)",
              best, 100 * agree[best], len(largest), ms["int8", best], fp32_best, ms["fp32", fp32_best],
              ", ".join(f"{p} {r} {t:.1f} ms" for (p, r), t in ms.items()))
     int8s[best].int8_agreement = agree[best]
+    int8s[best].micro_batch = micro_batch
     return int8s[best]
 
 
