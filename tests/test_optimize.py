@@ -211,5 +211,16 @@ def test_traced_path_runs_other_batch_sizes_and_can_be_turned_off() -> None:
         assert_close(fast(x), ref)
         assert_close(eager(x), ref)
     assert fast.spec == model.spec and fast.num_features == model.num_features
+    # a batch above micro_batch goes through the trace in chunks, comes back whole and in order
+    calls = []
+    fast.traced.register_forward_hook(lambda mod, args, out: calls.append(len(args[0])))
+    x = torch.randn(9, 3, 65, 65)
+    with torch.no_grad():
+        assert_close(fast(x), model(x))
+        assert calls == [4, 4, 1]
+        fast.micro_batch = None
+        calls.clear()
+        fast(x)
+        assert calls == [9]
     with pytest.raises(ValueError, match="trace=True needs an example_input"):
         optimize(model, trace=True)
