@@ -128,8 +128,9 @@ class Session(nn.Module):
 
     @property
     def micro_batch(self) -> int | None:
-        """Images per runtime call: a larger batch runs in chunks of this many (the outputs are
-        those of one call; faster where a chunk's feature maps stay nearer the caches). ``"auto"``
+        """Images per runtime call: a larger batch runs in chunks of this many (each image's
+        outputs as a whole-batch call gives them, within float rounding; faster where a chunk's
+        feature maps stay nearer the caches). ``"auto"``
         (the default) is :data:`~effnet.deploy.runners.MICRO_BATCH` for this runtime and
         precision; ``None`` runs every batch whole. Settable."""
         if self._micro_batch == "auto":
