@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -60,6 +60,15 @@ def _linear_squeeze_excite(model: nn.Module) -> int:
     for name in names:
         set_child(model, name, _LinearSqueezeExcite(model.get_submodule(name)))
     return len(names)
+
+
+def run_in_chunks(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int | None) -> torch.Tensor:
+    """``fn(x)`` for an (N, ...) batch, called on at most ``chunk`` images at a time (``None``: all at
+    once) and joined in order: the micro-batching of :class:`TracedInference` and of the runtime
+    sessions (:class:`effnet.deploy.runtime.Session`)."""
+    if chunk is None or len(x) <= chunk:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(chunk)])
 
 
 class TracedInference(nn.Module):
@@ -110,9 +119,7 @@ class TracedInference(nn.Module):
                 bad = int((~torch.isfinite(x)).sum())
                 raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
                                  f"decoding and normalisation that produced it")
-            if self.micro_batch is not None and len(x) > self.micro_batch:
-                return torch.cat([self.traced(part) for part in x.split(self.micro_batch)])
-            return self.traced(x)
+            return run_in_chunks(self.traced, x, self.micro_batch)
         if size is not None and self.fixed_size:
             h, w = self.input_size
             raise ValueError(f"this optimised model was traced for {h}x{w} inputs and its TF 'same' padding fixed "

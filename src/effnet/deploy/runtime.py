@@ -147,10 +147,7 @@ class Session(nn.Module):
             raise ValueError(f"{self.runtime} session: expected (N, C, {self.resolution}, {self.resolution}) input, "
                              f"got {tuple(x.shape)} (the export is fixed to its resolution; build a session at "
                              f"the other size)")
-        chunk = self.micro_batch
-        if chunk is None or len(x) <= chunk:
-            return self._run(x)
-        return torch.cat([self._run(part) for part in x.split(chunk)])
+        return torch_path.run_in_chunks(self._run, x, self.micro_batch)
 
     def extra_repr(self) -> str:
         return (f"runtime={self.runtime}, precision={self.precision}, resolution={self.resolution}, "
