@@ -173,15 +173,21 @@ def ratios(entries: dict[str, dict[str, Any]], reference: dict[str, str | None])
             ref = reference.get(kind)
             if ref is None:
                 continue
-            compiled_ref = entries.get(f"{ref}+compile", {})
-            if (label.endswith("+compile") and compiled_ref.get("status") == "ok"
-                    and metric in compiled_ref.get("metrics", {})):
-                ref = f"{ref}+compile"
+            compiled_ref = _compiled_reference(entries, ref)
+            if label.endswith("+compile") and compiled_ref is not None and metric in entries[compiled_ref]["metrics"]:
+                ref = compiled_ref
             mine = entries.get(ref, {}).get("metrics", {}).get(metric)
             if mine is not None:
                 row[metric] = mine / cost
         out[label] = row
     return out
+
+
+def _compiled_reference(entries: dict[str, dict[str, Any]], ref: str | None) -> str | None:
+    """The label of effnet's compiled reference (``"effnet[fast]+compile"``) where it was measured,
+    else None: what a compiled peer is compared with (:func:`ratios`, :func:`table`)."""
+    label = f"{ref}+compile"
+    return label if ref is not None and entries.get(label, {}).get("status") == "ok" else None
 
 
 def reference_of(entries: dict[str, dict[str, Any]]) -> dict[str, str | None]:
@@ -339,17 +345,15 @@ def _training(name: str, cfg: Config, entries: dict[str, dict[str, Any]], bar: A
         xin = r.prepare(x)
         fns[label] = lambda r=r, o=opt, xin=xin: train_step(lambda t: r.forward(t, True), o, xin, y, dtype)
     bar.set_postfix_str(f"{name} train_b{tb}", refresh=False)
+    kernel: dict[str, list[float]] = {}
     if cfg.train_in_workers:
         # Each worker compiles its own (and reports a failure as a note); compiled networks are
         # not run here, so the saved-activation count below covers the eager ones only.
         for label in [lb for lb in runners if lb.endswith("+compile")]:
             del runners[label]
-    else:
-        _compile_first(fns, runners, entries, f"train_b{tb}")
-    kernel: dict[str, list[float]] = {}
-    if cfg.train_in_workers:
         times, kernel = train_in_workers(name, cfg, list(fns), entries, bar)
     else:
+        _compile_first(fns, runners, entries, f"train_b{tb}")
         times = interleaved(fns, warmup=1, iters=cfg.train_iters, rounds=cfg.rounds, device=device,
                             on_call=lambda _: bar.update())
     for label, samples in times.items():
@@ -501,9 +505,8 @@ def table(result: dict[str, Any]) -> str:
                                          if m.startswith(prefixes) and not m.endswith("_min")))
             ref = rec["reference"].get(phase)
             res = rec["resolution"] if phase == "inference" else rec["train_resolution"]
-            compiled_ref = entries.get(f"{ref}+compile", {}).get("status") == "ok"
-            # a compiled peer is compared with effnet's compiled reference where there is one (ratios())
-            head = ["metric", *ok, *(f"{ref}+compile/{p}" if p.endswith("+compile") and compiled_ref
+            compiled_ref = _compiled_reference(entries, ref)
+            head = ["metric", *ok, *(f"{compiled_ref}/{p}" if p.endswith("+compile") and compiled_ref
                                      else f"{ref or 'effnet'}/{p}" for p in peers)]
             rows = [[m, *(_fmt(entries[lb]["metrics"].get(m)) for lb in ok),
                      *(_fmt(rec["ratios"].get(p, {}).get(m)) if is_cost(m) else "" for p in peers)]
