@@ -76,6 +76,13 @@ def enable_huge_pages(environ: dict[str, str] | None = None) -> bool:
     return True
 
 
+def _glibc() -> ctypes.CDLL | None:
+    """glibc, where this process's malloc is glibc's (Linux with glibc), else None."""
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return None
+    return ctypes.CDLL("libc.so.6")
+
+
 def reuse_freed_memory(limit_bytes: int = REUSE_BELOW_BYTES) -> bool:
     """Keep freed blocks up to ``limit_bytes`` in glibc's heap for reuse, process-wide and for
     the rest of the process (glibc cannot hand back its previous, adaptive setting). Returns
@@ -83,14 +90,14 @@ def reuse_freed_memory(limit_bytes: int = REUSE_BELOW_BYTES) -> bool:
     set ``MALLOC_MMAP_THRESHOLD_`` (theirs is kept)."""
     if not 1 <= limit_bytes < 2**31:  # mallopt takes a C int
         raise ValueError(f"reuse_freed_memory: limit_bytes must be in [1, 2**31), got {limit_bytes}")
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         log.info("reuse host memory: only glibc's malloc can be tuned (this is %s %s); left as it is",
                  sys.platform, platform.libc_ver()[0] or "without glibc")
         return False
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         log.info("reuse host memory: MALLOC_MMAP_THRESHOLD_ is set; keeping it")
         return False
-    libc = ctypes.CDLL("libc.so.6")
     # The trim threshold first: with it, freed memory at the top of the heap stays mapped too.
     ok = libc.mallopt(_M_TRIM_THRESHOLD, limit_bytes) == 1 and libc.mallopt(_M_MMAP_THRESHOLD, limit_bytes) == 1
     if ok:
@@ -109,7 +116,8 @@ def return_freed_memory() -> bool:
     compiled, 1153 MiB above the resident size without it and 1802 MiB with it; eager, 2035 and
     2889 MiB (a first step in a fresh process: about 2830). Returns whether it could ask glibc
     (``False`` off glibc; glibc's own answer says only whether pages went back)."""
-    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+    libc = _glibc()
+    if libc is None:
         return False
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    libc.malloc_trim(0)
     return True
