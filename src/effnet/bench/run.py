@@ -517,10 +517,10 @@ def table(result: dict[str, Any]) -> str:
                      "  ".join("-" * w for w in widths)]
             lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
                       for r in rows]
+            other = TRAINING_PREFIXES if phase == "inference" else INFERENCE_PREFIXES
             for lb, e in entries.items():
                 if phase in e["roles"] and e["status"] != "ok" and e["lib"] not in missing:
                     lines.append(f"  {lb}: {e['status']} ({e['reason']})")
-                other = TRAINING_PREFIXES if phase == "inference" else INFERENCE_PREFIXES
                 for note in e["notes"] if phase in e["roles"] else ():
                     if not note.startswith(other):  # a note that names the other phase's metric
                         lines.append(f"  {lb}: {note}")
