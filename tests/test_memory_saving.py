@@ -5,6 +5,7 @@ counts), and untouched evaluation, scripting and export."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import logging
@@ -16,7 +17,12 @@ from torch import nn
 
 from effnet import create_model
 from effnet.layers import ConvBnAct, MBConv, SqueezeExcite
-from effnet.layers.activations import memory_efficient, memory_efficient_enabled, set_memory_efficient
+from effnet.layers.activations import (
+    memory_efficient,
+    memory_efficient_enabled,
+    recompute_activations,
+    set_memory_efficient,
+)
 from effnet.model import build
 from effnet.registry import get_spec
 from effnet.scaling import scale
@@ -277,6 +283,76 @@ def test_mbconv_saves_the_bn_copies_and_the_se_product_no_more():
     with memory_efficient(True):
         lean = saved_bytes(block, x)
     assert plain - lean == (3 * 2 * 48 * 5 * 5 + 2 * 48) * F32
+
+
+def test_recomputing_drops_the_activations_that_the_next_ops_save():
+    # The same MBConv (48 channels on (2, 8, 5, 5)): under recompute_activations the expand
+    # SiLU's output (which the depthwise conv saves) and the depthwise SiLU's output (which the
+    # SE-gated projection saves) are kept as the BN outputs they come from, already saved by
+    # their BN + SiLU: two (2, 48, 5, 5) tensors fewer, nothing else changed.
+    block = MBConv(8, 8, kernel=3, stride=1, expand=6, se=0.25).train()
+    x = torch.randn(2, 8, 5, 5)
+    lean = saved_bytes(block, x)
+
+    class Recomputing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            with recompute_activations() as on:
+                assert on
+                return self.block(inp)
+
+    assert lean - saved_bytes(Recomputing(), x) == 2 * 2 * 48 * 5 * 5 * F32
+
+
+def test_b0_recomputes_one_expanded_activation_per_conv_and_the_stem_output():
+    # Per MBConv of B0: the depthwise conv's input (the expansion's SiLU output; in the first
+    # block, expand 1, the stem's) and the depthwise conv's SiLU output, by hand from the shapes.
+    model = copy.deepcopy(MODELS["b0"]).train()
+    x = torch.randn(2, 3, 64, 64)
+    shapes: list[torch.Size] = []
+    hooks = [m.conv_dw.register_forward_hook(lambda mod, inp, out: shapes.extend([inp[0].shape, out.shape]))
+             for m in model.modules() if isinstance(m, MBConv)]
+    recomputing = saved_bytes(model, x)
+    for h in hooks:
+        h.remove()
+    model._recomputing_now = lambda: False
+    kept = saved_bytes(model, x)
+    assert len(shapes) == 2 * 16  # B0's 16 blocks
+    assert kept - recomputing == sum(s.numel() for s in shapes) * F32
+
+
+def test_recomputation_keeps_an_outer_hook_working_and_the_gradients_exact():
+    # A user's saved-tensor hooks (offloading, a profiler) stay in effect for every tensor that is
+    # not recomputed: ours call theirs, and theirs unpack what they packed.
+    model = copy.deepcopy(MODELS["b0"]).train()
+    x = torch.randn(2, 3, 64, 64)
+    y = torch.randint(0, 10, (2,))
+
+    def grads(outer: bool) -> list[torch.Tensor]:
+        m = copy.deepcopy(model)
+        calls = {"pack": 0, "unpack": 0}
+
+        def pack(t: torch.Tensor) -> tuple[str, torch.Tensor]:
+            calls["pack"] += 1
+            return ("outer", t)
+
+        def unpack(p: tuple[str, torch.Tensor]) -> torch.Tensor:
+            assert p[0] == "outer"
+            calls["unpack"] += 1
+            return p[1]
+
+        torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack) if outer else contextlib.nullcontext():
+            F.cross_entropy(m(x), y).backward()
+        if outer:
+            assert calls["pack"] > 100 and calls["unpack"] == calls["pack"]
+        return [p.grad for p in m.parameters()]
+
+    for g, g0 in zip(grads(True), grads(False)):
+        assert torch.equal(g, g0)
 
 
 def test_relu_models_are_already_lean_and_checkpointing_cuts_the_rest():

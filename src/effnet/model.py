@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from effnet.layers import BLOCKS, ConvBnAct
+from effnet.layers.activations import lean_ops_active, recompute_activations
 from effnet.layers.buffers import BufferPool
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
@@ -186,6 +187,25 @@ class ConvNet(nn.Module):
         if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)
             self._check_input(x)
             self._step_begins()
+        if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
+            if self._recomputing_now():
+                return self._features_recomputing(x)
+        return self._features(x)
+
+    @torch.jit.unused
+    def _recomputing_now(self) -> bool:
+        # Checkpointed blocks save almost nothing already (their own hooks would win inside them).
+        return self.training and lean_ops_active() and not self._checkpointing_now()
+
+    @torch.jit.unused
+    def _features_recomputing(self, x: torch.Tensor) -> torch.Tensor:
+        # Activations that the next op saves are kept as the BN outputs they come from
+        # (effnet.layers.activations.recompute_activations): one full-size tensor fewer per
+        # MBConv's expansion and depthwise conv.
+        with recompute_activations():
+            return self._features(x)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem_pool(self.stem(x))
         if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
             if self._checkpointing_now():

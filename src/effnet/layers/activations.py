@@ -34,7 +34,9 @@ Neither supports double backward (``create_graph=True``): switch them off for th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+import weakref
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -45,7 +47,7 @@ from torch.autograd.function import once_differentiable
 from effnet.layers.buffers import BufferPool
 
 __all__ = ["batch_norm_act", "gated_pointwise_conv", "memory_efficient", "memory_efficient_enabled",
-           "set_memory_efficient", "spatial_mean"]
+           "recompute_activations", "set_memory_efficient", "spatial_mean"]
 
 _ENABLED = True
 
@@ -156,6 +158,7 @@ class _BatchNormAct(torch.autograd.Function):
         ctx.saved_output = _save_output(z, weight, bias)
         if ctx.saved_output:
             ctx.save_for_backward(z, weight, bias, invstd)
+            _RECORDER.last = z  # for batch_norm_act to note the result as recomputable from z
             if scratch:  # the result over x: no fresh full-size buffer (its pages cost like the math)
                 ctx.mark_dirty(x)
                 return _act(kind, z, out=x)
@@ -242,8 +245,105 @@ def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch:
     running_var = bn.running_var if bn.track_running_stats else None
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != bn.weight.dtype:
         pool = None  # CUDA's caching allocator already reuses its blocks; mixed precision: as measured
-    return _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch,
-                               pool)
+    _RECORDER.last = None
+    y = _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch,
+                            pool)
+    z, _RECORDER.last = _RECORDER.last, None
+    if z is not None and _RECORDER.table is not None:
+        _RECORDER.note(y, z, kind, pool)
+    return y
+
+
+# --- activations recomputed from the BN output they came from ----------------------------------
+# In MBConv the activation a = act(z) is saved twice over: z by batch_norm_act (its backward), and
+# a by the op that reads it next, for that op's weight gradient: the depthwise conv after the
+# expansion, the SE-gated 1x1 projection after the depthwise conv. While the model's forward runs
+# under recompute_activations(), a saved tensor that is such an a is packed as a reference to z
+# and recomputed (one elementwise pass) when that op's backward asks for it: of B0's saved
+# activations (batch 8, 224 px) these copies were 116 of 435 MiB.
+class _Recompute:
+    """A saved activation output, packed as the BN output it is recomputed from."""
+
+    __slots__ = ("kind", "pool", "version", "z")
+
+    def __init__(self, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
+        self.z, self.kind, self.pool, self.version = z, kind, pool, z._version
+
+
+class _Recorder(threading.local):
+    """Per thread: the activation outputs noted during the current forward (by data pointer: the
+    tensor, its version then, z, kind, pool), and the BN output the last op saved."""
+
+    table: dict[int, tuple[Any, int, torch.Tensor, str, BufferPool | None]] | None = None
+    last: torch.Tensor | None = None
+
+    def note(self, y: torch.Tensor, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
+        if self.table is not None and y.shape == z.shape and y.stride() == z.stride() and y.dtype == z.dtype:
+            self.table[y.data_ptr()] = (weakref.ref(y), y._version, z, kind, pool)
+
+    def recomputable(self, t: torch.Tensor) -> _Recompute | None:
+        """``t``'s packing when it is a noted output, unchanged (same memory, layout and version,
+        the output still alive, so its memory cannot have been reused), else None."""
+        entry = None if self.table is None else self.table.get(t.data_ptr())
+        if entry is None:
+            return None
+        ref, version, z, kind, pool = entry
+        if ref() is None or t._version != version or t.shape != z.shape or t.stride() != z.stride() \
+                or t.dtype != z.dtype:
+            return None
+        return _Recompute(z, kind, pool)
+
+
+_RECORDER = _Recorder()
+_Hooks = tuple[Callable[[torch.Tensor], Any], Callable[[Any], torch.Tensor]]
+
+
+def _outer_hooks() -> _Hooks | None | bool:
+    """The saved-tensor hooks already active (a profiler's, a user's offloading), None if none,
+    False if that cannot be told (a PyTorch without the query) or hooks are disabled here."""
+    autograd = torch._C._autograd
+    if not hasattr(autograd, "_top_saved_tensors_default_hooks") or not autograd._saved_tensors_hooks_is_enabled():
+        return False
+    return autograd._top_saved_tensors_default_hooks(False)
+
+
+@contextlib.contextmanager
+def recompute_activations() -> Iterator[bool]:
+    """Inside: an activation output of :func:`batch_norm_act` that another op saves for backward
+    is saved as a reference to the BN output it came from and recomputed in backward (see above).
+    Hooks already active stay in effect for every other tensor (they are called from these);
+    yields whether recomputation is on (off where PyTorch cannot tell which hooks are active)."""
+    outer = _outer_hooks()
+    if outer is False or _RECORDER.table is not None:  # unknown hooks, or already inside one
+        yield False
+        return
+    outer_pack, outer_unpack = outer if outer is not None else (None, None)
+
+    def pack(t: torch.Tensor) -> Any:
+        packed = _RECORDER.recomputable(t)
+        if packed is not None:
+            return packed
+        return t if outer_pack is None else (_OUTER, outer_pack(t))
+
+    def unpack(p: Any) -> torch.Tensor:
+        if type(p) is _Recompute:
+            if p.z._version != p.version:
+                raise RuntimeError("a BN output saved for recomputing an activation was modified in place "
+                                   "before backward; switch the memory-saving ops off (memory_efficient(False))")
+            return _act(p.kind, p.z, out=None if p.pool is None else p.pool.empty_like(p.z, keep=False))
+        if type(p) is tuple and len(p) == 2 and p[0] is _OUTER:
+            return outer_unpack(p[1])
+        return p
+
+    _RECORDER.table = {}
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield True
+    finally:
+        _RECORDER.table = None
+
+
+_OUTER = object()  # marks what an outer hook packed
 
 
 # --- squeeze-excitation gate + 1x1 projection --------------------------------------------------
