@@ -267,12 +267,13 @@ def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch:
 # and recomputed (one elementwise pass) when that op's backward asks for it: of B0's saved
 # activations (batch 8, 224 px) these copies were 116 of 435 MiB.
 class _Recompute:
-    """A saved activation output, packed as the BN output it is recomputed from."""
+    """A saved activation output, packed as the BN output it is recomputed from: ``z`` itself
+    (``version`` its version then), or what an outer hook packed ``z`` into (``version`` None)."""
 
     __slots__ = ("kind", "pool", "version", "z")
 
-    def __init__(self, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
-        self.z, self.kind, self.pool, self.version = z, kind, pool, z._version
+    def __init__(self, z: Any, kind: str, pool: BufferPool | None, version: int | None) -> None:
+        self.z, self.kind, self.pool, self.version = z, kind, pool, version
 
 
 class _Recorder(threading.local):
@@ -286,8 +287,8 @@ class _Recorder(threading.local):
         if self.table is not None and y.shape == z.shape and y.stride() == z.stride() and y.dtype == z.dtype:
             self.table[y.data_ptr()] = (weakref.ref(y), y._version, z, kind, pool)
 
-    def recomputable(self, t: torch.Tensor) -> _Recompute | None:
-        """``t``'s packing when it is a noted output, unchanged (same memory, layout and version,
+    def recomputable(self, t: torch.Tensor) -> tuple[torch.Tensor, str, BufferPool | None] | None:
+        """(z, kind, pool) when ``t`` is a noted output, unchanged (same memory, layout and version,
         the output still alive, so its memory cannot have been reused), else None."""
         entry = None if self.table is None else self.table.get(t.data_ptr())
         if entry is None:
@@ -296,7 +297,7 @@ class _Recorder(threading.local):
         if ref() is None or t._version != version or t.shape != z.shape or t.stride() != z.stride() \
                 or t.dtype != z.dtype:
             return None
-        return _Recompute(z, kind, pool)
+        return z, kind, pool
 
 
 _RECORDER = _Recorder()
@@ -325,19 +326,25 @@ def recompute_activations() -> Iterator[bool]:
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
 
     def pack(t: torch.Tensor) -> Any:
-        packed = _RECORDER.recomputable(t)
-        if packed is not None:
-            return packed
+        found = _RECORDER.recomputable(t)
+        if found is not None:
+            z, kind, pool = found
+            if outer_pack is None:
+                return _Recompute(z, kind, pool, z._version)
+            # z goes through the outer hook too: an offloading or checkpointing hook keeps it its
+            # own way (a reference here would keep on the CPU what it meant to drop).
+            return _Recompute(outer_pack(z), kind, pool, None)
         return t if outer_pack is None else (_OUTER, outer_pack(t))
 
     def unpack(p: Any) -> torch.Tensor:
         if type(p) is _Recompute:
-            if p.z._version != p.version:
+            z = p.z if p.version is not None else outer_unpack(p.z)
+            if p.version is not None and z._version != p.version:
                 raise RuntimeError("a BN output saved for recomputing an activation was modified in place "
                                    "before backward; switch the memory-saving ops off (memory_efficient(False))")
             # Into a buffer the pool keeps: SiLU over a fresh 147 MiB took 48 ms (its pages faulted in
             # and zeroed), into a kept one 8.8 ms (B0's largest map, batch 32, 2 threads).
-            return _act(p.kind, p.z, out=None if p.pool is None else p.pool.empty_like(p.z))
+            return _act(p.kind, z, out=None if p.pool is None else p.pool.empty_like(z))
         if type(p) is tuple and len(p) == 2 and p[0] is _OUTER:
             return outer_unpack(p[1])
         return p
