@@ -6,8 +6,10 @@ counts), and untouched evaluation, scripting and export."""
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import logging
+import weakref
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from effnet import create_model
-from effnet.layers import ConvBnAct, MBConv, SqueezeExcite
+from effnet.layers import ConvBnAct, MBConv, SqueezeExcite, activations
 from effnet.layers.activations import (
     memory_efficient,
     memory_efficient_enabled,
@@ -41,20 +43,31 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def saved_bytes(module: nn.Module, *inputs: torch.Tensor) -> int:
+def saved_bytes(module: nn.Module, *inputs: torch.Tensor, recompute: bool = False) -> int:
     """Bytes of the distinct tensors autograd saves for backward in one forward of ``module``,
-    parameters and buffers (running statistics) excluded, deduplicated by storage."""
+    parameters and buffers (running statistics) excluded, deduplicated by storage. Counted by a
+    saved-tensor hook of this test's own (effnet's recomputation then stands aside, as for any
+    hook of a user's), or, ``recompute=True``, through ``recompute_activations(observe=...)``:
+    what is saved with the recomputation on."""
     skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
     seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def observe(t: torch.Tensor) -> None:
         ptr = t.untyped_storage().data_ptr()
         if ptr not in skip:
             seen[ptr] = t.untyped_storage().nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        observe(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = module(*inputs)  # alive until counted: no saved storage is freed and reused
+    if recompute:
+        with recompute_activations(observe=observe) as on:
+            assert on
+            out = module(*inputs)  # alive until counted: no saved storage is freed and reused
+    else:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = module(*inputs)
     total = sum(seen.values())
     del out
     return total
@@ -292,19 +305,7 @@ def test_recomputing_drops_the_activations_that_the_next_ops_save():
     # their BN + SiLU: two (2, 48, 5, 5) tensors fewer, nothing else changed.
     block = MBConv(8, 8, kernel=3, stride=1, expand=6, se=0.25).train()
     x = torch.randn(2, 8, 5, 5)
-    lean = saved_bytes(block, x)
-
-    class Recomputing(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.block = block
-
-        def forward(self, inp: torch.Tensor) -> torch.Tensor:
-            with recompute_activations() as on:
-                assert on
-                return self.block(inp)
-
-    assert lean - saved_bytes(Recomputing(), x) == 2 * 2 * 48 * 5 * 5 * F32
+    assert saved_bytes(block, x) - saved_bytes(block, x, recompute=True) == 2 * 2 * 48 * 5 * 5 * F32
 
 
 def test_b0_recomputes_one_expanded_activation_per_conv_and_the_stem_output():
@@ -315,20 +316,20 @@ def test_b0_recomputes_one_expanded_activation_per_conv_and_the_stem_output():
     shapes: list[torch.Size] = []
     hooks = [m.conv_dw.register_forward_hook(lambda mod, inp, out: shapes.extend([inp[0].shape, out.shape]))
              for m in model.modules() if isinstance(m, MBConv)]
-    recomputing = saved_bytes(model, x)
+    recomputing = saved_bytes(model, x, recompute=True)
     for h in hooks:
         h.remove()
-    model._recomputing_now = lambda: False
-    kept = saved_bytes(model, x)
+    kept = saved_bytes(model, x)  # under a hook of the test's own: nothing recomputed
     assert len(shapes) == 2 * 16  # B0's 16 blocks
     assert kept - recomputing == sum(s.numel() for s in shapes) * F32
 
 
-@pytest.mark.parametrize("outer", ["counting_hook", "save_on_cpu", "checkpoint_whole_model"])
-def test_recomputation_keeps_an_outer_hook_working_and_the_gradients_exact(outer):
-    # A user's saved-tensor hooks (offloading, a profiler, torch.utils.checkpoint around the whole
-    # model) stay in effect: ours hand them every tensor, the BN outputs that the recomputation
-    # starts from included, and they unpack what they packed. Gradients: the plain ops' (float64).
+@pytest.mark.parametrize("outer", ["counting_hook", "save_on_cpu", "checkpoint_whole_model", "checkpoint_blocks"])
+def test_other_saved_tensor_hooks_decide_and_the_gradients_stay_exact(outer):
+    # Where a user's saved-tensor hooks are active (a profiler, offloading, torch.utils.checkpoint
+    # around the model or around each block, as FSDP's activation checkpointing does), they decide
+    # what is kept: the recomputation stands aside inside them and notes nothing there (a
+    # reference to a BN output would keep what a checkpoint frees). Gradients: the plain ops'.
     model = copy.deepcopy(MODELS["b0"]).train().double()
     x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
     y = torch.randint(0, 10, (2,))
@@ -343,11 +344,26 @@ def test_recomputation_keeps_an_outer_hook_working_and_the_gradients_exact(outer
         calls["unpack"] += 1
         return p[1]
 
+    class Checkpointed(nn.Module):
+        def __init__(self, block: nn.Module) -> None:
+            super().__init__()
+            self.block = block
+
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return torch.utils.checkpoint.checkpoint(self.block, inp, use_reentrant=False)
+
+    noted: list[int] = []
+
     def grads(lean: bool) -> list[torch.Tensor]:
         m = copy.deepcopy(model)
+        if lean and outer == "checkpoint_blocks":
+            for stage in m.stages:
+                for i in range(len(stage)):
+                    stage[i] = Checkpointed(stage[i])
+            m.head.register_forward_hook(lambda *_: noted.append(len(activations._RECORDER.table or {})))
         torch.manual_seed(1)  # the same dropout and drop-path draws
         with memory_efficient(lean):
-            if not lean:
+            if not lean or outer == "checkpoint_blocks":
                 F.cross_entropy(m(x), y).backward()
             elif outer == "counting_hook":
                 with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -365,6 +381,37 @@ def test_recomputation_keeps_an_outer_hook_working_and_the_gradients_exact(outer
         assert ((g - g0).abs().max() / torch.maximum(g0.abs().max(), 1e-3 * top)) < 1e-9
     if outer == "counting_hook":
         assert calls["pack"] > 100 and calls["unpack"] == calls["pack"]
+    if outer == "checkpoint_blocks":
+        # Outside the blocks only the stem's and the head's outputs are noted.
+        assert noted == [2]
+
+
+def test_a_forward_never_backwarded_leaves_no_graph_behind():
+    # A skipped non-finite loss, an exception after the forward: with the hooks of the training
+    # forward active, the graph must still be freed (a saved tensor that is its own op's output
+    # would otherwise form a reference cycle with its graph).
+    model = copy.deepcopy(MODELS["b0"]).train()
+    x = torch.randn(2, 3, 64, 64)
+    refs: list[weakref.ref] = []
+    model.stages[3][0].register_forward_hook(lambda mod, inp, out: refs.append(weakref.ref(out)))
+    for _ in range(3):
+        loss = F.cross_entropy(model(x), torch.tensor([1, 2]))
+        del loss
+    gc.collect()
+    assert len(refs) == 3 and all(r() is None for r in refs)
+
+
+def test_an_in_place_edit_of_a_saved_tensor_is_still_refused():
+    # Autograd checks a saved tensor's version only when no hook packs it; effnet's hooks check it
+    # themselves, so an in-place edit after saving still fails loudly instead of a wrong gradient.
+    model = copy.deepcopy(MODELS["b0"]).train()
+
+    def edit_input(mod: nn.Module, inp: tuple[torch.Tensor], out: torch.Tensor) -> None:
+        inp[0].mul_(0.5)  # the block's input, which its expansion conv saved
+
+    model.stages[4][1].register_forward_hook(edit_input)
+    with pytest.raises(RuntimeError, match="in-place"):
+        model(torch.randn(2, 3, 64, 64)).sum().backward()
 
 
 def test_relu_models_are_already_lean_and_checkpointing_cuts_the_rest():

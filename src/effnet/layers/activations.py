@@ -251,10 +251,13 @@ def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch:
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dtype != bn.weight.dtype:
         pool = None  # CUDA's caching allocator already reuses its blocks; mixed precision: as measured
     _RECORDER.last = None
-    y = _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch,
-                            pool)
-    z, _RECORDER.last = _RECORDER.last, None
-    if z is not None and _RECORDER.table is not None:
+    try:
+        y = _BatchNormAct.apply(x, bn.weight, bn.bias, running_mean, running_var, momentum, bn.eps, kind, scratch,
+                                pool)
+        z = _RECORDER.last
+    finally:
+        _RECORDER.last = None  # also when apply raises (a checkpoint's early stop does), not to keep z alive
+    if z is not None:
         _RECORDER.note(y, z, kind, pool)
     return y
 
@@ -267,24 +270,32 @@ def batch_norm_act(x: torch.Tensor, bn: nn.BatchNorm2d, act: nn.Module, scratch:
 # and recomputed (one elementwise pass) when that op's backward asks for it: of B0's saved
 # activations (batch 8, 224 px) these copies were 116 of 435 MiB.
 class _Recompute:
-    """A saved activation output, packed as the BN output it is recomputed from: ``z`` itself
-    (``version`` its version then), or what an outer hook packed ``z`` into (``version`` None)."""
+    """A saved activation output, packed as the BN output ``z`` it is recomputed from (``version``:
+    z's version then)."""
 
     __slots__ = ("kind", "pool", "version", "z")
 
-    def __init__(self, z: Any, kind: str, pool: BufferPool | None, version: int | None) -> None:
+    def __init__(self, z: torch.Tensor, kind: str, pool: BufferPool | None, version: int) -> None:
         self.z, self.kind, self.pool, self.version = z, kind, pool, version
 
 
 class _Recorder(threading.local):
     """Per thread: the activation outputs noted during the current forward (by data pointer: the
-    tensor, its version then, z, kind, pool), and the BN output the last op saved."""
+    tensor, its version then, z, kind, pool), the pack hook that uses them, and the BN output the
+    last op saved."""
 
     table: dict[int, tuple[Any, int, torch.Tensor, str, BufferPool | None]] | None = None
+    pack: Callable[[torch.Tensor], Any] | None = None
     last: torch.Tensor | None = None
 
     def note(self, y: torch.Tensor, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
-        if self.table is not None and y.shape == z.shape and y.stride() == z.stride() and y.dtype == z.dtype:
+        """Note ``y = act(z)`` while our pack hook is the innermost one: inside a region that
+        another hook handles (a checkpointed block) that hook decides what is kept, and a
+        reference to z here would keep what it meant to free."""
+        if self.table is None or y.shape != z.shape or y.stride() != z.stride() or y.dtype != z.dtype:
+            return
+        top = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        if top is not None and top[0] is self.pack:
             self.table[y.data_ptr()] = (weakref.ref(y), y._version, z, kind, pool)
 
     def recomputable(self, t: torch.Tensor) -> tuple[torch.Tensor, str, BufferPool | None] | None:
@@ -301,63 +312,70 @@ class _Recorder(threading.local):
 
 
 _RECORDER = _Recorder()
-_Hooks = tuple[Callable[[torch.Tensor], Any], Callable[[Any], torch.Tensor]]
 
 
-def _outer_hooks() -> _Hooks | None | bool:
-    """The saved-tensor hooks already active (a profiler's, a user's offloading), None if none,
-    False if that cannot be told (a PyTorch without the query) or hooks are disabled here."""
+def _other_hooks_active() -> bool:
+    """Saved-tensor hooks are already active (a profiler's, offloading, torch.utils.checkpoint),
+    disabled here, or this PyTorch cannot tell (it lacks the query)."""
     autograd = torch._C._autograd
     if not hasattr(autograd, "_top_saved_tensors_default_hooks") or not autograd._saved_tensors_hooks_is_enabled():
-        return False
-    return autograd._top_saved_tensors_default_hooks(False)
+        return True
+    return autograd._top_saved_tensors_default_hooks(False) is not None
+
+
+class _Saved:
+    """A tensor saved as it is: detached (a tensor that is its own op's output would otherwise
+    form a reference cycle with its graph, which a forward never backwarded, e.g. a skipped
+    non-finite loss, would leak) with its version then, checked when unpacked as autograd checks
+    a tensor saved without hooks."""
+
+    __slots__ = ("t", "version")
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t, self.version = t.detach(), t._version
 
 
 @contextlib.contextmanager
-def recompute_activations() -> Iterator[bool]:
+def recompute_activations(observe: Callable[[torch.Tensor], None] | None = None) -> Iterator[bool]:
     """Inside: an activation output of :func:`batch_norm_act` that another op saves for backward
     is saved as a reference to the BN output it came from and recomputed in backward (see above).
-    Hooks already active stay in effect for every other tensor (they are called from these);
-    yields whether recomputation is on (off where PyTorch cannot tell which hooks are active)."""
-    outer = _outer_hooks()
-    if outer is False or _RECORDER.table is not None:  # unknown hooks, or already inside one
+    ``observe`` is called with every tensor that is saved (not with the recomputed ones), to
+    count what a forward keeps (``effnet.profile.saved_activation_bytes``). Yields whether
+    recomputation is on: not inside another ``recompute_activations``, and not where other
+    saved-tensor hooks are active, whose owner decides what is kept (checkpointing, offloading)."""
+    if _RECORDER.table is not None or _other_hooks_active():
         yield False
         return
-    outer_pack, outer_unpack = outer if outer is not None else (None, None)
 
     def pack(t: torch.Tensor) -> Any:
         found = _RECORDER.recomputable(t)
         if found is not None:
             z, kind, pool = found
-            if outer_pack is None:
-                return _Recompute(z, kind, pool, z._version)
-            # z goes through the outer hook too: an offloading or checkpointing hook keeps it its
-            # own way (a reference here would keep on the CPU what it meant to drop).
-            return _Recompute(outer_pack(z), kind, pool, None)
-        return t if outer_pack is None else (_OUTER, outer_pack(t))
+            return _Recompute(z, kind, pool, z._version)
+        if observe is not None:
+            observe(t)
+        return _Saved(t)
 
     def unpack(p: Any) -> torch.Tensor:
-        if type(p) is _Recompute:
-            z = p.z if p.version is not None else outer_unpack(p.z)
-            if p.version is not None and z._version != p.version:
-                raise RuntimeError("a BN output saved for recomputing an activation was modified in place "
-                                   "before backward; switch the memory-saving ops off (memory_efficient(False))")
-            # Into a buffer the pool keeps: SiLU over a fresh 147 MiB took 48 ms (its pages faulted in
-            # and zeroed), into a kept one 8.8 ms (B0's largest map, batch 32, 2 threads).
-            return _act(p.kind, z, out=None if p.pool is None else p.pool.empty_like(z))
-        if type(p) is tuple and len(p) == 2 and p[0] is _OUTER:
-            return outer_unpack(p[1])
-        return p
+        if type(p) is _Saved:
+            if p.t._version != p.version:
+                raise RuntimeError(f"one of the tensors saved for backward (shape {tuple(p.t.shape)}) was modified "
+                                   f"by an in-place operation after it was saved (version {p.version} -> "
+                                   f"{p.t._version}); make that operation out of place")
+            return p.t
+        if p.z._version != p.version:
+            raise RuntimeError("a BN output saved for recomputing an activation was modified in place "
+                               "before backward; switch the memory-saving ops off (memory_efficient(False))")
+        # Into a buffer the pool keeps: SiLU over a fresh 147 MiB took 48 ms (its pages faulted in
+        # and zeroed), into a kept one 8.8 ms (B0's largest map, batch 32, 2 threads).
+        return _act(p.kind, p.z, out=None if p.pool is None else p.pool.empty_like(p.z))
 
-    _RECORDER.table = {}
+    _RECORDER.table, _RECORDER.pack = {}, pack
     try:
         with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
             yield True
     finally:
-        _RECORDER.table = None
-
-
-_OUTER = object()  # marks what an outer hook packed
+        _RECORDER.table, _RECORDER.pack = None, None
 
 
 # --- squeeze-excitation gate + 1x1 projection --------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from effnet.layers.activations import recompute_activations
 from effnet.model import ConvNet, build
 from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec
@@ -82,21 +84,30 @@ def activation_memory(model: nn.Module, resolution: int, batch: int = 1) -> int:
 def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence[torch.Tensor] = ()) -> int:
     """Bytes of the distinct tensors autograd saves for backward during ``forward()``.
 
-    Recorded by ``torch.autograd.graph.saved_tensors_hooks`` and deduplicated by storage;
-    parameters (``params``) are excluded. Deterministic and allocator-independent: exactly
-    the activation memory a training step holds at the end of its forward pass.
+    Recorded by the saved-tensor hooks of effnet's training forward
+    (:func:`effnet.layers.activations.recompute_activations`, so that the activations an effnet
+    model recomputes in backward are not counted; any other model's tensors are all seen) and
+    deduplicated by storage; parameters (``params``) are excluded. Deterministic and
+    allocator-independent: exactly the activation memory a training step holds at the end of its
+    forward pass.
     """
     param_ptrs = {p.untyped_storage().data_ptr() for p in params}
     seen: dict[int, int] = {}
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
+    def observe(t: torch.Tensor) -> None:
         storage = t.untyped_storage()
         ptr = storage.data_ptr()
         if ptr not in param_ptrs:
             seen[ptr] = storage.nbytes()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        observe(t)
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with contextlib.ExitStack() as stack:
+        if not stack.enter_context(recompute_activations(observe=observe)):
+            # Other hooks are active (then nothing is recomputed either): count every saved tensor.
+            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
         out = forward()  # kept alive until counted, so no saved storage is freed and reused
     total = sum(seen.values())
     del out
