@@ -22,10 +22,12 @@ from effnet.layers import ConvBnAct, MBConv, SqueezeExcite, activations
 from effnet.layers.activations import (
     memory_efficient,
     memory_efficient_enabled,
+    observing_saved_tensors,
     recompute_activations,
     set_memory_efficient,
 )
 from effnet.model import build
+from effnet.profile.measure import saved_activation_bytes
 from effnet.registry import get_spec
 from effnet.scaling import scale
 from effnet.train import run_trial
@@ -47,7 +49,7 @@ def saved_bytes(module: nn.Module, *inputs: torch.Tensor, recompute: bool = Fals
     """Bytes of the distinct tensors autograd saves for backward in one forward of ``module``,
     parameters and buffers (running statistics) excluded, deduplicated by storage. Counted by a
     saved-tensor hook of this test's own (effnet's recomputation then stands aside, as for any
-    hook of a user's), or, ``recompute=True``, through ``recompute_activations(observe=...)``:
+    hook of a user's), or, ``recompute=True``, by ``observing_saved_tensors`` around ``recompute_activations``:
     what is saved with the recomputation on."""
     skip = {t.untyped_storage().data_ptr() for t in (*module.parameters(), *module.buffers())}
     seen: dict[int, int] = {}
@@ -62,7 +64,7 @@ def saved_bytes(module: nn.Module, *inputs: torch.Tensor, recompute: bool = Fals
         return t
 
     if recompute:
-        with recompute_activations(observe=observe) as on:
+        with observing_saved_tensors(observe), recompute_activations() as on:
             assert on
             out = module(*inputs)  # alive until counted: no saved storage is freed and reused
     else:
@@ -384,6 +386,19 @@ def test_other_saved_tensor_hooks_decide_and_the_gradients_stay_exact(outer):
     if outer == "checkpoint_blocks":
         # Outside the blocks only the stem's and the head's outputs are noted.
         assert noted == [2]
+
+
+def test_profile_counts_what_training_keeps():
+    # effnet.profile's count of saved activations follows the model: the recomputed activations
+    # are not counted in a default training forward, and with the model's own checkpointing (where
+    # training recomputes nothing of this kind) it counts what a plain hook sees.
+    model = copy.deepcopy(MODELS["b0"]).train()
+    x = torch.randn(2, 3, 64, 64)
+    params = [*model.parameters(), *model.buffers()]  # as saved_bytes counts (BN's running statistics)
+    assert saved_activation_bytes(lambda: model(x), params) == saved_bytes(model, x, recompute=True)
+    assert saved_bytes(model, x, recompute=True) < saved_bytes(model, x)
+    model.set_grad_checkpointing(True)
+    assert saved_activation_bytes(lambda: model(x), params) == saved_bytes(model, x)
 
 
 def test_a_forward_never_backwarded_leaves_no_graph_behind():

@@ -52,7 +52,7 @@ from torch.autograd.function import once_differentiable
 from effnet.layers.buffers import BufferPool
 
 __all__ = ["batch_norm_act", "gated_pointwise_conv", "memory_efficient", "memory_efficient_enabled",
-           "recompute_activations", "set_memory_efficient", "spatial_mean"]
+           "observing_saved_tensors", "recompute_activations", "set_memory_efficient", "spatial_mean"]
 
 _ENABLED = True
 
@@ -286,6 +286,7 @@ class _Recorder(threading.local):
 
     table: dict[int, tuple[Any, int, torch.Tensor, str, BufferPool | None]] | None = None
     pack: Callable[[torch.Tensor], Any] | None = None
+    observer: tuple[Callable[[torch.Tensor], Any], Callable[[torch.Tensor], None]] | None = None
     last: torch.Tensor | None = None
 
     def note(self, y: torch.Tensor, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
@@ -315,12 +316,33 @@ _RECORDER = _Recorder()
 
 
 def _other_hooks_active() -> bool:
-    """Saved-tensor hooks are already active (a profiler's, offloading, torch.utils.checkpoint),
-    disabled here, or this PyTorch cannot tell (it lacks the query)."""
+    """Saved-tensor hooks other than :func:`observing_saved_tensors`' are already active (a
+    profiler's, offloading, torch.utils.checkpoint), hooks are disabled here, or this PyTorch
+    cannot tell (it lacks the query)."""
     autograd = torch._C._autograd
     if not hasattr(autograd, "_top_saved_tensors_default_hooks") or not autograd._saved_tensors_hooks_is_enabled():
         return True
-    return autograd._top_saved_tensors_default_hooks(False) is not None
+    top = autograd._top_saved_tensors_default_hooks(False)
+    return top is not None and not (_RECORDER.observer is not None and top[0] is _RECORDER.observer[0])
+
+
+@contextlib.contextmanager
+def observing_saved_tensors(observe: Callable[[torch.Tensor], None]) -> Iterator[None]:
+    """Call ``observe(t)`` for every tensor that a forward inside saves for backward, as training
+    saves it: an effnet model's forward still recomputes its activations (they are not observed),
+    where any other saved-tensor hook would make it stand aside. For counting activation memory
+    (``effnet.profile.saved_activation_bytes``)."""
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        observe(t)
+        return t
+
+    previous, _RECORDER.observer = _RECORDER.observer, (pack, observe)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+    finally:
+        _RECORDER.observer = previous
 
 
 class _Saved:
@@ -336,16 +358,16 @@ class _Saved:
 
 
 @contextlib.contextmanager
-def recompute_activations(observe: Callable[[torch.Tensor], None] | None = None) -> Iterator[bool]:
+def recompute_activations() -> Iterator[bool]:
     """Inside: an activation output of :func:`batch_norm_act` that another op saves for backward
     is saved as a reference to the BN output it came from and recomputed in backward (see above).
-    ``observe`` is called with every tensor that is saved (not with the recomputed ones), to
-    count what a forward keeps (``effnet.profile.saved_activation_bytes``). Yields whether
-    recomputation is on: not inside another ``recompute_activations``, and not where other
-    saved-tensor hooks are active, whose owner decides what is kept (checkpointing, offloading)."""
+    Yields whether recomputation is on: not inside another ``recompute_activations``, and not
+    where other saved-tensor hooks are active, whose owner decides what is kept (checkpointing,
+    offloading); :func:`observing_saved_tensors` is seen through."""
     if _RECORDER.table is not None or _other_hooks_active():
         yield False
         return
+    observe = None if _RECORDER.observer is None else _RECORDER.observer[1]
 
     def pack(t: torch.Tensor) -> Any:
         found = _RECORDER.recomputable(t)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import statistics
 import time
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from effnet.layers.activations import recompute_activations
+from effnet.layers.activations import observing_saved_tensors
 from effnet.model import ConvNet, build
 from effnet.registry import get_spec
 from effnet.specs.base import ModelSpec
@@ -84,9 +83,8 @@ def activation_memory(model: nn.Module, resolution: int, batch: int = 1) -> int:
 def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence[torch.Tensor] = ()) -> int:
     """Bytes of the distinct tensors autograd saves for backward during ``forward()``.
 
-    Recorded by the saved-tensor hooks of effnet's training forward
-    (:func:`effnet.layers.activations.recompute_activations`, so that the activations an effnet
-    model recomputes in backward are not counted; any other model's tensors are all seen) and
+    Recorded by :func:`effnet.layers.activations.observing_saved_tensors` (the activations an
+    effnet model recomputes in backward are not counted, as they are not kept) and
     deduplicated by storage; parameters (``params``) are excluded. Deterministic and
     allocator-independent: exactly the activation memory a training step holds at the end of its
     forward pass.
@@ -100,14 +98,7 @@ def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence
         if ptr not in param_ptrs:
             seen[ptr] = storage.nbytes()
 
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        observe(t)
-        return t
-
-    with contextlib.ExitStack() as stack:
-        if not stack.enter_context(recompute_activations(observe=observe)):
-            # Other hooks are active (then nothing is recomputed either): count every saved tensor.
-            stack.enter_context(torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t))
+    with observing_saved_tensors(observe):
         out = forward()  # kept alive until counted, so no saved storage is freed and reused
     total = sum(seen.values())
     del out
