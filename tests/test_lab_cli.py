@@ -11,6 +11,7 @@ pytest.importorskip("optuna")
 from effnet.cli import main  # noqa: E402
 
 
+@pytest.mark.slow  # ~7 s; the grid search and its resume are checked through the API by test_lab.py (default run)
 def test_scale_search_json_and_resume(tmp_path, capsys):
     argv = ["scale", "search", "--base", "efficientnet_b0", "--base-width", "0.25", "--base-depth", "0.25",
             "--step", "0.2", "--tolerance", "0.2", "--epochs", "1", "--train-subset", "64", "--out",

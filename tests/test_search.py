@@ -230,6 +230,7 @@ def test_resume_trains_nothing_finished_and_stops_at_n(tmp_path, monkeypatch):
         run(space, trials=3, out=tmp_path, sampler="random", **{**TINY, "epochs": 2})
 
 
+@pytest.mark.slow  # ~8 s; the front's rule is checked by test_pareto_front_of_hand_made_points in the default run
 def test_pareto_front_contains_no_dominated_trial(tmp_path):
     rep = run(tiny_space(), trials=4, reward="pareto", sampler="random", seed=3, out=tmp_path, **TINY)
     study = optuna.load_study(study_name=rep.study, storage=rep.storage)
@@ -297,6 +298,7 @@ def test_two_workers_reach_exactly_n_finished_trials(lab):
     assert len(ends) == 8 and len({p for p, _ in ends}) == 2  # both trained, 8 in all
 
 
+@pytest.mark.slow  # ~5 s; the queue's recovery of a killed worker is in tests/test_lab_store.py's default run
 def test_a_killed_workers_trial_is_trained_again_by_the_next_run(lab):
     start, storage, events = lab
     w = start(4, 0.5)
