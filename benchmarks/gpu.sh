@@ -31,7 +31,8 @@ fi
 status=0
 keep() { local rc=$?; [ "$status" -ne 0 ] || status=$rc; }
 
-(cd "$ROOT" && "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py) 2>&1 | tee "$OUT/tests.txt"; keep
+# One process (addopts without -n 2): the GPU tests share one device, and pytest-xdist may be absent here.
+(cd "$ROOT" && "$PY" -m pytest -q -o addopts="--strict-markers" -p no:cacheprovider -m gpu tests/test_gpu.py) 2>&1 | tee "$OUT/tests.txt"; keep
 "$PY" "$HERE/bench.py" --device cuda --models efficientnet_b0 --libs effnet timm torchvision --compile \
     --train-resolution 224 --rounds 3 --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.txt"; keep
 if [ "$("$PY" -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
