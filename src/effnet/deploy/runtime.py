@@ -422,6 +422,15 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
     session returned (the speed check compares each session with its own default).
     """
     _check_micro_batch(micro_batch)
+    s = _int8_or_fp32(source, calibration, runtime, resolution, threads, cache_dir, require_gain)
+    s.micro_batch = micro_batch
+    return s
+
+
+def _int8_or_fp32(source: str | Path | nn.Module, calibration: Iterable[torch.Tensor], runtime: str,
+                  resolution: int | None, threads: int | None, cache_dir: str | Path | None,
+                  require_gain: bool) -> Session:
+    """:func:`int8_session`'s choice: the int8 session kept, or the fp32 fallback with its reason."""
     if runtime not in (*INT8_RUNTIMES, "auto"):
         raise ValueError(f"int8 runtime {runtime!r}: expected one of {', '.join((*INT8_RUNTIMES, 'auto'))}")
     _check_runtime("onnxruntime")  # the quantiser is ONNX Runtime's, whichever runtime runs the result
@@ -451,7 +460,6 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         s.precision = "int8"
         int8s[r] = s
     if not require_gain:
-        int8s[runtime].micro_batch = micro_batch
         return int8s[runtime]
     agree = {r: agreement(reference, s, batches) for r, s in int8s.items()}
     fp32s = {r: _build(source, reference, r, res, threads, cache_dir, (onnx_path, keep)) for r in candidates}
@@ -472,13 +480,11 @@ def int8_session(source: str | Path | nn.Module, calibration: Iterable[torch.Ten
         log.warning("%s: running fp32 on %s instead", reason, fp32_best)
         fallback = fp32s[fp32_best]
         fallback.int8_fallback, fallback.int8_agreement = reason, agree[best]
-        fallback.micro_batch = micro_batch
         return fallback
     log.info("int8 on %s: top-1 agreement with fp32 %.1f%%, batch %d %.1f ms vs fp32 on %s %.1f ms (all: %s)",
              best, 100 * agree[best], len(largest), ms["int8", best], fp32_best, ms["fp32", fp32_best],
              ", ".join(f"{p} {r} {t:.1f} ms" for (p, r), t in ms.items()))
     int8s[best].int8_agreement = agree[best]
-    int8s[best].micro_batch = micro_batch
     return int8s[best]
 
 
