@@ -279,6 +279,11 @@ class _Recompute:
         self.z, self.kind, self.pool, self.version = z, kind, pool, version
 
 
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape, strides and dtype: ``act(b)`` recomputed as a dense tensor stands for ``a``."""
+    return a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
+
 class _Recorder(threading.local):
     """Per thread: the activation outputs noted during the current forward (by data pointer: the
     tensor, its version then, z, kind, pool), the pack hook that uses them, and the BN output the
@@ -293,7 +298,7 @@ class _Recorder(threading.local):
         """Note ``y = act(z)`` while our pack hook is the innermost one: inside a region that
         another hook handles (a checkpointed block) that hook decides what is kept, and a
         reference to z here would keep what it meant to free."""
-        if self.table is None or y.shape != z.shape or y.stride() != z.stride() or y.dtype != z.dtype:
+        if self.table is None or not _same_layout(y, z):
             return
         top = torch._C._autograd._top_saved_tensors_default_hooks(False)
         if top is not None and top[0] is self.pack:
@@ -306,8 +311,7 @@ class _Recorder(threading.local):
         if entry is None:
             return None
         ref, version, z, kind, pool = entry
-        if ref() is None or t._version != version or t.shape != z.shape or t.stride() != z.stride() \
-                or t.dtype != z.dtype:
+        if ref() is None or t._version != version or not _same_layout(t, z):
             return None
         return z, kind, pool
 
