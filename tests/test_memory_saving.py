@@ -582,3 +582,18 @@ def test_bf16_autocast_gradients_equal_the_plain_model():
     torch.testing.assert_close(out1, out0, rtol=0, atol=0)
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-3, atol=1e-6, msg=k)
+
+
+def test_whole_model_compiles_in_one_graph_for_training():
+    # fullgraph: the model's training forward (input checks, the buffer pool's step, the
+    # recomputation's switch) must hold no graph break; the compiled step runs the plain ops.
+    torch.manual_seed(0)
+    spec = scale(get_spec("efficientnet_b0"), width=0.25, depth=0.1).replace(num_classes=10, drop_path_rate=0.0, dropout=0.0)
+    model = build(spec).train()
+    ref = copy.deepcopy(model)
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(model, backend="eager", fullgraph=True)(x).sum().backward()
+    with memory_efficient(False):
+        ref(x).sum().backward()
+    for (k, p), p0 in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p0.grad, rtol=1e-4, atol=1e-6, msg=k)

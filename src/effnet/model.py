@@ -179,6 +179,10 @@ class ConvNet(nn.Module):
 
     @torch.jit.unused
     def _step_begins(self) -> None:
+        # A compiled graph runs the plain ops, which never ask the pool (and dynamo cannot trace
+        # its lock: torch.compile(fullgraph=True) would refuse the model).
+        if torch.compiler.is_compiling():
+            return
         if self.training and getattr(self, "buffer_pool", None) is not None:  # a module pickled before has none
             self.buffer_pool.next_step()
 
