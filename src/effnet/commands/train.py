@@ -299,9 +299,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if Path(args.out).suffix.lower() not in (".csv", ".json"):
             raise ValueError(f"--out {args.out}: expected a .csv or .json file name")
         check_output(args.out, inputs=[args.weights, *args.images], overwrite=args.overwrite)
-    check_inference_memory(args.weights, args.resolution, 1, args.device)
+    check_inference_memory(args.weights, args.resolution, args.batch_size, args.device)
     preds = predict(args.images, args.weights, topk=args.topk, device=args.device, resolution=args.resolution,
-                    fast=args.fast, int8=args.int8, runtime=args.runtime)
+                    fast=args.fast, int8=args.int8, runtime=args.runtime, batch_size=args.batch_size)
     if args.out:
         write_predictions(preds, args.out)
         failed = sum(p.error is not None for p in preds)
@@ -481,10 +481,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", required=True, metavar="FILE|RUN_DIR",
                    help="an effnet weight file, or a run folder (its best.safetensors)")
     p.add_argument("--topk", type=int, default=5, metavar="K", help="classes to print per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="images decoded and run at a time (default 32; memory holds one batch, not the folder)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default auto: CUDA if available)")
     p.add_argument("--resolution", type=int, metavar="PX",
                    help="test at this crop size instead of the file's (FixRes: accuracy often rises above the training size)")
-    _add_speed_options(p, "the int8 model is calibrated on the given images")
+    _add_speed_options(p, "the int8 model is calibrated on the first batch of the given images")
     p.add_argument("--json", action="store_true", help="print the predictions as a JSON list")
     p.add_argument("--out", metavar="FILE.csv|FILE.json",
                    help="write the predictions to a CSV (image, class_1, prob_1, ..., error) or JSON file")
