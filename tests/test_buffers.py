@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import sys
 
 import pytest
 import torch
@@ -47,7 +48,14 @@ def train(model: nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> li
     return losses
 
 
-def test_training_with_the_pool_equals_training_with_fresh_buffers_bitwise():
+@pytest.fixture(params=[True, False], ids=["pages-given-back", "pages-kept"])
+def give_back(request, monkeypatch):
+    # The pool gives pages back only where they are huge (the CLI's default); both ways are tested.
+    monkeypatch.setattr(BufferPool, "gives_back_pages", request.param)
+    return request.param
+
+
+def test_training_with_the_pool_equals_training_with_fresh_buffers_bitwise(give_back):
     data = batches(4)
     pooled, fresh = small_model(), without_pool(small_model())
     assert train(pooled, data) == train(fresh, data)
@@ -55,7 +63,7 @@ def test_training_with_the_pool_equals_training_with_fresh_buffers_bitwise():
         assert torch.equal(a, b), name  # weights and BN running statistics
 
 
-def test_the_buffers_of_one_step_are_those_of_the_next():
+def test_the_buffers_of_one_step_are_those_of_the_next(give_back):
     model = small_model()
     data = batches(3)
     train(model, data[:1])
@@ -66,7 +74,7 @@ def test_the_buffers_of_one_step_are_those_of_the_next():
     assert now == first  # no buffer made after the first step
 
 
-def test_a_gradient_a_hook_keeps_is_never_written_over():
+def test_a_gradient_a_hook_keeps_is_never_written_over(give_back):
     # The input gradient of a conv-BN-act's BN comes from the pool (a BN output whose layer is
     # done); a tensor hook that keeps it must find it unchanged after later steps.
     model = small_model()
@@ -86,7 +94,7 @@ def test_a_gradient_a_hook_keeps_is_never_written_over():
     assert all(torch.equal(g, copy_) for g, copy_ in first)
 
 
-def test_saved_tensors_a_pack_hook_keeps_are_never_written_over():
+def test_saved_tensors_a_pack_hook_keeps_are_never_written_over(give_back):
     model = small_model()
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -105,7 +113,7 @@ def test_saved_tensors_a_pack_hook_keeps_are_never_written_over():
     assert all(torch.equal(t, copy_) for t, copy_ in first)
 
 
-def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers():
+def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers(give_back):
     (x1, y1), (x2, y2) = batches(2)
     grads = []
     for model in (small_model(), without_pool(small_model())):
@@ -113,6 +121,33 @@ def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers():
         loss.backward()
         grads.append([p.grad for p in model.parameters()])
     assert all(torch.equal(a, b) for a, b in zip(*grads))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are given back on Linux only")
+def test_the_backward_gives_back_the_pages_of_every_shape_but_the_first_layers(monkeypatch):
+    # After a step, the backward has passed every layer: the whole pages of the buffers of every
+    # shape but the stem's (the backward's last, the next forward's first) read as zeros, given
+    # back; the stem's still hold the last numbers written. The next step's numbers are checked
+    # by the bitwise test above.
+    monkeypatch.setattr(BufferPool, "gives_back_pages", True)
+    model = small_model()
+    data = batches(1)
+    train(model, data)
+    stem_out = model.stem.conv(data[0][0])
+    stem_key = (tuple(stem_out.shape), stem_out.stride(), stem_out.dtype)
+    given_back = 0
+    for key, bucket in model.buffer_pool._buckets.items():
+        for t in bucket:
+            if key == stem_key:
+                assert t.abs().sum() > 0
+                continue
+            start = -(-t.data_ptr() // 4096) * 4096  # the whole 4 KiB pages inside the buffer
+            end = (t.data_ptr() + t.nbytes) // 4096 * 4096
+            inside = t.view(-1)[(start - t.data_ptr()) // 4:(end - t.data_ptr()) // 4]
+            assert inside.numel() > 0 and not inside.any(), key
+            given_back += end - start
+    assert stem_key in model.buffer_pool._buckets and len(model.buffer_pool._buckets) > 3
+    assert model.buffer_pool.pages_given_back == given_back > 0
 
 
 def test_shapes_a_step_no_longer_uses_are_dropped_and_eval_empties_the_pool():

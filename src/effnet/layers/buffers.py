@@ -11,8 +11,8 @@ A :class:`BufferPool` keeps only the buffers effnet's own BatchNorm + activation
 BN output it saves for backward, and the gradient it computes from it), by shape: a buffer whose
 layer's backward is done is handed to the next request of its shape, in the same step (a
 gradient takes the BN output its layer no longer needs) or in the next. So the pool holds about
-what one step's BN outputs hold at their peak, which the step holds anyway; the pages are
-faulted in once.
+what one step's BN outputs hold at their peak, which the step holds anyway, and their pages
+are not faulted in again each step (except those given back, below).
 
 A buffer is handed out only while nothing but the pool refers to it: no Python object (a hook
 that kept a gradient, a ``saved_tensors_hooks`` pack), no C++ reference (autograd's saved
@@ -21,17 +21,35 @@ counts are read from PyTorch (``sys.getrefcount``, ``Tensor._use_count``,
 ``torch._C._storage_Use_Count``); where this PyTorch lacks them the pool allocates afresh every
 time, as if it were not there.
 
+Keeping a buffer resident from its last use in one step to its first use in the next costs
+memory exactly where a step peaks: in the backward of the first, largest layers, every later
+layer's buffer sits idle. So once the backward has passed the first layer that asked for a
+shape, the pages of that shape's idle buffers are given back to the kernel
+(``madvise(MADV_DONTNEED)``: the buffer stays allocated, its pages read as zeros) and are
+faulted in again when the next forward writes them. The buffers that the backward uses last
+(the first layers') stay resident for the next forward, which uses them first. This is done on
+Linux where the pages are huge (2 MiB; :func:`_pages_are_huge`), since faulting in 4 KiB pages
+again costs five times as much. B0 at 224 px, batch 32, 2 threads (``benchmarks/train_step.py
+effnet effnet:keeppages --resolution 224 --isolated``): peak over a run 1906 -> 1344 MiB, first
+step 1683 -> 1138 MiB, for 852 MiB faulted in again each step (about 70 ms at the measured 0.08 ms
+per MiB; step medians +6%, minima +3% on the noisy VM). ``pool.gives_back_pages = False`` keeps
+every page.
+
 One pool serves one model (:class:`effnet.model.ConvNet` makes it); ``model.eval()`` empties it,
 and a copy of the model gets an empty pool of its own.
 """
 
 from __future__ import annotations
 
+import ctypes
+import os
 import sys
 import threading
 from typing import Any
 
 import torch
+
+from effnet.hostmem import HUGE_PAGES_ENV, huge_pages_mode
 
 __all__ = ["BufferPool"]
 
@@ -62,6 +80,44 @@ def _calibrate() -> tuple[int, int, int] | None:
 _UNHELD = _calibrate()
 
 
+def _madvise() -> Any:
+    """libc's ``madvise`` on Linux (where MADV_DONTNEED frees a private page at once and a later
+    touch maps a zeroed one), else None: the pool then keeps every page."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).madvise
+    except (AttributeError, OSError):  # pragma: no cover - a libc without it
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int], ctypes.c_int
+    return fn
+
+
+_MADVISE = _madvise()
+_MADV_DONTNEED = 4  # <sys/mman.h> on Linux
+_PAGE = 4096
+
+
+def _pages_are_huge() -> bool:
+    """Whether torch's large CPU blocks are backed by transparent huge pages: the kernel gives
+    them to every process (``always``), or to blocks torch marks (``madvise`` with
+    ``THP_MEM_ALLOC_ENABLE=1``, see :mod:`effnet.hostmem`). Giving pages back pays only then:
+    writing 1.5 GB of given-back buffers again cost 0.08 ms per MiB with huge pages and 0.41
+    ms per MiB with 4 KiB pages, against 0.04 resident (one thread, the development VM)."""
+    mode = huge_pages_mode()
+    return mode == "always" or (mode == "madvise" and os.environ.get(HUGE_PAGES_ENV) == "1")
+
+
+def _give_back_pages(t: torch.Tensor) -> int:
+    """Give the whole pages inside ``t``'s memory back to the kernel (its contents become zeros);
+    returns the bytes given back. Only for a buffer nothing else holds."""
+    start = -(-t.data_ptr() // _PAGE) * _PAGE
+    end = (t.data_ptr() + t.nbytes) // _PAGE * _PAGE
+    if _MADVISE is None or end <= start or _MADVISE(start, end - start, _MADV_DONTNEED) != 0:
+        return 0
+    return end - start
+
+
 class BufferPool:
     """CPU tensors by (shape, strides, dtype), each handed out again once nothing else refers to it.
 
@@ -70,34 +126,83 @@ class BufferPool:
     shapes the previous step did not use (a new resolution or a smaller last batch would
     otherwise keep the old ones); :meth:`clear` drops everything."""
 
+    #: Give idle buffers' pages back during the backward (module docstring): on Linux, where the
+    #: pages are huge (:func:`_pages_are_huge`, read at import). Settable; False keeps them all.
+    gives_back_pages = _MADVISE is not None and _pages_are_huge()
+
     def __init__(self) -> None:
         self._buckets: dict[_Key, list[torch.Tensor]] = {}
         self._last_used: dict[_Key, int] = {}
         self._step = 0
         self._lock = threading.Lock()  # two threads must never be handed the same free buffer
+        # This step: requests so far; the request that handed out each buffer (by data pointer);
+        # the shapes in the order of their first request, with its number (latest last).
+        self._requests = 0
+        self._handed: dict[int, int] = {}
+        self._firsts: list[tuple[int, _Key]] = []
+        self._finished: list[_Key] = []  # shapes no layer asks for again this step, with pages to give back
+        self._given: set[int] = set()  # the buffers (data pointers) whose pages went back this step
+        self.pages_given_back = 0  # bytes, since the pool was made
 
     def empty_like(self, like: torch.Tensor, keep: bool = True) -> torch.Tensor:
         """A CPU tensor of ``like``'s shape, strides and dtype; one of the pool's when one is free.
         Else a new one, which the pool keeps for later steps only with ``keep`` (a short-lived
-        buffer, e.g. a gradient, would otherwise stay allocated into the next step's peak)."""
+        buffer, e.g. a gradient, would otherwise stay allocated into the next step's peak).
+
+        A ``like`` that is itself a buffer this step handed out is a backward's request (a BN
+        output's gradient or recomputation): the backward has reached the layer that asked for
+        it, so no layer asked for a shape first after it is left to run (:meth:`_give_back`)."""
         if _UNHELD is None or like.device.type != "cpu":
             return torch.empty_like(like)
         key = (tuple(like.shape), like.stride(), like.dtype)
         with self._lock:
+            self._requests += 1
+            if self._last_used.get(key) != self._step:
+                self._firsts.append((self._requests, key))
             self._last_used[key] = self._step
+            reached = self._handed.get(like.data_ptr())
+            if reached is not None and self.gives_back_pages:
+                self._give_back(reached)
             bucket = self._buckets.setdefault(key, [])
             for i in range(len(bucket)):  # by index: a loop variable would be one more reference
                 if _holders(bucket[i]) == _UNHELD:
+                    self._handed[bucket[i].data_ptr()] = self._requests
                     return bucket[i]
             t = torch.empty_like(like)
             if keep:
                 bucket.append(t)
+                self._handed[t.data_ptr()] = self._requests
             return t
+
+    def _give_back(self, reached: int) -> None:
+        """The pages of the idle buffers of every shape first asked for after request ``reached``:
+        the backward runs the layers in reverse, so none of them asks again in this step. A
+        buffer still in use (the gradient the running backward reads) is tried again at the
+        next request."""
+        while self._firsts and self._firsts[-1][0] > reached:
+            self._finished.append(self._firsts.pop()[1])
+        still: list[_Key] = []
+        for key in self._finished:
+            bucket = self._buckets.get(key, [])
+            for i in range(len(bucket)):
+                if bucket[i].data_ptr() in self._given:
+                    continue
+                if _holders(bucket[i]) != _UNHELD:
+                    still.append(key)
+                    continue
+                self._given.add(bucket[i].data_ptr())
+                self.pages_given_back += _give_back_pages(bucket[i])
+        self._finished = list(dict.fromkeys(still))
 
     def next_step(self) -> None:
         """A training step begins: forget the shapes the previous step did not ask for."""
         with self._lock:
             self._step += 1
+            self._requests = 0
+            self._handed.clear()
+            self._firsts.clear()
+            self._finished.clear()
+            self._given.clear()
             for key in [k for k, used in self._last_used.items() if used < self._step - 1]:
                 del self._buckets[key], self._last_used[key]
 
@@ -106,6 +211,10 @@ class BufferPool:
         with self._lock:
             self._buckets.clear()
             self._last_used.clear()
+            self._handed.clear()
+            self._firsts.clear()
+            self._finished.clear()
+            self._given.clear()
 
     @property
     def nbytes(self) -> int:
