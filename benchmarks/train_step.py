@@ -9,7 +9,8 @@ training ops on a busy machine.
 Candidates: ``effnet`` (``create_model``, its default training ops), ``effnet:plain`` (the
 memory-saving ops switched off: what autograd saves for plain PyTorch modules), ``effnet:nopool``
 (the default ops with their full-size buffers allocated afresh each step), ``effnet:keeppages`` (the
-pool keeping every buffer's pages resident, none given back during the backward), ``effnet:norecompute``
+pool keeping every buffer's pages resident, none given back during the backward), ``effnet:memsaving``
+(``--memory-saving``: every block checkpointed), ``effnet:norecompute``
 (the default ops saving each activation that the next op reads, not recomputing it), ``timm``,
 ``torchvision``; a ``+compile`` suffix wraps the network in ``torch.compile``. Every network is
 channels_last with channels_last inputs, stochastic depth 0.2, trained by SGD (momentum 0.9) on a
@@ -63,6 +64,8 @@ def build(candidate: str, model: str) -> tuple[nn.Module, Callable[[], object]]:
                     m.buffer_pool = None
         if variant == "keeppages":  # every pool buffer's pages kept resident between steps (effnet.layers.buffers)
             net.buffer_pool.gives_back_pages = False
+        if variant == "memsaving":  # effnet train --memory-saving: every block checkpointed
+            net.set_grad_checkpointing(True)
         if variant == "norecompute":  # the activations the next op saves kept as they are (effnet.layers.activations)
             net._recomputing_now = lambda: False
     elif lib == "timm":
@@ -76,7 +79,7 @@ def build(candidate: str, model: str) -> tuple[nn.Module, Callable[[], object]]:
         net = getattr(torchvision.models, model)(stochastic_depth_prob=DROP_PATH, dropout=0.2)
         context = memory_efficient
     else:
-        raise ValueError(f"candidate: expected effnet[:plain|:nopool|:keeppages|:norecompute], timm or torchvision [+compile], got {candidate!r}")
+        raise ValueError(f"candidate: expected effnet[:plain|:nopool|:keeppages|:memsaving|:norecompute], timm or torchvision [+compile], got {candidate!r}")
     net = net.to(memory_format=torch.channels_last).train()
     if compiled:
         net = torch.compile(net)

@@ -123,31 +123,46 @@ def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers(gi
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are given back on Linux only")
-def test_the_backward_gives_back_the_pages_of_every_shape_but_the_first_layers(monkeypatch):
-    # After a step, the backward has passed every layer: the whole pages of the buffers of every
-    # shape but the stem's (the backward's last, the next forward's first) read as zeros, given
-    # back; the stem's still hold the last numbers written. The next step's numbers are checked
-    # by the bitwise test above.
-    monkeypatch.setattr(BufferPool, "gives_back_pages", True)
-    model = small_model()
-    data = batches(1)
-    train(model, data)
-    stem_out = model.stem.conv(data[0][0])
-    stem_key = (tuple(stem_out.shape), stem_out.stride(), stem_out.dtype)
-    given_back = 0
-    for key, bucket in model.buffer_pool._buckets.items():
+def pages_given_back(pool: BufferPool, kept: tuple) -> int:
+    """Check that the whole 4 KiB pages inside every buffer of the pool, but those of shape
+    ``kept``, read as zeros (given back), and those of ``kept`` do not; return their bytes."""
+    total = 0
+    for key, bucket in pool._buckets.items():
         for t in bucket:
-            if key == stem_key:
+            if key == kept:
                 assert t.abs().sum() > 0
                 continue
-            start = -(-t.data_ptr() // 4096) * 4096  # the whole 4 KiB pages inside the buffer
+            start = -(-t.data_ptr() // 4096) * 4096
             end = (t.data_ptr() + t.nbytes) // 4096 * 4096
             inside = t.view(-1)[(start - t.data_ptr()) // 4:(end - t.data_ptr()) // 4]
             assert inside.numel() > 0 and not inside.any(), key
-            given_back += end - start
+            total += end - start
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are given back on Linux only")
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["default", "checkpointed-blocks"])
+def test_the_backward_gives_back_the_pages_of_every_shape_but_the_first_layers(monkeypatch, checkpointing):
+    # When the backward reaches the stem (its output's gradient is ready), every later layer is
+    # done: the buffers of every shape but the stem's (the backward's last, the next forward's
+    # first) are given back, their whole pages read as zeros; the stem's keep their numbers.
+    # With checkpointed blocks (--memory-saving) each block's forward runs again inside the
+    # backward and asks for its buffers again: the layers keep their places in the order. The
+    # next step's numbers are checked by the bitwise test above.
+    monkeypatch.setattr(BufferPool, "gives_back_pages", True)
+    model = small_model()
+    model.set_grad_checkpointing(checkpointing)
+    x, y = batches(1)[0]
+    stem_key = (tuple(model.stem.conv(x).shape), model.stem.conv(x).stride(), x.dtype)
+    at_stem: list[int] = []
+
+    def on_stem_output(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        out.register_hook(lambda g: at_stem.append(pages_given_back(model.buffer_pool, stem_key)))
+
+    model.stem.register_forward_hook(on_stem_output)
+    train(model, [(x, y)])
     assert stem_key in model.buffer_pool._buckets and len(model.buffer_pool._buckets) > 3
-    assert model.buffer_pool.pages_given_back == given_back > 0
+    assert at_stem[0] == pages_given_back(model.buffer_pool, stem_key) == model.buffer_pool.pages_given_back > 0
 
 
 def test_shapes_a_step_no_longer_uses_are_dropped_and_eval_empties_the_pool():

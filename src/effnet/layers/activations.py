@@ -156,7 +156,7 @@ class _BatchNormAct(torch.autograd.Function):
             stats = (x.new_empty(x.shape[1]), x.new_empty(x.shape[1]))
             z, mean, invstd = torch.ops.aten.native_batch_norm.out(
                 x, weight, bias, running_mean, running_var, True, momentum, eps,
-                out=pool.empty_like(x), save_mean=stats[0], save_invstd=stats[1])
+                out=pool.empty_like(x, layer=weight), save_mean=stats[0], save_invstd=stats[1])
         else:
             z, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var, True, momentum, eps)
         ctx.eps, ctx.kind, ctx.pool = eps, kind, pool

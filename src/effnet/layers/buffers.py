@@ -135,30 +135,33 @@ class BufferPool:
         self._last_used: dict[_Key, int] = {}
         self._step = 0
         self._lock = threading.Lock()  # two threads must never be handed the same free buffer
-        # This step: requests so far; the request that handed out each buffer (by data pointer);
-        # the shapes in the order of their first request, with its number (latest last).
-        self._requests = 0
+        # This step: each asking layer's place in the forward order (by id), the place of the
+        # layer each buffer was handed to (by data pointer), and the shapes in the order of their
+        # first request, with that layer's place (latest last).
+        self._places: dict[int, int] = {}
         self._handed: dict[int, int] = {}
         self._firsts: list[tuple[int, _Key]] = []
         self._finished: list[_Key] = []  # shapes no layer asks for again this step, with pages to give back
         self._given: set[int] = set()  # the buffers (data pointers) whose pages went back this step
         self.pages_given_back = 0  # bytes, since the pool was made
 
-    def empty_like(self, like: torch.Tensor, keep: bool = True) -> torch.Tensor:
+    def empty_like(self, like: torch.Tensor, keep: bool = True, layer: object | None = None) -> torch.Tensor:
         """A CPU tensor of ``like``'s shape, strides and dtype; one of the pool's when one is free.
         Else a new one, which the pool keeps for later steps only with ``keep`` (a short-lived
         buffer, e.g. a gradient, would otherwise stay allocated into the next step's peak).
 
-        A ``like`` that is itself a buffer this step handed out is a backward's request (a BN
-        output's gradient or recomputation): the backward has reached the layer that asked for
-        it, so no layer asked for a shape first after it is left to run (:meth:`_give_back`)."""
+        ``layer``: any object that stands for the asking layer in a forward (its BN weight); the
+        pool numbers layers in the order they first ask in a step (a checkpointed block's second
+        forward keeps its numbers). A ``like`` that is itself a buffer this step handed to a
+        layer is a backward's request (that BN output's gradient or recomputation): the backward
+        has reached that layer, so no layer after it is left to run (:meth:`_give_back`)."""
         if _UNHELD is None or like.device.type != "cpu":
             return torch.empty_like(like)
         key = (tuple(like.shape), like.stride(), like.dtype)
         with self._lock:
-            self._requests += 1
-            if self._last_used.get(key) != self._step:
-                self._firsts.append((self._requests, key))
+            place = None if layer is None else self._places.setdefault(id(layer), len(self._places))
+            if self._last_used.get(key) != self._step and place is not None:
+                self._firsts.append((place, key))
             self._last_used[key] = self._step
             reached = self._handed.get(like.data_ptr())
             if reached is not None and self.gives_back_pages:
@@ -166,17 +169,20 @@ class BufferPool:
             bucket = self._buckets.setdefault(key, [])
             for i in range(len(bucket)):  # by index: a loop variable would be one more reference
                 if _holders(bucket[i]) == _UNHELD:
-                    self._handed[bucket[i].data_ptr()] = self._requests
+                    if place is not None:
+                        self._handed[bucket[i].data_ptr()] = place
                     return bucket[i]
             t = torch.empty_like(like)
             if keep:
                 bucket.append(t)
-                self._handed[t.data_ptr()] = self._requests
+                if place is not None:
+                    self._handed[t.data_ptr()] = place
             return t
 
     def _give_back(self, reached: int) -> None:
-        """The pages of the idle buffers of every shape first asked for after request ``reached``:
-        the backward runs the layers in reverse, so none of them asks again in this step. A
+        """The pages of the idle buffers of every shape first asked for by a layer after layer
+        ``reached``: the backward runs the layers in reverse, so none of them asks again in this
+        step. A
         buffer still in use (the gradient the running backward reads) is tried again at the
         next request."""
         while self._firsts and self._firsts[-1][0] > reached:
@@ -198,7 +204,7 @@ class BufferPool:
         """A training step begins: forget the shapes the previous step did not ask for."""
         with self._lock:
             self._step += 1
-            self._requests = 0
+            self._places.clear()
             self._handed.clear()
             self._firsts.clear()
             self._finished.clear()
@@ -211,6 +217,7 @@ class BufferPool:
         with self._lock:
             self._buckets.clear()
             self._last_used.clear()
+            self._places.clear()
             self._handed.clear()
             self._firsts.clear()
             self._finished.clear()
