@@ -5,6 +5,7 @@ handed out again."""
 from __future__ import annotations
 
 import copy
+import mmap
 import pickle
 import sys
 
@@ -14,7 +15,9 @@ from torch import nn
 
 import effnet
 from effnet.layers import ConvBnAct
-from effnet.layers.buffers import BufferPool
+from effnet.layers.buffers import _UNHELD, BufferPool, _holders
+
+PAGE = mmap.PAGESIZE
 
 
 def small_model(seed: int = 0) -> nn.Module:
@@ -123,17 +126,21 @@ def test_two_forwards_before_one_backward_give_the_gradients_of_fresh_buffers(gi
     assert all(torch.equal(a, b) for a, b in zip(*grads))
 
 
-def pages_given_back(pool: BufferPool, kept: tuple) -> int:
-    """Check that the whole 4 KiB pages inside every buffer of the pool, but those of shape
-    ``kept``, read as zeros (given back), and those of ``kept`` do not; return their bytes."""
+def pages_given_back(pool: BufferPool, kept: tuple, idle_only: bool = False) -> int:
+    """Check that the whole pages inside every buffer of the pool (``idle_only``: every buffer
+    nothing else holds), but those of shape ``kept``, read as zeros (given back), and those of
+    ``kept`` do not; return their bytes."""
     total = 0
     for key, bucket in pool._buckets.items():
-        for t in bucket:
+        for i in range(len(bucket)):
+            if idle_only and _holders(bucket[i]) != _UNHELD:  # (before a local name holds it too)
+                continue
+            t = bucket[i]
             if key == kept:
                 assert t.abs().sum() > 0
                 continue
-            start = -(-t.data_ptr() // 4096) * 4096
-            end = (t.data_ptr() + t.nbytes) // 4096 * 4096
+            start = -(-t.data_ptr() // PAGE) * PAGE
+            end = (t.data_ptr() + t.nbytes) // PAGE * PAGE
             inside = t.view(-1)[(start - t.data_ptr()) // 4:(end - t.data_ptr()) // 4]
             assert inside.numel() > 0 and not inside.any(), key
             total += end - start
@@ -163,6 +170,35 @@ def test_the_backward_gives_back_the_pages_of_every_shape_but_the_first_layers(m
     train(model, [(x, y)])
     assert stem_key in model.buffer_pool._buckets and len(model.buffer_pool._buckets) > 3
     assert at_stem[0] == pages_given_back(model.buffer_pool, stem_key) == model.buffer_pool.pages_given_back > 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="pages are given back on Linux only")
+@pytest.mark.parametrize("between", ["second-forward", "no-grad-forward"])
+def test_a_backward_after_another_forward_still_gives_back(monkeypatch, between):
+    # Two forwards before one backward (two views, summed losses), or a training-mode forward
+    # without grad between a forward and its backward (a pseudo-label pass): each graph's backward
+    # still gives back every idle buffer but the stem's shape when it reaches the stem.
+    monkeypatch.setattr(BufferPool, "gives_back_pages", True)
+    model = small_model()
+    (x1, y1), (x2, y2) = batches(2)
+    stem_key = (tuple(model.stem.conv(x1).shape), model.stem.conv(x1).stride(), x1.dtype)
+    at_stem: list[int] = []
+
+    def on_stem_output(module: nn.Module, inputs: tuple, out: torch.Tensor) -> None:
+        if out.requires_grad:
+            out.register_hook(lambda g: at_stem.append(pages_given_back(model.buffer_pool, stem_key, idle_only=True)))
+
+    model.stem.register_forward_hook(on_stem_output)
+    for _ in range(2):
+        loss = nn.functional.cross_entropy(model(x1), y1)
+        if between == "second-forward":
+            loss = loss + nn.functional.cross_entropy(model(x2), y2)
+        else:
+            with torch.no_grad():
+                model(x2)
+        loss.backward()
+        model.zero_grad()
+    assert len(at_stem) == (4 if between == "second-forward" else 2) and all(n > 0 for n in at_stem)
 
 
 def test_shapes_a_step_no_longer_uses_are_dropped_and_eval_empties_the_pool():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -183,8 +182,10 @@ class ConvNet(nn.Module):
         # its lock: torch.compile(fullgraph=True) would refuse the model).
         if torch.compiler.is_compiling():
             return
-        if self.training and getattr(self, "buffer_pool", None) is not None:  # a module pickled before has none
-            self.buffer_pool.next_step()
+        # A forward without grad (in training mode: a teacher's or pseudo-label pass) asks the pool
+        # for nothing, so it begins no step (else the next would drop every shape as unused).
+        if self.training and torch.is_grad_enabled() and getattr(self, "buffer_pool", None) is not None:
+            self.buffer_pool.next_step()  # (getattr: a module pickled before has no pool)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
@@ -290,19 +291,26 @@ class ConvNet(nn.Module):
         self.dropout.p = p
 
 
-@contextlib.contextmanager
-def _running_stats_kept(module: nn.Module) -> Iterator[None]:
+class _RunningStatsKept:
     """Restore the BatchNorm running statistics of ``module`` on exit: the recomputation of a
     checkpointed block runs its forward a second time in training mode, which would update
-    them twice per step (and count the batch twice)."""
-    kept = [(buf, buf.clone()) for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-            for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
-    try:
-        yield
-    finally:
+    them twice per step (and count the batch twice). A class, not a generator: the checkpoint
+    enters the same object at every recomputation (a second backward with ``retain_graph``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def __enter__(self) -> None:
+        self.kept = [(buf, buf.clone()) for m in self.module.modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                     for buf in (m.running_mean, m.running_var, m.num_batches_tracked) if buf is not None]
+
+    def __exit__(self, *exc: object) -> None:
         with torch.no_grad():
-            for buf, value in kept:
+            for buf, value in self.kept:
                 buf.copy_(value)
+        self.kept = []
 
 
 def _checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -314,7 +322,7 @@ def _checkpoint_block(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         # (and dynamo refuses a custom context_fn).
         return checkpoint(block, x, use_reentrant=False)
     return checkpoint(block, x, use_reentrant=False,
-                      context_fn=lambda: (contextlib.nullcontext(), _running_stats_kept(block)))
+                      context_fn=lambda: (contextlib.nullcontext(), _RunningStatsKept(block)))
 
 
 #: ``ModelSpec.extra`` key: start every residual branch at zero (:func:`zero_init_last`).

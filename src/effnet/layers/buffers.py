@@ -42,6 +42,7 @@ and a copy of the model gets an empty pool of its own.
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 import threading
@@ -95,7 +96,7 @@ def _madvise() -> Any:
 
 _MADVISE = _madvise()
 _MADV_DONTNEED = 4  # <sys/mman.h> on Linux
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE  # 4 KiB on x86-64; 16 or 64 KiB on some arm64 / ppc64le kernels
 
 
 def _pages_are_huge() -> bool:
@@ -135,14 +136,15 @@ class BufferPool:
         self._last_used: dict[_Key, int] = {}
         self._step = 0
         self._lock = threading.Lock()  # two threads must never be handed the same free buffer
-        # This step: each asking layer's place in the forward order (by id), the place of the
-        # layer each buffer was handed to (by data pointer), and the shapes in the order of their
-        # first request, with that layer's place (latest last).
+        # Each asking layer's place in the forward order (by id, numbered as first seen), the
+        # first place that asked for each shape, the place each kept buffer was last handed to
+        # (by data pointer), and the kept buffers whose pages are given back and not yet reused.
+        # Kept across steps: a backward whose graph came from an earlier forward (two forwards
+        # before one backward, a no-grad forward in between) still knows its places.
         self._places: dict[int, int] = {}
+        self._first_place: dict[_Key, int] = {}
         self._handed: dict[int, int] = {}
-        self._firsts: list[tuple[int, _Key]] = []
-        self._finished: list[_Key] = []  # shapes no layer asks for again this step, with pages to give back
-        self._given: set[int] = set()  # the buffers (data pointers) whose pages went back this step
+        self._given: set[int] = set()
         self.pages_given_back = 0  # bytes, since the pool was made
 
     def empty_like(self, like: torch.Tensor, keep: bool = True, layer: object | None = None) -> torch.Tensor:
@@ -151,66 +153,64 @@ class BufferPool:
         buffer, e.g. a gradient, would otherwise stay allocated into the next step's peak).
 
         ``layer``: any object that stands for the asking layer in a forward (its BN weight); the
-        pool numbers layers in the order they first ask in a step (a checkpointed block's second
-        forward keeps its numbers). A ``like`` that is itself a buffer this step handed to a
-        layer is a backward's request (that BN output's gradient or recomputation): the backward
-        has reached that layer, so no layer after it is left to run (:meth:`_give_back`)."""
+        pool numbers layers in the order they first ask (a checkpointed block's second forward
+        keeps their numbers). A ``like`` that is itself a kept buffer handed to a layer is a
+        backward's request (that BN output's gradient or recomputation): the backward has reached
+        that layer, so no layer after it is left to run (:meth:`_give_back`)."""
         if _UNHELD is None or like.device.type != "cpu":
             return torch.empty_like(like)
         key = (tuple(like.shape), like.stride(), like.dtype)
         with self._lock:
-            place = None if layer is None else self._places.setdefault(id(layer), len(self._places))
-            if self._last_used.get(key) != self._step and place is not None:
-                self._firsts.append((place, key))
             self._last_used[key] = self._step
+            place = None
+            if layer is not None:
+                place = self._places.setdefault(id(layer), len(self._places))
+                self._first_place[key] = min(place, self._first_place.get(key, place))
             reached = self._handed.get(like.data_ptr())
             if reached is not None and self.gives_back_pages:
                 self._give_back(reached)
             bucket = self._buckets.setdefault(key, [])
             for i in range(len(bucket)):  # by index: a loop variable would be one more reference
                 if _holders(bucket[i]) == _UNHELD:
-                    if place is not None:
-                        self._handed[bucket[i].data_ptr()] = place
+                    self._hand(bucket[i], place)
                     return bucket[i]
             t = torch.empty_like(like)
             if keep:
                 bucket.append(t)
-                if place is not None:
-                    self._handed[t.data_ptr()] = place
+                self._hand(t, place)
             return t
+
+    def _hand(self, t: torch.Tensor, place: int | None) -> None:
+        self._given.discard(t.data_ptr())  # in use again: its pages come back as it is written
+        if place is not None:
+            self._handed[t.data_ptr()] = place
+        else:
+            self._handed.pop(t.data_ptr(), None)  # a backward's gradient or recomputation: no layer's output
 
     def _give_back(self, reached: int) -> None:
         """The pages of the idle buffers of every shape first asked for by a layer after layer
-        ``reached``: the backward runs the layers in reverse, so none of them asks again in this
-        step. A
-        buffer still in use (the gradient the running backward reads) is tried again at the
-        next request."""
-        while self._firsts and self._firsts[-1][0] > reached:
-            self._finished.append(self._firsts.pop()[1])
-        still: list[_Key] = []
-        for key in self._finished:
+        ``reached``: the backward runs the layers in reverse, so none of them asks again for it
+        in this step. A buffer still in use (the gradient the running backward reads, another
+        graph's output) is tried again at the next request."""
+        for key, first in self._first_place.items():
+            if first <= reached:
+                continue
             bucket = self._buckets.get(key, [])
             for i in range(len(bucket)):
-                if bucket[i].data_ptr() in self._given:
-                    continue
-                if _holders(bucket[i]) != _UNHELD:
-                    still.append(key)
-                    continue
-                self._given.add(bucket[i].data_ptr())
-                self.pages_given_back += _give_back_pages(bucket[i])
-        self._finished = list(dict.fromkeys(still))
+                if bucket[i].data_ptr() not in self._given and _holders(bucket[i]) == _UNHELD:
+                    self._given.add(bucket[i].data_ptr())
+                    self.pages_given_back += _give_back_pages(bucket[i])
 
     def next_step(self) -> None:
         """A training step begins: forget the shapes the previous step did not ask for."""
         with self._lock:
             self._step += 1
-            self._places.clear()
-            self._handed.clear()
-            self._firsts.clear()
-            self._finished.clear()
-            self._given.clear()
             for key in [k for k, used in self._last_used.items() if used < self._step - 1]:
-                del self._buckets[key], self._last_used[key]
+                for t in self._buckets.pop(key, []):
+                    self._handed.pop(t.data_ptr(), None)
+                    self._given.discard(t.data_ptr())
+                del self._last_used[key]
+                self._first_place.pop(key, None)
 
     def clear(self) -> None:
         """Drop every buffer (those still in use live on with their users)."""
@@ -218,9 +218,8 @@ class BufferPool:
             self._buckets.clear()
             self._last_used.clear()
             self._places.clear()
+            self._first_place.clear()
             self._handed.clear()
-            self._firsts.clear()
-            self._finished.clear()
             self._given.clear()
 
     @property
