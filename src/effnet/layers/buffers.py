@@ -30,10 +30,10 @@ faulted in again when the next forward writes them. The buffers that the backwar
 (the first layers') stay resident for the next forward, which uses them first. This is done on
 Linux where the pages are huge (2 MiB; :func:`_pages_are_huge`), since faulting in 4 KiB pages
 again costs five times as much. B0 at 224 px, batch 32, 2 threads (``benchmarks/train_step.py
-effnet effnet:keeppages --resolution 224 --isolated``): peak over a run 1906 -> 1344 MiB, first
-step 1683 -> 1138 MiB, for 852 MiB faulted in again each step (about 70 ms at the measured 0.08 ms
-per MiB; step medians +6%, minima +3% on the noisy VM). ``pool.gives_back_pages = False`` keeps
-every page.
+effnet effnet:keeppages --resolution 224 --isolated``): peak over a run 1884-1968 -> 1266-1344
+MiB, first step 1671-1683 -> 1040-1138 MiB, for 973 MiB faulted in again each step (about 80 ms,
+~5%, at the measured 0.08 ms per MiB; the VM's noise hid it: step medians -5% to +19%).
+``pool.gives_back_pages = False`` keeps every page.
 
 One pool serves one model (:class:`effnet.model.ConvNet` makes it); ``model.eval()`` empties it,
 and a copy of the model gets an empty pool of its own.
