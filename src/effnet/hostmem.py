@@ -32,7 +32,7 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HUGE_PAGES_ENV", "enable_huge_pages", "huge_pages_mode", "return_freed_memory", "reuse_freed_memory"]
+__all__ = ["HUGE_PAGES_ENV", "enable_huge_pages", "huge_pages_in_effect", "huge_pages_mode", "return_freed_memory", "reuse_freed_memory"]
 
 #: The variable torch's CPU allocator reads (c10 ``alloc_cpu``): 1 = madvise(MADV_HUGEPAGE) on
 #: blocks of 2 MiB and more.
@@ -55,6 +55,14 @@ def huge_pages_mode(path: Path = _THP_MODE) -> str | None:
         return None
     start, end = text.find("["), text.find("]")
     return text[start + 1:end] if 0 <= start < end else None
+
+
+def huge_pages_in_effect() -> bool:
+    """Whether torch's large CPU blocks are backed by transparent huge pages now: the kernel gives
+    them to every process (``always``), or to the blocks torch marks (``madvise`` with
+    ``THP_MEM_ALLOC_ENABLE=1``, as :func:`enable_huge_pages` sets)."""
+    mode = huge_pages_mode()
+    return mode == "always" or (mode == "madvise" and os.environ.get(HUGE_PAGES_ENV) == "1")
 
 
 def enable_huge_pages(environ: dict[str, str] | None = None) -> bool:

@@ -275,8 +275,8 @@ class _Recompute:
 
     __slots__ = ("kind", "pool", "version", "z")
 
-    def __init__(self, z: torch.Tensor, kind: str, pool: BufferPool | None, version: int) -> None:
-        self.z, self.kind, self.pool, self.version = z, kind, pool, version
+    def __init__(self, z: torch.Tensor, kind: str, pool: BufferPool | None) -> None:
+        self.z, self.kind, self.pool, self.version = z, kind, pool, z._version
 
 
 def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -304,8 +304,8 @@ class _Recorder(threading.local):
         if top is not None and top[0] is self.pack:
             self.table[y.data_ptr()] = (weakref.ref(y), y._version, z, kind, pool)
 
-    def recomputable(self, t: torch.Tensor) -> tuple[torch.Tensor, str, BufferPool | None] | None:
-        """(z, kind, pool) when ``t`` is a noted output, unchanged (same memory, layout and version,
+    def recomputable(self, t: torch.Tensor) -> _Recompute | None:
+        """``t``'s packing when it is a noted output, unchanged (same memory, layout and version,
         the output still alive, so its memory cannot have been reused), else None."""
         entry = None if self.table is None else self.table.get(t.data_ptr())
         if entry is None:
@@ -313,7 +313,7 @@ class _Recorder(threading.local):
         ref, version, z, kind, pool = entry
         if ref() is None or t._version != version or not _same_layout(t, z):
             return None
-        return z, kind, pool
+        return _Recompute(z, kind, pool)
 
 
 _RECORDER = _Recorder()
@@ -374,10 +374,9 @@ def recompute_activations() -> Iterator[bool]:
     observe = None if _RECORDER.observer is None else _RECORDER.observer[1]
 
     def pack(t: torch.Tensor) -> Any:
-        found = _RECORDER.recomputable(t)
-        if found is not None:
-            z, kind, pool = found
-            return _Recompute(z, kind, pool, z._version)
+        packed = _RECORDER.recomputable(t)
+        if packed is not None:
+            return packed
         if observe is not None:
             observe(t)
         return _Saved(t)

@@ -28,7 +28,7 @@ shape, the pages of that shape's idle buffers are given back to the kernel
 (``madvise(MADV_DONTNEED)``: the buffer stays allocated, its pages read as zeros) and are
 faulted in again when the next forward writes them. The buffers that the backward uses last
 (the first layers') stay resident for the next forward, which uses them first. This is done on
-Linux where the pages are huge (2 MiB; :func:`_pages_are_huge`), since faulting in 4 KiB pages
+Linux where the pages are huge (2 MiB; ``effnet.hostmem.huge_pages_in_effect``), since faulting in 4 KiB pages
 again costs five times as much. B0 at 224 px, batch 32, 2 threads (``benchmarks/train_step.py
 effnet effnet:keeppages --resolution 224 --isolated``): peak over a run 1884-1968 -> 1266-1344
 MiB, first step 1671-1683 -> 1040-1138 MiB, for 973 MiB faulted in again each step (about 80 ms,
@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import os
 import sys
 import threading
 from typing import Any
 
 import torch
 
-from effnet.hostmem import HUGE_PAGES_ENV, huge_pages_mode
+from effnet.hostmem import huge_pages_in_effect
 
 __all__ = ["BufferPool"]
 
@@ -99,16 +98,6 @@ _MADV_DONTNEED = 4  # <sys/mman.h> on Linux
 _PAGE = mmap.PAGESIZE  # 4 KiB on x86-64; 16 or 64 KiB on some arm64 / ppc64le kernels
 
 
-def _pages_are_huge() -> bool:
-    """Whether torch's large CPU blocks are backed by transparent huge pages: the kernel gives
-    them to every process (``always``), or to blocks torch marks (``madvise`` with
-    ``THP_MEM_ALLOC_ENABLE=1``, see :mod:`effnet.hostmem`). Giving pages back pays only then:
-    writing 1.5 GB of given-back buffers again cost 0.08 ms per MiB with huge pages and 0.41
-    ms per MiB with 4 KiB pages, against 0.04 resident (one thread, the development VM)."""
-    mode = huge_pages_mode()
-    return mode == "always" or (mode == "madvise" and os.environ.get(HUGE_PAGES_ENV) == "1")
-
-
 def _give_back_pages(t: torch.Tensor) -> int:
     """Give the whole pages inside ``t``'s memory back to the kernel (its contents become zeros);
     returns the bytes given back. Only for a buffer nothing else holds."""
@@ -128,8 +117,11 @@ class BufferPool:
     otherwise keep the old ones); :meth:`clear` drops everything."""
 
     #: Give idle buffers' pages back during the backward (module docstring): on Linux, where the
-    #: pages are huge (:func:`_pages_are_huge`, read at import). Settable; False keeps them all.
-    gives_back_pages = _MADVISE is not None and _pages_are_huge()
+    #: pages are huge (``effnet.hostmem.huge_pages_in_effect``, read at import). Giving pages back
+    #: pays only then: writing 1.5 GB of given-back buffers again cost 0.08 ms per MiB with huge
+    #: pages and 0.41 with 4 KiB pages, against 0.04 resident (one thread, the development VM).
+    #: Settable; False keeps them all.
+    gives_back_pages = _MADVISE is not None and huge_pages_in_effect()
 
     def __init__(self) -> None:
         self._buckets: dict[_Key, list[torch.Tensor]] = {}
