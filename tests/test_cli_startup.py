@@ -81,12 +81,15 @@ assert "efficientnet" in buf.getvalue()
     assert loaded_after(code) == []
 
 
-def test_lazy_package_keeps_functions_named_like_their_modules():
-    """effnet.train.evaluate is the function even after the submodule of that name is imported."""
+def test_lazy_package_names_the_functions():
+    """effnet.train.evaluate and .predict are the functions (from effnet.train.evaluation), also after
+    that module is imported, and importing the package loads neither it nor torch."""
     code = """
-import effnet.train.evaluate
+import sys
 import effnet.train
-from effnet.train import evaluate
-assert callable(evaluate) and callable(effnet.train.evaluate), (evaluate, effnet.train.evaluate)
+assert "torch" not in sys.modules and "effnet.train.evaluation" not in sys.modules
+import effnet.train.evaluation
+from effnet.train import evaluate, predict
+assert evaluate is effnet.train.evaluation.evaluate and predict is effnet.train.evaluation.predict
 """
     subprocess.run([sys.executable, "-c", code], check=True)

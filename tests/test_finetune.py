@@ -266,12 +266,9 @@ def test_predict_streams_batches_and_matches_each_image_alone(tmp_path, weights,
     # 7 files, the third unreadable, in batches of 3: every readable image gets the probabilities
     # the model gives it alone, the broken one its error in its place, and no batch is decoded
     # before the previous one ran (memory holds one batch, not the folder).
-    import importlib
-
     from effnet.preprocessing import EvalTransform, Normalize
+    from effnet.train import evaluation as ev
     from effnet.weights import load_model
-
-    ev = importlib.import_module("effnet.train.evaluate")  # the module (effnet.train.evaluate is also a function)
 
     files = []
     for k in range(7):

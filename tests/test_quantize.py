@@ -13,7 +13,7 @@ from torch import nn
 import effnet
 from effnet.cli import main
 from effnet.deploy.quantize import Int8Model, agreement, quantize
-from effnet.train.evaluate import predict
+from effnet.train.evaluation import predict
 
 #: ImageNet indices 281-285: the cats (tabby, tiger, Persian, Siamese, Egyptian).
 CATS = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}

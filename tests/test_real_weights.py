@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from effnet.cli import main
-from effnet.train.evaluate import predict
+from effnet.train.evaluation import predict
 from effnet.weights import read_weights
 from effnet.weights.classes import imagenet_class_names
 

@@ -239,7 +239,7 @@ def draw_curves(folder: Path, rows: list[dict[str, Any]]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import evaluate
-    from effnet.train.evaluate import describe_path, describe_preprocessing
+    from effnet.train.evaluation import describe_path, describe_preprocessing
 
     check_arguments(args)
     if args.run and args.weights:
@@ -290,7 +290,7 @@ def _write_confusion(r: object, path: str | None) -> bool:
 def cmd_predict(args: argparse.Namespace) -> int:
     from effnet.preprocessing import Preprocessing
     from effnet.train import predict
-    from effnet.train.evaluate import describe_path, describe_preprocessing
+    from effnet.train.evaluation import describe_path, describe_preprocessing
 
     check_arguments(args)
     if args.out:

@@ -2,7 +2,7 @@
 confusion matrix).
 
 Used by training (validation after each epoch: ``effnet.train.loop.evaluate_epoch``) and by
-:func:`effnet.train.evaluate.evaluate`; kept apart from ``evaluate`` so that training does not
+:func:`effnet.train.evaluation.evaluate`; kept apart from ``evaluate`` so that training does not
 load the inference paths (``effnet.deploy``) that ``effnet eval`` and ``effnet predict`` use.
 """
 
