@@ -15,8 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from effnet.layers.activations import gated_pointwise_conv, lean_ops_active, spatial_mean
+from effnet.layers.activations import lean_ops_active
 from effnet.layers.conv import ConvBnAct, make_activation
+from effnet.layers.gate import gated_pointwise_conv, spatial_mean
 
 
 class SqueezeExcite(nn.Module):
@@ -37,7 +38,7 @@ class SqueezeExcite(nn.Module):
         s: torch.Tensor | None = None
         if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
             if self.training:
-                s = spatial_mean(x)  # the same mean; its backward adds in place (layers.activations)
+                s = spatial_mean(x)  # the same mean; its backward adds in place (layers.gate)
         if s is None:
             s = x.mean((2, 3), keepdim=True)  # (B, C, 1, 1) global context
         return torch.sigmoid(self.expand(self.act(self.reduce(s))))

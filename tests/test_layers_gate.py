@@ -1,4 +1,4 @@
-"""effnet.layers.activations.gated_pointwise_conv (the squeeze-excitation gate applied inside the
+"""effnet.layers.gate.gated_pointwise_conv (the squeeze-excitation gate applied inside the
 1x1 projection) against the plain ``F.conv2d(x * gate, w)`` and autograd, in float64, on small
 and large maps, channels-last and contiguous."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet.layers.activations import gated_pointwise_conv
+from effnet.layers.gate import gated_pointwise_conv
 
 
 # (batch, channels, out, height, width): maps with fewer positions than outputs (4x4 -> 24) and
