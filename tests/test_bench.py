@@ -502,7 +502,7 @@ def test_compiled_candidates_across_the_two_phases(monkeypatch):
 
 
 def test_the_table_names_the_compiled_reference_and_puts_each_note_under_its_phase():
-    from effnet.bench.run import ratios, table
+    from effnet.bench.report import ratios, table
 
     def entry(lib, metrics, notes=()):
         return {**_entry(lib, metrics, roles=("inference", "training")), "notes": list(notes)}
@@ -523,3 +523,28 @@ def test_the_table_names_the_compiled_reference_and_puts_each_note_under_its_pha
     assert "2.000" in training  # 30 / 15: compiled against compiled
     assert "latency_b1: first call" in inference and "train_b2: first call" not in inference
     assert "train_b2: first call" in training and "latency_b1: first call" not in training
+
+
+def test_the_table_marks_a_compiled_peers_ratio_taken_against_the_eager_reference():
+    # effnet's compiled reference did not measure peak memory: timm+compile's peak is compared with
+    # the eager reference (400 / 800 = 0.5), and the column headed by the compiled reference says so.
+    from effnet.bench.report import ratios, table
+
+    def entry(lib, metrics):
+        return {**_entry(lib, metrics, roles=("training",)), "notes": []}
+
+    entries = {
+        "effnet[default]": entry("effnet", {"train_b2_ms": 10.0, "peak_b2_mib": 400.0}),
+        "effnet[default]+compile": entry("effnet", {"train_b2_ms": 30.0}),
+        "timm+compile": entry("timm", {"train_b2_ms": 15.0, "peak_b2_mib": 800.0}),
+    }
+    ref = {"inference": None, "training": "effnet[default]"}
+    rec = {"model": "tinynet_e", "resolution": 32, "train_resolution": 32, "entries": entries, "reference": ref,
+           "ratios": ratios(entries, ref)}
+    assert rec["ratios"]["timm+compile"] == {"train_b2_ms": 2.0, "peak_b2_mib": 0.5}
+    text = table({"skipped": [], "config": {"train": True}, "results": [rec]})
+    training = text.split("\n\n")[1]
+    peak = next(line for line in training.splitlines() if line.startswith("peak_b2_mib"))
+    step = next(line for line in training.splitlines() if line.startswith("train_b2_ms"))
+    assert peak.endswith("0.500*") and step.endswith("2.000")
+    assert "* against effnet[default]: effnet[default]+compile did not measure this metric" in training

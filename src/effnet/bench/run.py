@@ -17,17 +17,15 @@ For each model, two phases, each building its networks fresh and freeing them af
   faster than a user's fresh process sees, and by different amounts for different libraries.
 
 Timings are interleaved (:func:`effnet.bench.measure.interleaved`) and reported as medians.
-Ratios are **effnet cost / peer cost** (time per call, time per image, bytes): below 1 effnet
-is cheaper. effnet's side of a ratio is its best fp32 configuration measured: ``fast`` for
-inference when available (else ``plain``) and ``default`` for training; ``int8`` and
-``memory-saving`` are listed beside it, not used in ratios (a different precision, a different
-trade).
+Ratios (:mod:`effnet.bench.report`) are **effnet cost / peer cost**: below 1 effnet is cheaper.
+effnet's side of a ratio is its best fp32 configuration measured: the fastest fp32 inference
+path at batch 1 and ``default`` for training; ``int8`` and ``memory-saving`` are listed beside
+it, not used in ratios (a different precision, a different trade).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 import platform
@@ -35,14 +33,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from effnet.bench.measure import MIB, interleaved, median_ms, saved_activation_bytes, sync, train_step
-from effnet.bench.names import EFFNET_FP32
 from effnet.bench.peers import (
     LIBRARIES,
     Runner,
@@ -54,8 +50,8 @@ from effnet.bench.peers import (
     roles_of,
     versions,
 )
+from effnet.bench.report import ratios, reference_of
 from effnet.bench.worker import peak_in_subprocess, train_in_workers
-from effnet.files import atomic_write
 from effnet.registry import get_spec
 
 log = logging.getLogger(__name__)
@@ -143,64 +139,6 @@ def make_config(
         raise ValueError(f"resolution: expected >= 32 px (five stride-2 stages), got {min(*res.values(), cfg.train_resolution)}")
     candidates(cfg.libs)  # unknown library names fail here
     return cfg
-
-
-# --- ratios -------------------------------------------------------------------------------------
-INFERENCE_PREFIXES = ("latency_", "throughput_")
-TRAINING_PREFIXES = ("train_", "saved_act_", "peak_")
-
-
-def is_cost(metric: str) -> bool:
-    """Metrics where lower is better (times and bytes); img/s are their reciprocals, not ratioed."""
-    return metric.endswith("_ms") or metric.endswith("_mib")
-
-
-def ratios(entries: dict[str, dict[str, Any]], reference: dict[str, str | None]) -> dict[str, dict[str, float]]:
-    """``{peer label: {metric: effnet cost / peer cost}}`` for every cost metric both measured.
-
-    ``reference`` names effnet's entry for ``"inference"`` and ``"training"`` metrics; a
-    compiled peer (``"timm+compile"``) is compared with the compiled reference when there is one.
-    """
-    out: dict[str, dict[str, float]] = {}
-    for label, entry in entries.items():
-        if entry["lib"] == "effnet" or entry["status"] != "ok":
-            continue
-        row: dict[str, float] = {}
-        for metric, cost in entry["metrics"].items():
-            if not is_cost(metric) or not cost:
-                continue
-            kind = "inference" if metric.startswith(INFERENCE_PREFIXES) else "training"
-            ref = reference.get(kind)
-            if ref is None:
-                continue
-            compiled_ref = _compiled_reference(entries, ref)
-            if label.endswith("+compile") and compiled_ref is not None and metric in entries[compiled_ref]["metrics"]:
-                ref = compiled_ref
-            mine = entries.get(ref, {}).get("metrics", {}).get(metric)
-            if mine is not None:
-                row[metric] = mine / cost
-        out[label] = row
-    return out
-
-
-def _compiled_reference(entries: dict[str, dict[str, Any]], ref: str | None) -> str | None:
-    """The label of effnet's compiled reference (``"effnet[fast]+compile"``) where it was measured,
-    else None: what a compiled peer is compared with (:func:`ratios`, :func:`table`)."""
-    label = f"{ref}+compile"
-    return label if ref is not None and entries.get(label, {}).get("status") == "ok" else None
-
-
-def reference_of(entries: dict[str, dict[str, Any]]) -> dict[str, str | None]:
-    """effnet's side of the ratios: its best fp32 configuration that was measured (inference: the
-    fp32 variant with the lowest batch-1 latency)."""
-
-    def ok(label: str) -> bool:
-        return entries.get(label, {}).get("status") == "ok"
-
-    # The fastest fp32 path at batch 1 (torch fast path or a runtime session): effnet's best answer.
-    fp32 = [f"effnet[{v}]" for v in EFFNET_FP32 if ok(f"effnet[{v}]")]
-    best = min(fp32, key=lambda lb: entries[lb]["metrics"].get("latency_b1_ms", float("inf")), default=None)
-    return {"inference": best, "training": "effnet[default]" if ok("effnet[default]") else None}
 
 
 # --- one model ----------------------------------------------------------------------------------
@@ -476,58 +414,5 @@ def run(models: Sequence[str] | None = None, **options: Any) -> dict[str, Any]:
             "skipped": [{"lib": k, "reason": v} for k, v in skipped.items()], "results": results}
 
 
-def write_json(result: dict[str, Any], path: str | Path) -> Path:
-    """Write ``result`` as JSON, atomically (a half-written file never replaces a good one)."""
-    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=2)))
-
-
-# --- tables -------------------------------------------------------------------------------------
-def _fmt(v: float | None) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
-
-
-def table(result: dict[str, Any]) -> str:
-    """Plain-text tables, one per model and phase: every candidate's medians, then effnet/peer."""
-    blocks = []
-    missing = {s["lib"] for s in result["skipped"]}  # whole libraries: said once, not per model
-    for rec in result["results"]:
-        entries = rec["entries"]
-        for phase, prefixes in (("inference", INFERENCE_PREFIXES), ("training", TRAINING_PREFIXES)):
-            if phase == "training" and not result["config"].get("train", True):
-                continue  # --no-train: no training block at all
-            # effnet's variants first, then the peers, in the order LIBRARIES lists them
-            ok = sorted((lb for lb, e in entries.items() if phase in e["roles"] and e["status"] == "ok"),
-                        key=lambda lb: (LIBRARIES.index(entries[lb]["lib"]), lb.endswith("+compile")))
-            peers = [lb for lb in ok if entries[lb]["lib"] != "effnet"]
-            metrics = list(dict.fromkeys(m for lb in ok for m in entries[lb]["metrics"]
-                                         if m.startswith(prefixes) and not m.endswith("_min")))
-            ref = rec["reference"].get(phase)
-            res = rec["resolution"] if phase == "inference" else rec["train_resolution"]
-            compiled_ref = _compiled_reference(entries, ref)
-            head = ["metric", *ok, *(f"{compiled_ref}/{p}" if p.endswith("+compile") and compiled_ref
-                                     else f"{ref or 'effnet'}/{p}" for p in peers)]
-            rows = [[m, *(_fmt(entries[lb]["metrics"].get(m)) for lb in ok),
-                     *(_fmt(rec["ratios"].get(p, {}).get(m)) if is_cost(m) else "" for p in peers)]
-                    for m in metrics]
-            widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
-            lines = [f"{rec['model']} @ {res} px, {phase}",
-                     "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(head, widths))),
-                     "  ".join("-" * w for w in widths)]
-            lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
-                      for r in rows]
-            other = TRAINING_PREFIXES if phase == "inference" else INFERENCE_PREFIXES
-            for lb, e in entries.items():
-                if phase in e["roles"] and e["status"] != "ok" and e["lib"] not in missing:
-                    lines.append(f"  {lb}: {e['status']} ({e['reason']})")
-                for note in e["notes"] if phase in e["roles"] else ():
-                    if not note.startswith(other):  # a note that names the other phase's metric
-                        lines.append(f"  {lb}: {note}")
-            blocks.append("\n".join(lines))
-    return "\n\n".join(blocks)
-
-
 __all__ = ["DEFAULT_MODELS", "ENTRY_FIELDS", "MODEL_FIELDS", "QUICK_RESOLUTION", "RESULT_FIELDS", "Config",
-           "bench_model", "is_cost", "make_config", "ratios", "reference_of", "run",
-           "table", "write_json"]
+           "bench_model", "make_config", "run"]

@@ -55,7 +55,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from effnet.bench.run import run, table, write_json
+    from effnet.bench.report import table, write_json
+    from effnet.bench.run import run
     from effnet.files import check_output
 
     for option in ("resolution", "batch", "train_batch", "train_resolution", "iters", "batch_iters",
