@@ -29,11 +29,11 @@ import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from effnet.commands.common import check_device
+from effnet.commands.common import check_arguments, check_inference_memory, check_training_memory
 
 if TYPE_CHECKING:
     from effnet.train import RunResult
-    from effnet.train.config import Resolved, TrainConfig
+    from effnet.train.config import Resolved
 
 #: Established spellings kept beside the derived ``--field-name`` (both work).
 ALIASES: dict[str, tuple[str, ...]] = {
@@ -339,91 +339,6 @@ def write_predictions(preds: list, path: str) -> None:
                 w.writerow([p.image, *cells, *[""] * (2 * k - len(cells)), p.error or ""])
 
     atomic_write(path, write)
-
-
-# --- argument checks (each message names the option as typed) --------------------------------------
-#: Options of train/eval/predict with a lower bound: (dest, option, least, what it counts).
-_LOWER_BOUNDS = (
-    ("image_size", "--image-size", 32, "px (the network reduces by 32)"),
-    ("eval_size", "--eval-size", 32, "px (the network reduces by 32)"),
-    ("resolution", "--resolution", 32, "px (the network reduces by 32)"),
-    ("train_subset", "--subset", 1, "image(s)"),
-    ("batch_size", "--batch-size", 1, "image(s) per batch"),
-    ("workers", "--workers", 0, "loader process(es); 0 decodes in the main process"),
-    ("topk", "--topk", 1, "class(es)"),
-    ("epochs", "--epochs", 1, "epoch(s)"),
-    ("accum_steps", "--accum-steps", 1, "micro-batch(es) per step"),
-    ("threads", "--threads", 1, "thread(s)"),
-    ("mixup_alpha", "--mixup-alpha", 0, "(0 turns mixup off)"),
-    ("cutmix_alpha", "--cutmix-alpha", 0, "(0 turns CutMix off)"),
-    ("lr_per_256", "--lr", 0, "(the learning rate per 256 images)"),
-    ("weight_decay", "--weight-decay", 0, ""),
-)
-
-
-def check_arguments(args: argparse.Namespace) -> None:
-    """Refuse option values that would be silently replaced (``--image-size 0`` trained at the
-    spec's size) or fail deep inside torch with its own wording (``--batch-size 0``)."""
-    for dest, option, least, unit in _LOWER_BOUNDS:
-        value = getattr(args, dest, None)
-        if value is None or isinstance(value, bool):
-            continue
-        strict = dest == "lr_per_256"
-        if value < least or (strict and value <= least):
-            bound = f"more than {least}" if strict else f"at least {least}"
-            raise ValueError(f"{option} {value:g}: expected {bound} {unit}".rstrip())
-    if getattr(args, "device", None) is not None:
-        check_device(args.device)
-
-
-def _free_memory(device: str) -> int | None:
-    """Free memory of the device a command will run on (None: unknown, no check)."""
-    import torch
-
-    from effnet.scaling.limits import available_memory_bytes
-
-    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
-        index = torch.device(device).index if device.startswith("cuda") else None
-        if index is None:  # under torchrun each process uses its LOCAL_RANK's GPU (not GPU 0)
-            import os
-
-            index = int(os.environ.get("LOCAL_RANK", 0))
-        return int(torch.cuda.mem_get_info(index)[0])
-    return available_memory_bytes()
-
-
-def check_inference_memory(weights: str, resolution: int | None, batch: int, device: str) -> None:
-    """Refuse a ``--resolution`` whose activations cannot fit, before the model is loaded."""
-    if resolution is None:
-        return
-    from effnet.scaling.limits import activation_bytes, check_memory
-    from effnet.weights.format import read_spec
-
-    spec, _ = read_spec(weights)
-    check_memory(activation_bytes(spec, resolution, batch), f"inference at {resolution} px (batch {batch})",
-                 "pass a smaller --resolution", _free_memory(device))
-
-
-def check_training_memory(cfg: TrainConfig) -> None:
-    """Refuse a run whose training activations at its largest image size cannot fit."""
-    from effnet.registry import get_spec
-    from effnet.scaling import scale
-    from effnet.scaling.limits import activation_bytes, check_memory
-    from effnet.specs.base import ModelSpec
-    from effnet.weights.format import read_spec
-
-    if cfg.weights:
-        spec = read_spec(cfg.weights)[0]
-    else:
-        spec = ModelSpec.load(cfg.spec) if cfg.spec else get_spec(cfg.model)
-        if cfg.width != 1.0 or cfg.depth != 1.0:
-            spec = scale(spec, width=cfg.width, depth=cfg.depth)
-    size = cfg.image_size or spec.train_resolution or spec.resolution
-    if cfg.progressive is not None:
-        size = max(size, int(cfg.progressive.image_size.end))
-    check_memory(activation_bytes(spec, size, cfg.batch_size, training=True),
-                 f"training {spec.name} at {size} px, batch {cfg.batch_size},",
-                 "pass a smaller --image-size or --batch-size", _free_memory(cfg.device))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
