@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 # deploy), which tests/test_layers.py checks.
 _LAZY: dict[str, str] = {
     "ConvNet": "effnet.model",
-    "EfficientNet": "effnet.model",  # ConvNet's earlier name, kept importable
+    "EfficientNet": "effnet.model",  # the same class as ConvNet, by the name users look for
     "build": "effnet.model",
     "REGISTRY": "effnet.registry",
     "get_spec": "effnet.registry",

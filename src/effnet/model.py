@@ -14,7 +14,7 @@ from effnet.layers.activations import lean_ops_active, recompute_activations
 from effnet.layers.buffers import BufferPool
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
-__all__ = ["MIN_INPUT_SIZE", "ConvNet", "EfficientNet", "build"]
+__all__ = ["MIN_INPUT_SIZE", "ConvNet", "EfficientNet", "build", "check_input"]
 
 
 class ConvNet(nn.Module):
@@ -128,46 +128,6 @@ class ConvNet(nn.Module):
             info[s] = {"module": f"stages.{i}", "stage": i, "channels": stage.channels}
         return [{"stride": s, **info[s]} for s in (2, 4, 8, 16, 32) if s in info]
 
-    def _check_input(self, x: torch.Tensor) -> None:
-        # What a caller most often passes by mistake (a PIL-style uint8 array, NHWC, float64 from
-        # numpy, a list), each named with the conversion, instead of an error deep inside a conv.
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"expected a torch.Tensor of shape (N, {self.spec.in_channels}, H, W) and dtype "
-                            f"float32, got {type(x).__name__}; convert with torch.as_tensor(...), and permute "
-                            f"NHWC arrays with .permute(0, 3, 1, 2)")
-        if not x.is_floating_point():
-            raise TypeError(f"expected a float input (normalised pixels), got dtype {x.dtype}; convert uint8 "
-                            f"pixels with x.float() / 255 and normalise with the model's preprocessing "
-                            f"(effnet.load_model(..., include_preprocessing=True) takes 0-255 floats)")
-        param = next(self.parameters(), None)
-        if (param is not None and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type)):
-            raise TypeError(f"input dtype {x.dtype} differs from the model's {param.dtype} parameters; "
-                            f"convert the input with x.to({param.dtype}) (or the model with model.to({x.dtype}))")
-        if (x.ndim == 4 and x.shape[1] != self.spec.in_channels and x.shape[-1] == self.spec.in_channels):
-            raise ValueError(f"input shape {tuple(x.shape)} looks channels-last (N, H, W, C); the model expects "
-                             f"(N, {self.spec.in_channels}, H, W): permute with x.permute(0, 3, 1, 2)")
-        if x.ndim != 4:
-            raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
-        if x.shape[1] != self.spec.in_channels:
-            raise ValueError(
-                f"expected {self.spec.in_channels} input channels, got {x.shape[1]} "
-                f"(shape {tuple(x.shape)}); convert grayscale to RGB or build with in_channels="
-                f"{x.shape[1]}"
-            )
-        if min(x.shape[-2:]) < MIN_INPUT_SIZE:
-            raise ValueError(
-                f"input spatial size {tuple(x.shape[-2:])} is below the minimum of {MIN_INPUT_SIZE} "
-                f"px (five stride-2 reductions); resize the input"
-            )
-        # NaN/inf in gives NaN out with no error: refused in evaluation (a reduction and one sync
-        # per forward; training batches come from decoded images). Traced/compiled graphs skip it,
-        # a data-dependent branch would not export.
-        if (not self.training and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
-                and x.device.type != "meta" and not bool(torch.isfinite(x).all())):
-            bad = int((~torch.isfinite(x)).sum())
-            raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
-                             f"decoding and normalisation that produced it")
-
     # --- forward ------------------------------------------------------------------------
     def train(self, mode: bool = True) -> ConvNet:
         """``nn.Module.train``; leaving training also frees the training buffers' pool."""
@@ -190,7 +150,7 @@ class ConvNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(N, C_in, H, W) -> (N, num_features, H/32, W/32), before pooling."""
         if not torch.jit.is_scripting():  # the messages are Python (f-strings of shapes)
-            self._check_input(x)
+            check_input(self, x)
             self._step_begins()
         if not torch.jit.is_scripting():  # noqa: SIM102 (scripting skips only a block guarded alone)
             if self._recomputing_now():
@@ -255,7 +215,7 @@ class ConvNet(nn.Module):
         Each is the output of the last module at that stride (``feature_info`` names it and its
         channels): for a ResNet stride 2 is the stem conv, before the max pool.
         """
-        self._check_input(x)
+        check_input(self, x)
         self._step_begins()
         wanted = {f["module"] for f in self.feature_info}
         out: list[torch.Tensor] = []
@@ -355,9 +315,53 @@ def zero_init_last(model: nn.Module) -> int:
     return count
 
 
-#: The class's earlier name, kept importable: user code, and modules of the package outside the model
-#: layer, still write ``EfficientNet``. It is the same class (``isinstance`` checks agree), and no
-#: saved format records the name: weight files hold tensors plus the spec as JSON.
+
+def check_input(model: nn.Module, x: torch.Tensor) -> None:
+    """Refuse an input ``model`` (a :class:`ConvNet`, or a model carrying its ``spec``, such as the
+    int8 one) cannot mean, saying what to convert."""
+    # What a caller most often passes by mistake (a PIL-style uint8 array, NHWC, float64 from
+    # numpy, a list), each named with the conversion, instead of an error deep inside a conv.
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected a torch.Tensor of shape (N, {model.spec.in_channels}, H, W) and dtype "
+                        f"float32, got {type(x).__name__}; convert with torch.as_tensor(...), and permute "
+                        f"NHWC arrays with .permute(0, 3, 1, 2)")
+    if not x.is_floating_point():
+        raise TypeError(f"expected a float input (normalised pixels), got dtype {x.dtype}; convert uint8 "
+                        f"pixels with x.float() / 255 and normalise with the model's preprocessing "
+                        f"(effnet.load_model(..., include_preprocessing=True) takes 0-255 floats)")
+    param = next(model.parameters(), None)
+    if (param is not None and x.dtype != param.dtype and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(f"input dtype {x.dtype} differs from the model's {param.dtype} parameters; "
+                        f"convert the input with x.to({param.dtype}) (or the model with model.to({x.dtype}))")
+    if (x.ndim == 4 and x.shape[1] != model.spec.in_channels and x.shape[-1] == model.spec.in_channels):
+        raise ValueError(f"input shape {tuple(x.shape)} looks channels-last (N, H, W, C); the model expects "
+                         f"(N, {model.spec.in_channels}, H, W): permute with x.permute(0, 3, 1, 2)")
+    if x.ndim != 4:
+        raise ValueError(f"expected a 4-D input (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.shape[1] != model.spec.in_channels:
+        raise ValueError(
+            f"expected {model.spec.in_channels} input channels, got {x.shape[1]} "
+            f"(shape {tuple(x.shape)}); convert grayscale to RGB or build with in_channels="
+            f"{x.shape[1]}"
+        )
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"input spatial size {tuple(x.shape[-2:])} is below the minimum of {MIN_INPUT_SIZE} "
+            f"px (five stride-2 reductions); resize the input"
+        )
+    # NaN/inf in gives NaN out with no error: refused in evaluation (a reduction and one sync
+    # per forward; training batches come from decoded images). Traced/compiled graphs skip it,
+    # a data-dependent branch would not export.
+    if (not model.training and not torch.jit.is_tracing() and not torch.compiler.is_compiling()
+            and x.device.type != "meta" and not bool(torch.isfinite(x).all())):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"input holds {bad} NaN/inf value(s) (shape {tuple(x.shape)}); check the image "
+                         f"decoding and normalisation that produced it")
+
+
+#: ``EfficientNet``, the name users of other libraries reach for, is the same class (``isinstance``
+#: checks agree; no saved format records the name: weight files hold tensors plus the spec as JSON).
+#: Inside the package the class is ``ConvNet``: it also builds the ResNet and MobileNet baselines.
 EfficientNet = ConvNet
 
 

@@ -85,7 +85,7 @@ def check_out_folder(path: str | Path, option: str = "--out") -> Path:
 
 
 def check_positive(option: str, value: int | float | None) -> None:
-    """Counts and sizes the user typed must be positive (0 used to mean "everything" silently)."""
+    """Counts and sizes the user typed must be positive (0 is refused: it could be read as "everything")."""
     if value is not None and value <= 0:
         raise ValueError(f"{option} {value}: expected a positive number")
 

@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from effnet.deploy.surgery import conv_of, fold_batchnorm, static_padding
 from effnet.files import atomic_write
-from effnet.model import EfficientNet
+from effnet.model import ConvNet, check_input
 
 __all__ = ["INT8_LAYOUTS", "Int8Model", "agreement", "calibration_key", "quantize", "quantize_onnx"]
 
@@ -38,7 +38,7 @@ BACKEND = "x86"
 
 
 class _Body(nn.Module):
-    """The traceable part of an :class:`~effnet.model.EfficientNet`: its forward without the
+    """The traceable part of a :class:`~effnet.model.ConvNet`: its forward without the
     input checks (shape tests are Python control flow that FX cannot trace)."""
 
     def __init__(self, model: nn.Module) -> None:
@@ -67,9 +67,6 @@ class Int8Model(nn.Module):
         super().__init__()
         self.graph = graph
         self.image_size = image_size
-        # The class's unbound check (it reads only ``self.spec``), so no reference to the fp32
-        # source model is kept alive.
-        self._check = getattr(type(source), "_check_input", None)
         for name in ("spec", "num_features", "class_names", "preprocessing", "feature_info"):
             if hasattr(source, name):
                 setattr(self, name, getattr(source, name))
@@ -78,8 +75,8 @@ class Int8Model(nn.Module):
         if x.device.type != "cpu":
             raise RuntimeError(f"int8 model: the quantized kernels run on the CPU only; got an input on "
                                f"{x.device}; move it with .cpu()")
-        if self._check is not None:
-            self._check(self, x)
+        if hasattr(self, "spec"):
+            check_input(self, x)
         return self.graph(x)
 
 
@@ -191,8 +188,8 @@ def quantize(
         raise RuntimeError("int8: the model has parameters off the CPU; call model.cpu() first")
     if isinstance(model, Int8Model):
         raise ValueError("int8: the model is already quantized")
-    if not isinstance(model, EfficientNet):
-        raise ValueError(f"int8: expected an effnet EfficientNet (from effnet.create_model / load_model), "
+    if not isinstance(model, ConvNet):
+        raise ValueError(f"int8: expected an effnet model (a ConvNet, from effnet.create_model / load_model), "
                          f"got {type(model).__name__}")
 
     size = (int(example_input.shape[-2]), int(example_input.shape[-1]))

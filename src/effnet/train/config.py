@@ -349,7 +349,7 @@ def _recipe(recipe: str | None, overrides: dict[str, Any]) -> tuple[str, dict[st
         if not isinstance(own, dict):
             raise ValueError(f"recipe file {recipe}: expected a mapping of training fields (epochs: 30 ...), "
                              f"got a {type(own).__name__}")
-        # A recipe file changes the paper recipe (as it always has), not the digits defaults.
+        # A recipe file states changes to the paper recipe, not to the digits defaults.
         base = {**PAPER_V1, **own}
         base.setdefault("recipe", str(recipe))
     else:

@@ -229,7 +229,7 @@ def match_classes(split: Split, names: list[str], named: bool, data: object, wei
 
 def run_record(weights: str | Path) -> dict | None:
     """The ``split.json`` of the training run ``weights`` belongs to (a run folder or a file in
-    one); for a run from before that file, its ``config.yaml``'s data, seed and fraction (the
+    one); for a run folder without that file, its ``config.yaml``'s data, seed and fraction (the
     split is drawn again from them); None outside a run folder."""
     import json
 

@@ -214,8 +214,8 @@ class RMSpropTF(torch.optim.Optimizer):
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: weight decay on conv/linear weights only, none on BatchNorm and biases
     (1-D parameters). The official V1 code excludes only BatchNorm variables from its L2 term;
-    leaving the few SE/classifier biases undecayed too is the common PyTorch practice (timm)
-    and what the issue asks for."""
+    leaving the few SE/classifier biases undecayed too is the common PyTorch practice (timm):
+    a bias scales nothing, so decaying it only pulls the outputs' offsets towards zero."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:

@@ -140,7 +140,7 @@ def _keras_preprocessing(
 
     Keras V1: ``Rescaling(1/255)`` then ``Normalization`` ``(x - mean) / sqrt(variance)``.
     The published ImageNet files store the *std* in ``variance``, and Keras models built for
-    them add ``Rescaling(1/sqrt(std))`` (keras-team/keras issue, tensorflow#49930), so that the
+    them add ``Rescaling(1/sqrt(std))`` (Keras's own EfficientNet builders do this), so that the
     total divisor is the std itself. ``imagenet_stddev_fix=None`` detects this case by the
     stored variance equalling the ImageNet std.
     """
