@@ -197,6 +197,7 @@ LOCAL_IMPORTS: dict[tuple[str, str], str] = {
     ("effnet.lab.search", "effnet.profile.sweep"): CLI_LIGHT,
     ("effnet.lab.search", "effnet.viz.plots"): CLI_LIGHT,
     ("effnet.search.run", "effnet.model"): CLI_LIGHT,
+    ("effnet.search.run", "effnet.train.score"): CLI_LIGHT,
     ("effnet.search.run", "effnet.viz.plots"): CLI_LIGHT,
 }
 

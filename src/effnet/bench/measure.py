@@ -1,74 +1,17 @@
-"""Measurement primitives of the side-by-side benchmark: interleaved timing, saved activations
-and peak training memory.
-
-Every timing is *interleaved*: the candidates are sampled in rounds, the order rotating each
-round, so load from other processes and clock changes fall on all of them alike (a benchmark
-that times library A for a minute, then library B, measures the machine as much as the code).
-"""
+"""Measurement primitives of the side-by-side benchmark: peak training memory and the training
+step; the interleaved timing (:func:`effnet.profile.measure.interleaved`) and the saved
+activations counter are shared with ``effnet profile`` and the runtime choice."""
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from effnet.profile import saved_activation_bytes  # one counter, shared with effnet profile --memory
+from effnet.profile.measure import interleaved, median_ms, rotation, saved_activation_bytes, sync
 
 MIB = 2**20
-
-
-def rotation(names: Sequence[str], rounds: int) -> list[list[str]]:
-    """The order candidates are sampled in each round: round ``r`` starts at ``names[r % n]``.
-
-    >>> rotation(["a", "b", "c"], 4)
-    [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b'], ['a', 'b', 'c']]
-    """
-    if rounds < 1:
-        raise ValueError(f"rounds: expected >= 1, got {rounds}")
-    names = list(names)
-    n = len(names)
-    return [names[r % n:] + names[:r % n] if n else [] for r in range(rounds)]
-
-
-def sync(device: torch.device | str) -> None:
-    """Wait for queued kernels: CUDA runs asynchronously, so a timer alone would measure the launch."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def interleaved(
-    fns: dict[str, Callable[[], object]], *, warmup: int, iters: int, rounds: int,
-    device: torch.device | str = "cpu", on_call: Callable[[str], None] | None = None,
-) -> dict[str, list[float]]:
-    """Seconds per call of each function: ``iters`` samples each, spread over ``rounds`` rounds in
-    :func:`rotation` order, after ``warmup`` untimed calls of each. ``on_call(name)`` is told of
-    every timed call (progress bars; the tests read the order from it)."""
-    if iters < 1:
-        raise ValueError(f"iters: expected >= 1, got {iters}")
-    rounds = max(1, min(rounds, iters))
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    sync(device)
-    per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for order, n in zip(rotation(list(fns), rounds), per_round):
-        for name in order:
-            for _ in range(n):
-                t0 = time.perf_counter()
-                fns[name]()
-                sync(device)
-                times[name].append(time.perf_counter() - t0)
-                if on_call is not None:
-                    on_call(name)
-    return times
-
-
-def median_ms(samples: Sequence[float]) -> float:
-    return statistics.median(samples) * 1e3
 
 
 def _status_kib(field: str) -> int:

@@ -53,6 +53,7 @@ from effnet.bench.peers import (
 from effnet.bench.report import ratios, reference_of
 from effnet.bench.worker import peak_in_subprocess, train_in_workers
 from effnet.registry import get_spec
+from effnet.train.score import default_device
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ def make_config(
         get_spec(name)  # an unknown name fails here, with the registry's suggestions
     res = {n: resolution or (QUICK_RESOLUTION if quick else DEFAULT_MODELS.get(n, get_spec(n).resolution))
            for n in names}
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = default_device(device or "auto")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device cuda: no CUDA device is visible; use --device cpu")
     small = {"batch": 8, "train_batch": 8, "train_resolution": 96, "iters": 6, "batch_iters": 2,

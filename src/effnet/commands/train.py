@@ -377,7 +377,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "a run's recorded validation split, else digits); classes are matched by name")
     e.add_argument("--batch-size", type=int, default=64, metavar="N", help="images per batch (default 64)")
     e.add_argument("--workers", type=int, metavar="N",
-                   help="image-decoding processes (default: the CPU count, up to 8; 0: in this process)")
+                   help="image-decoding processes (default: 0 for digits, else the CPU count, up to 8; 0: in this process)")
     e.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or mps (default auto: CUDA if available)")
     e.add_argument("--confusion", metavar="PNG",
                    help="also write the confusion matrix as a PNG, after the scores (an existing file only "

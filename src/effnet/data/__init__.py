@@ -10,7 +10,7 @@ from effnet.lazy import lazy_attributes
 _LAZY: dict[str, str] = {name: module for module, names in (
     ("effnet.data.datasets", ("DIGITS", "IMAGE_EXTENSIONS", "UNREADABLE", "DecodedDataset", "SkipLog", "Split",
                               "load_digits_split", "load_eval_split", "load_splits", "to_rgb")),
-    ("effnet.data.loader", ("EpochSampler", "make_loader")),
+    ("effnet.data.loader", ("EpochSampler", "default_workers", "make_loader")),
     ("effnet.data.progressive", ("V2_PRESETS", "ProgressiveSpec", "Range", "Stage", "eval_resolution", "plan",
                                  "stage_at")),
     ("effnet.data.transforms", ("AugmentSettings", "LoadTransform", "Targets", "TrainAugment")),

@@ -12,11 +12,12 @@ draw at step ``k``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import torch
 
-from effnet.data.datasets import DecodedDataset
+from effnet.data.datasets import DIGITS, DecodedDataset
 
 
 class EpochSampler(torch.utils.data.Sampler[int]):
@@ -54,6 +55,12 @@ class EpochSampler(torch.utils.data.Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.shard_size() - self.start, 0)
+
+
+def default_workers(data: object) -> int:
+    """Decoding processes when none are asked for: 0 for the bundled digits (held decoded in
+    memory: worker processes would only add their start-up), else the CPU count, at most 8."""
+    return 0 if str(data) == DIGITS else min(os.cpu_count() or 1, 8)
 
 
 def make_loader(

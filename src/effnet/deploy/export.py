@@ -163,7 +163,8 @@ def _output_path(out: str | Path, format: str) -> Path:
     return out
 
 
-def _effnet_version() -> str:
+def effnet_version() -> str:
+    """The installed effnet's version, recorded beside exported and checked files."""
     # From the installed distribution: the package front door (effnet.__version__) is above
     # every layer, so layered modules do not import it.
     from importlib.metadata import PackageNotFoundError, version
@@ -331,7 +332,7 @@ def _metadata(*, format: str, path: Path, files: list[str], reference: nn.Module
         "format": format,
         "file": path.name,
         "files": files,
-        "effnet_version": _effnet_version(),
+        "effnet_version": effnet_version(),
         "model": getattr(getattr(reference, "spec", None), "name", type(reference).__name__),
         "weights": described,
         "input": {

@@ -37,9 +37,7 @@ import hashlib
 import importlib.util
 import json
 import logging
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -48,10 +46,11 @@ import torch
 from torch import nn
 
 from effnet.deploy import optimize as torch_path  # the module: this one defines its own optimize()
-from effnet.deploy.export import export
+from effnet.deploy.export import effnet_version, export
 from effnet.deploy.quantize import agreement, calibration_key, quantize_onnx
 from effnet.deploy.runners import MICRO_BATCH, RUNNERS
 from effnet.files import atomic_write
+from effnet.profile.measure import interleaved, median_ms
 from effnet.weights import load_model
 
 __all__ = ["INT8_RUNTIMES", "MICRO_BATCH", "RUNTIMES", "TOLERANCE", "Session", "available_runtimes", "choose_runtime", "describe", "int8_session",
@@ -161,22 +160,13 @@ class Session(nn.Module):
 
 
 # --- the export and its cache --------------------------------------------------------------------
-def _effnet_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("effnet")
-    except PackageNotFoundError:
-        return "unknown"
-
-
 def _key(weights: Path, resolution: int) -> str:
     """Hash of the weight file's bytes, the resolution and effnet's version."""
     h = hashlib.sha256()
     with open(weights, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    h.update(f"|{resolution}|{_effnet_version()}".encode())
+    h.update(f"|{resolution}|{effnet_version()}".encode())
     return h.hexdigest()[:16]
 
 
@@ -297,12 +287,6 @@ def _build(source: str | Path | nn.Module, reference: nn.Module, runtime: str, r
     return s
 
 
-def _time_ms(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
-
-
 def choose_runtime(source: str | Path | nn.Module, *, resolution: int | None = None, threads: int | None = None,
                    cache_dir: str | Path | None = None, reference: nn.Module | None = None) -> str:
     """The runtime with the lowest batch-1 latency on this machine for ``source``: every installed
@@ -332,16 +316,9 @@ def _choose(source: str | Path | nn.Module, reference: nn.Module, res: int, thre
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        times: dict[str, list[float]] = {r: [] for r in candidates}
-        for _ in range(2):
-            for s in sessions.values():
-                s(x)
-        for _ in range(AUTO_CALLS):
-            for r, s in sessions.items():
-                times[r].append(_time_ms(lambda s=s: s(x)))
+        medians = {r: round(ms, 3) for r, ms in _median_ms(sessions, x, AUTO_CALLS, warmup=2).items()}
     finally:
         torch.set_num_threads(before)
-    medians = {r: round(statistics.median(t), 3) for r, t in times.items()}
     choice = min(medians, key=medians.__getitem__)
     log.info("runtime auto: %s (batch-1 median ms: %s)", choice, medians)
     if keep is None:
@@ -488,13 +465,9 @@ def _int8_or_fp32(source: str | Path | nn.Module, calibration: Iterable[torch.Te
     return int8s[best]
 
 
-def _median_ms(sessions: dict[Any, Session], x: torch.Tensor, calls: int) -> dict[Any, float]:
-    """Median ms of ``calls`` calls of each session on ``x``, interleaved after one warm-up call
-    each (load from other processes falls on all alike)."""
-    times: dict[Any, list[float]] = {k: [] for k in sessions}
-    for s in sessions.values():
-        s(x)
-    for _ in range(calls):
-        for k, s in sessions.items():
-            times[k].append(_time_ms(lambda s=s: s(x)))
-    return {k: statistics.median(t) for k, t in times.items()}
+def _median_ms(sessions: dict[Any, Session], x: torch.Tensor, calls: int, warmup: int = 1) -> dict[Any, float]:
+    """Median ms of ``calls`` calls of each session on ``x``, interleaved (one call each per round,
+    the order rotating) after ``warmup`` calls each: load from other processes falls on all alike."""
+    fns = {k: (lambda s=s: s(x)) for k, s in sessions.items()}
+    times = interleaved(fns, warmup=warmup, iters=calls, rounds=calls)
+    return {k: median_ms(t) for k, t in times.items()}

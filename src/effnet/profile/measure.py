@@ -1,4 +1,8 @@
-"""Counting and timing a network: parameters, multiply-adds (meta device), activation memory, latency."""
+"""Counting and timing a network: parameters, multiply-adds (meta device), activation memory, latency.
+
+Timings that compare candidates are *interleaved* (:func:`interleaved`): the candidates are sampled
+in rounds, the order rotating each round, so load from other processes and clock changes fall on
+all of them alike (timing A for a minute, then B, measures the machine as much as the code)."""
 
 from __future__ import annotations
 
@@ -103,6 +107,57 @@ def saved_activation_bytes(forward: Callable[[], torch.Tensor], params: Sequence
     total = sum(seen.values())
     del out
     return total
+
+
+def rotation(names: Sequence[str], rounds: int) -> list[list[str]]:
+    """The order candidates are sampled in each round: round ``r`` starts at ``names[r % n]``.
+
+    >>> rotation(["a", "b", "c"], 4)
+    [['a', 'b', 'c'], ['b', 'c', 'a'], ['c', 'a', 'b'], ['a', 'b', 'c']]
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds: expected >= 1, got {rounds}")
+    names = list(names)
+    n = len(names)
+    return [names[r % n:] + names[:r % n] if n else [] for r in range(rounds)]
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued kernels: CUDA runs asynchronously, so a timer alone would measure the launch."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(
+    fns: dict[Any, Callable[[], object]], *, warmup: int, iters: int, rounds: int,
+    device: torch.device | str = "cpu", on_call: Callable[[Any], None] | None = None,
+) -> dict[Any, list[float]]:
+    """Seconds per call of each function: ``iters`` samples each, spread over ``rounds`` rounds in
+    :func:`rotation` order, after ``warmup`` untimed calls of each. ``on_call(name)`` is told of
+    every timed call (progress bars; the tests read the order from it)."""
+    if iters < 1:
+        raise ValueError(f"iters: expected >= 1, got {iters}")
+    rounds = max(1, min(rounds, iters))
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    sync(device)
+    per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+    times: dict[Any, list[float]] = {k: [] for k in fns}
+    for order, n in zip(rotation(list(fns), rounds), per_round):
+        for name in order:
+            for _ in range(n):
+                t0 = time.perf_counter()
+                fns[name]()
+                sync(device)
+                times[name].append(time.perf_counter() - t0)
+                if on_call is not None:
+                    on_call(name)
+    return times
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return statistics.median(samples) * 1e3
 
 
 def latency(
@@ -234,5 +289,6 @@ def profile_model(
                    latency_ms=lat, batch=batch, threads=(threads or torch.get_num_threads()) if timing else None)
 
 
-__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "latency", "profile_model",
+__all__ = ["Profile", "activation_memory", "count_flops", "count_params", "interleaved", "latency", "median_ms",
+           "profile_model", "rotation", "sync",
            "saved_activation_bytes", "step_time"]

@@ -13,9 +13,16 @@ from effnet.scaling.compound import (
     v2_scale,
 )
 from effnet.scaling.grid import GridCandidate, GridPoint, architecture_key, grid_candidates, grid_points
-from effnet.scaling.limits import DEFAULT_LIMITS, SizeLimits, compound_phi_range, describe_size, size_problems
+from effnet.scaling.limits import DEFAULT_LIMITS, SizeLimits, describe_size, size_problems
 from effnet.scaling.rounding import round_filters, round_repeats
-from effnet.scaling.strategies import STRATEGIES, Multipliers, Strategy, get_strategy, phi_range
+from effnet.scaling.strategies import (
+    STRATEGIES,
+    Multipliers,
+    Strategy,
+    compound_phi_range,
+    get_strategy,
+    phi_range,
+)
 
 __all__ = [
     "ALPHA",

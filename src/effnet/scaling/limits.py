@@ -13,7 +13,6 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from effnet.scaling.compound import ALPHA, BETA, GAMMA, compound_coefficients, compound_scale
 from effnet.specs.base import MIN_INPUT_SIZE, ModelSpec
 
 
@@ -56,37 +55,6 @@ def describe_size(spec: ModelSpec) -> str:
     """Blocks, widest layer and resolution of ``spec``, in words (for error messages)."""
     widest = max(spec.stem_channels, spec.head_channels, *(s.channels for s in spec.stages))
     return (f"{spec.num_blocks:,} blocks, up to {widest:,} channels, {spec.resolution:,}-px input")
-
-
-def compound_phi_range(
-    base: ModelSpec, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
-    limits: SizeLimits = DEFAULT_LIMITS, depth_rounding: str = "round",
-) -> tuple[float, float]:
-    """The phi interval whose :func:`~effnet.scaling.compound_scale` of ``base`` keeps within
-    ``limits`` (to 0.01, rounded inwards), for telling a user what to ask for instead.
-
-    With alpha, beta, gamma >= 1 (the paper's constraint) every size grows with phi, so each
-    bound is found by bisection. Below phi = 0 only the resolution can leave the limits (blocks
-    and channels shrink), so the lower bound looks at the resolution alone; this also keeps
-    :func:`~effnet.scaling.scale` from logging clamped layers for every trial.
-    """
-    if size_problems(base, limits):
-        raise ValueError(f"{base.name} itself is out of the size limits: {'; '.join(size_problems(base, limits))}")
-
-    def upper_ok(phi: float) -> bool:
-        try:
-            return not size_problems(compound_scale(base, phi, alpha, beta, gamma, depth_rounding), limits)
-        except OverflowError:  # a multiplier beyond float range
-            return False
-
-    def lower_ok(phi: float) -> bool:
-        try:
-            res = compound_coefficients(phi, base.resolution, alpha, beta, gamma).resolution
-        except (ValueError, OverflowError):  # the resolution rounds to 0
-            return False
-        return limits.min_resolution <= res
-
-    return phi_bound(lower_ok, -1.0), phi_bound(upper_ok, 1.0)
 
 
 def phi_bound(ok: Callable[[float], bool], direction: float) -> float:

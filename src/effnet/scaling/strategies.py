@@ -16,9 +16,10 @@ official code's ceil overshoots on B0's one-block stages (see :func:`~effnet.sca
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -266,7 +267,6 @@ def phi_range(
     phi the strategy refuses (tiny above 0) is out. Downwards only the rule's multipliers are
     read: blocks and channels shrink, so only the resolution (or a multiplier that underflows to
     0) can leave the limits, and :func:`~effnet.scaling.scale` logs no clamped layers per trial.
-    For ``compound`` this is :func:`~effnet.scaling.compound_phi_range`.
     """
     rule = strategy if isinstance(strategy, Strategy) else get_strategy(strategy)
     values = rule.resolve(coefficients)
@@ -287,3 +287,15 @@ def phi_range(
         return m.depth > 0 and m.width > 0 and limits.min_resolution <= m.resolution
 
     return phi_bound(lower_ok, -1.0), phi_bound(upper_ok, 1.0)
+
+
+def compound_phi_range(
+    base: ModelSpec, alpha: float = ALPHA, beta: float = BETA, gamma: float = GAMMA,
+    limits: SizeLimits = DEFAULT_LIMITS, depth_rounding: str = "round",
+) -> tuple[float, float]:
+    """:func:`phi_range` for :func:`~effnet.scaling.compound_scale` with these coefficients (and
+    ``depth_rounding``, which the registered strategy leaves at its default)."""
+    rule = STRATEGIES["compound"]
+    if depth_rounding != "round":
+        rule = replace(rule, fn=functools.partial(compound_scale, depth_rounding=depth_rounding))
+    return phi_range(base, rule, limits, alpha=alpha, beta=beta, gamma=gamma)

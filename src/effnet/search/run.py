@@ -121,11 +121,9 @@ def make_sampler(name: str, seed: int | None = None) -> Any:
 
 
 def _device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
+    from effnet.train.score import default_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(default_device(device))
 
 
 @dataclass

@@ -5,19 +5,18 @@ plan (progressive learning's stages, or one stage without it; every rule of it i
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from effnet.data import (
-    DIGITS,
     DecodedDataset,
     EpochSampler,
     LoadTransform,
     Split,
     Stage,
+    default_workers,
     load_splits,
     make_loader,
     plan,
@@ -74,7 +73,7 @@ def make_data(cfg: TrainConfig, d: distributed.Dist, device: torch.device, split
         raise ValueError(f"{len(train_ds)} training images cannot be shared by {d.world} processes: "
                          f"use fewer processes or more data")
     drop_last = shard_size > cfg.batch_size
-    workers = cfg.workers if cfg.workers is not None else (0 if cfg.data == DIGITS else min(os.cpu_count() or 1, 8))
+    workers = cfg.workers if cfg.workers is not None else default_workers(cfg.data)
     loader = make_loader(train_ds, cfg.batch_size, workers=workers, sampler=sampler, drop_last=drop_last,
                          pin_memory=device.type == "cuda")
     return Data(*splits, loader, sampler, shard_size // cfg.batch_size if drop_last else 1, stages, norm, workers)

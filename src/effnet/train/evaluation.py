@@ -18,6 +18,7 @@ from effnet.data import (
     DecodedDataset,
     SkipLog,
     Split,
+    default_workers,
     load_digits_split,
     load_eval_split,
     load_splits,
@@ -183,9 +184,7 @@ def evaluate(
     prep = eval_preprocessing(model.preprocessing, resolution)  # type: ignore[union-attr]
     log.debug("evaluating %s with: %s", weights, describe_preprocessing(prep))
     ds = DecodedDataset(split, EvalTransform(prep), prep.resolution)
-    if workers is None:
-        workers = 0 if str(data) == "digits" else min(torch.get_num_threads(), 8)
-    loader = make_loader(ds, batch_size, workers=workers)
+    loader = make_loader(ds, batch_size, workers=default_workers(data) if workers is None else workers)
     skips = SkipLog()
     normalize = Normalize(prep).to(dev)
     agreement = None

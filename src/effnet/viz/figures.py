@@ -33,7 +33,7 @@ from effnet.files import atomic_write
 from effnet.profile.measure import profile_model
 from effnet.specs.base import ModelSpec
 from effnet.specs.paper import PaperResult, paper_curves
-from effnet.viz.plots import pyplot
+from effnet.viz.plots import cost_axis, pyplot
 
 log = logging.getLogger(__name__)
 
@@ -202,22 +202,6 @@ def _unit(values: list[float], kind: str) -> tuple[float, str]:
     return (1e6, "params (M)") if top >= 1e5 else (1e3, "params (K)")
 
 
-def _axes(ax: Any, values: list[float], label: str) -> None:
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    if values and max(values) == min(values):  # one cost: centre it instead of a 1% wide axis
-        ax.set_xlim(values[0] * 0.5, values[0] * 1.5)
-    if values and max(values) > 4 * min(values):
-        ax.set_xscale("log")
-        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 0.5, 1, 2, 5 ... not 10^0
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        label += " (log scale)"
-    ax.set_xlabel(label)
-    ax.grid(alpha=0.3, which="major")
-
-
 def _draw(ax: Any, points: list[ResultPoint], kind: str, label_all: bool, colors: dict[str, Any]) -> list[tuple]:
     """One panel: a line or markers per series. Returns the labels to place, (text, x, y, color):
     every point when few, else each series' best."""
@@ -239,7 +223,7 @@ def _draw(ax: Any, points: list[ResultPoint], kind: str, label_all: bool, colors
     # labelled once.
     seen: set[tuple[str, float, float]] = set()
     labels = [lab for lab in labels if lab[:3] not in seen and not seen.add(lab[:3])]
-    _axes(ax, [getattr(p, kind) / scale for p in pts], unit)
+    cost_axis(ax, [getattr(p, kind) / scale for p in pts], unit)
     return labels
 
 

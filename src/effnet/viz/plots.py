@@ -156,22 +156,29 @@ def plot_strategies(path: str | Path, lines: dict[str, list[tuple[float, float]]
     return _finish_accuracy(fig, ax, [f for pts in lines.values() for f, _ in pts], title, path)
 
 
-def _finish_accuracy(fig: Any, ax: Any, flops: list[float], title: str, path: str | Path) -> Path:
-    """Axes of an accuracy-against-FLOPs figure, then save it. FLOPs in millions; a log scale
-    only when they span more than 4x (a grid at one phi spans little, and log ticks there read
-    as 1.3 x 10^2)."""
-    if flops and max(flops) > 4 * min(flops):
-        from matplotlib.ticker import FuncFormatter
+def cost_axis(ax: Any, values: list[float], label: str) -> None:
+    """The x axis of a cost (FLOPs, parameters, time): a log scale only when the values span more
+    than 4x (a grid at one phi spans little, and log ticks there read as 1.3 x 10^2), with plain
+    tick labels at 1, 2, 5 x 10^k; one value alone is centred instead of on a 1% wide axis."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+    if values and max(values) == min(values):
+        ax.set_xlim(values[0] * 0.5, values[0] * 1.5)
+    if values and max(values) > 4 * min(values):
         ax.set_xscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:g}")  # 300, not 3 x 10^2
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(plain)
-        ax.xaxis.set_minor_formatter(plain)
-        ax.set_xlabel("FLOPs (M multiply-adds, log scale)")
-    else:
-        ax.set_xlabel("FLOPs (M multiply-adds)")
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        label += " (log scale)"
+    ax.set_xlabel(label)
+    ax.grid(alpha=0.3, which="major")
+
+
+def _finish_accuracy(fig: Any, ax: Any, flops: list[float], title: str, path: str | Path) -> Path:
+    """Axes of an accuracy-against-FLOPs figure, then save it (FLOPs in millions)."""
+    cost_axis(ax, [f / 1e6 for f in flops], "FLOPs (M multiply-adds)")
     ax.set_ylabel("validation top-1 (%)")
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
