@@ -6,7 +6,7 @@ each and frees them again. By default glibc serves each such block with a fresh 
 returns it with ``munmap`` on free, so the kernel faults in and zeroes every 4 KiB page on first
 touch, every step: filling a fresh 150 MB tensor took 45 ms on the development machine, the same
 write into a reused buffer 7 ms. Two switches remove most of that cost; both are process-wide,
-and both apply to every library in the process (docs/performance.md has the measurements):
+and both apply to every library in the process (docs/benchmarks.md has the measurements):
 
 - :func:`enable_huge_pages` asks torch's CPU allocator to back blocks of 2 MiB and more with
   transparent huge pages (``THP_MEM_ALLOC_ENABLE``, which torch reads once, at its first
@@ -18,7 +18,8 @@ and both apply to every library in the process (docs/performance.md has the meas
   (freed blocks are not returned, and the heap fragments). ``effnet train --reuse-host-memory``.
 
 Neither changes a number a network computes. :func:`return_freed_memory` is for measuring: it
-hands the heap's free pages back before a peak is read.
+hands the heap's free pages back before a peak is read. :func:`available_memory_bytes` and
+:func:`check_memory` tell a command, before it starts, whether its activations can fit at all.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HUGE_PAGES_ENV", "enable_huge_pages", "huge_pages_in_effect", "huge_pages_mode", "return_freed_memory", "reuse_freed_memory"]
+__all__ = ["HUGE_PAGES_ENV", "available_memory_bytes", "check_memory", "enable_huge_pages", "huge_pages_in_effect",
+           "huge_pages_mode", "return_freed_memory", "reuse_freed_memory"]
 
 #: The variable torch's CPU allocator reads (c10 ``alloc_cpu``): 1 = madvise(MADV_HUGEPAGE) on
 #: blocks of 2 MiB and more.
@@ -129,3 +131,32 @@ def return_freed_memory() -> bool:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def available_memory_bytes() -> int | None:
+    """Memory a new allocation can use now: ``MemAvailable`` from /proc/meminfo (Linux), else
+    free pages from ``os.sysconf``; ``None`` when neither can be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(need: int, what: str, fix: str, available: int | None = None) -> None:
+    """Refuse a job whose memory lower bound ``need`` exceeds what is available (``available``,
+    default this machine's free memory), saying both and what to change (``fix``)."""
+    have = available_memory_bytes() if available is None else available
+    if have is not None and need > have:
+        raise ValueError(f"{what} needs at least {_gib(need)} of memory for activations, {_gib(have)} is "
+                         f"available: {fix}")
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"

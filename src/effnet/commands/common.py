@@ -129,7 +129,7 @@ def _free_memory(device: str) -> int | None:
     """Free memory of the device a command will run on (None: unknown, no check)."""
     import torch
 
-    from effnet.scaling.limits import available_memory_bytes
+    from effnet.hostmem import available_memory_bytes
 
     if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
         index = torch.device(device).index if device.startswith("cuda") else None
@@ -145,7 +145,8 @@ def check_inference_memory(weights: str, resolution: int | None, batch: int, dev
     """Refuse a ``--resolution`` whose activations cannot fit, before the model is loaded."""
     if resolution is None:
         return
-    from effnet.scaling.limits import activation_bytes, check_memory
+    from effnet.hostmem import check_memory
+    from effnet.scaling.limits import activation_bytes
     from effnet.weights.format import read_spec
 
     spec, _ = read_spec(weights)
@@ -155,9 +156,10 @@ def check_inference_memory(weights: str, resolution: int | None, batch: int, dev
 
 def check_training_memory(cfg: TrainConfig) -> None:
     """Refuse a run whose training activations at its largest image size cannot fit."""
+    from effnet.hostmem import check_memory
     from effnet.registry import get_spec
     from effnet.scaling import scale
-    from effnet.scaling.limits import activation_bytes, check_memory
+    from effnet.scaling.limits import activation_bytes
     from effnet.specs.base import ModelSpec
     from effnet.weights.format import read_spec
 

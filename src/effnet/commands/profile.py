@@ -39,8 +39,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
             raise ValueError(f"{option} {value}: expected at least {least}")
     model = args.name if args.spec is None else ModelSpec.load(args.spec)
     if args.memory or args.latency:  # these run the real network: refuse a size that cannot fit
+        from effnet.hostmem import check_memory
         from effnet.registry import get_spec
-        from effnet.scaling.limits import activation_bytes, check_memory
+        from effnet.scaling.limits import activation_bytes
 
         spec = model if isinstance(model, ModelSpec) else get_spec(model)
         res = args.resolution or spec.resolution

@@ -47,8 +47,9 @@ from effnet.data.datasets import DECODE_ERRORS, decode
 from effnet.deploy.formats import FORMATS, INPUT_NAME, MIN_OPSET, OUTPUT_NAME, Runner, load, max_opset, write
 from effnet.deploy.optimize import optimize, static_padding
 from effnet.files import check_output, commit, disk_full
+from effnet.hostmem import check_memory
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
-from effnet.scaling.limits import activation_bytes, check_memory
+from effnet.scaling.limits import activation_bytes
 from effnet.specs.base import MIN_INPUT_SIZE
 from effnet.weights import create_model, load_model
 

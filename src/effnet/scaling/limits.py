@@ -9,7 +9,6 @@ it), so an absurd request is refused at once, with the size it would have had.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -106,32 +105,3 @@ def activation_bytes(spec: ModelSpec, resolution: int | None = None, batch: int 
     head = spec.head_channels * side * side
     peak, total = max(peak, cin * side * side + head), total + head
     return int((total if training else peak) * batch * bytes_per_value)
-
-
-def available_memory_bytes() -> int | None:
-    """Memory a new allocation can use now: ``MemAvailable`` from /proc/meminfo (Linux), else
-    free pages from ``os.sysconf``; ``None`` when neither can be read."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def check_memory(need: int, what: str, fix: str, available: int | None = None) -> None:
-    """Refuse a job whose memory lower bound ``need`` exceeds what is available (``available``,
-    default this machine's free memory), saying both and what to change (``fix``)."""
-    have = available_memory_bytes() if available is None else available
-    if have is not None and need > have:
-        raise ValueError(f"{what} needs at least {_gib(need)} of memory for activations, {_gib(have)} is "
-                         f"available: {fix}")
-
-
-def _gib(n: float) -> str:
-    return f"{n / 2**30:,.1f} GiB" if n >= 2**27 else f"{n / 2**20:,.1f} MiB"
