@@ -160,3 +160,29 @@ def test_return_freed_memory_gives_the_heaps_free_pages_back():
     # malloc_trim hands most of them back, so a peak measured next starts from memory in use.
     out = json.loads(_python(_HOLES, env_drop=("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")))
     assert out["ok"] is True and out["returned"] >= 150 << 20
+
+
+def test_available_memory_is_memavailable_from_the_kernel():
+    with open("/proc/meminfo") as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+    # Read twice a moment apart: the kernel's figure moves a little between the two reads.
+    assert abs(hostmem.available_memory_bytes() - kib * 1024) < 256 * 2**20
+
+
+def test_check_memory_refuses_only_what_cannot_fit(monkeypatch):
+    hostmem.check_memory(2**30, "job", "use less", available=2**30)  # exactly fits
+    monkeypatch.setattr(hostmem, "available_memory_bytes", lambda: None)
+    hostmem.check_memory(2**50, "job", "use less")  # the free memory is unknown: no refusal
+    with pytest.raises(ValueError, match=r"job needs at least 2.0 GiB of memory for activations, 1.0 GiB is "
+                                         r"available: use less"):
+        hostmem.check_memory(2**31, "job", "use less", available=2**30)
+
+
+def test_training_too_large_for_this_machine_is_refused_before_it_starts(tmp_path, capsys):
+    # B0 at 20,000 px: even the activations of one block exceed any machine this runs on.
+    from effnet.cli import main
+
+    rc = main(["train", "--image-size", "20000", "--epochs", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc != 0 and "needs at least" in err and "pass a smaller --image-size or --batch-size" in err
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
