@@ -18,8 +18,8 @@ import effnet
 
 PACKAGE = Path(effnet.__file__).resolve().parent
 
-#: Lowest first: layers <- specs <- scaling <- model <- registry <- weights <- data <- train <- the
-#: command layer; profile, viz and preprocessing slot in where their imports put them.
+#: Lowest first, as docs/architecture.md draws them: the helpers with no effnet imports (files,
+#: hostmem, lazy), preprocessing, then layers <- specs <- ... <- the command layer.
 #: ``commands`` holds every CLI module; ``cli`` (the entry point's table) sits above it.
 LAYERS = (
     "files", "hostmem", "lazy", "preprocessing", "layers", "specs", "scaling", "model", "registry", "profile", "viz",
@@ -129,7 +129,7 @@ def test_the_checker_sees_a_planted_upward_import(tmp_path: Path):
 ])
 def test_importing_a_lower_layer_loads_no_upper_one(module: str, forbidden: str):
     """Run in a fresh interpreter: what ``import module`` actually loads, front door included
-    (the front door itself imports only specs, scaling, model and registry eagerly)."""
+    (the front door imports nothing eagerly: its names load on first use)."""
     code = f"import sys, {module}; print(sorted(m for m in sys.modules if m.startswith({forbidden!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"import {module} loaded {out.strip()}"

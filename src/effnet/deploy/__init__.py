@@ -1,7 +1,9 @@
-"""Deployment: the fast inference path (``effnet.deploy.optimize``), int8 post-training
-quantization (``effnet.deploy.quantize``) and verified export (``effnet.deploy.export``).
+"""Deployment: the fast torch inference path (``effnet.deploy.optimize``), int8 post-training
+quantization (``effnet.deploy.quantize``), verified export (``effnet.deploy.export``) and runtime
+sessions over torch, ONNX Runtime and OpenVINO (``effnet.deploy.runtime``).
 
-Nothing is imported here: ``effnet.optimize`` is the *function*
-``effnet.deploy.optimize.optimize``, while ``effnet.deploy.optimize`` is the module, and the
-heavy quantization / export imports stay lazy until asked for.
+Nothing is imported here, so the heavy quantization / export imports wait until asked for.
+``effnet.optimize`` is the *function* ``effnet.deploy.runtime.optimize``: with the default
+``runtime="torch"`` it is the torch path, ``effnet.deploy.optimize.optimize``; with another runtime
+it returns a session on that runtime. ``effnet.deploy.optimize`` is the module of the torch path.
 """
