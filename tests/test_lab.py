@@ -191,16 +191,15 @@ def test_validate_retrains_candidates_longer_and_reports_kendall_tau(tmp_path, b
 def test_a_bad_storage_is_refused_before_the_grid_or_study_is_measured(tmp_path, monkeypatch, base):
     """Measuring the grid or matching FLOPs costs seconds to minutes: an unopenable storage URL
     is refused first."""
-    import importlib
 
+    from effnet.lab import compare, grid
     from effnet.lab.store import StudyError
 
     def measured(*args, **kwargs):
         raise AssertionError("measured before the storage was checked")
 
-    # (effnet.lab.search is the function; the modules are reached by name)
-    monkeypatch.setattr(importlib.import_module("effnet.lab.search"), "grid_candidates", measured)
-    monkeypatch.setattr(importlib.import_module("effnet.lab.compare"), "solve_phi", measured)
+    monkeypatch.setattr(grid, "study_candidates", measured)
+    monkeypatch.setattr(compare, "solve_phi", measured)
     bad = f"sqlite:///{tmp_path}/no-such-dir/x/s.db"
     with pytest.raises(StudyError, match="cannot open the study storage"):
         search(base, storage=bad, out=tmp_path / "s", **TINY)

@@ -290,8 +290,8 @@ def test_every_study_report_writes_the_protocol_and_the_same_table_frame(tmp_pat
     import json
 
     from effnet.lab.compare import StudyReport, format_study
-    from effnet.lab.search import GridReport, GridTrial
-    from effnet.lab.search import format_table as grid_table
+    from effnet.lab.grid import GridReport, GridTrial
+    from effnet.lab.grid import format_table as grid_table
     from effnet.search.run import SearchReport, TrialRow
     from effnet.search.run import format_table as arch_table
 

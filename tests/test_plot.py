@@ -65,7 +65,7 @@ def test_run_folder_point_uses_best_epoch_and_measured_cost(tmp_path: Path) -> N
 
 
 def _search_report() -> dict:
-    from effnet.lab.search import GridReport, GridTrial
+    from effnet.lab.grid import GridReport, GridTrial
 
     rows = [GridTrial("a1_b1.1_g1.15", 1.0, 1.1, 1.15, "complete", 95.5, 150_000_000, 2.0, 1.9, 1_300_000, 36, 3, 9.0, 60.0),
             GridTrial("a1.2_b1_g1.2", 1.2, 1.0, 1.2, "pruned", 40.0, 160_000_000, 2.1, 2.0, 1_200_000, 38, 1, 3.0, 60.0)]

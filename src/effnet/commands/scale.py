@@ -113,7 +113,7 @@ def _lab_command(fn: Any) -> Any:
 @_lab_command
 def cmd_scale_search(args: argparse.Namespace) -> int:
     from effnet.lab import search
-    from effnet.lab.search import format_table
+    from effnet.lab.grid import format_table
 
     rep = search(_base(args), data=args.data, epochs=args.epochs, phi=args.search_phi, step=args.step,
                  tolerance=args.tolerance, image_size=args.image_size, storage=args.storage, study=args.study,

@@ -12,6 +12,6 @@ puts a dead worker's candidate back (:mod:`effnet.lab.liveness`). The architectu
 
 from effnet.lab.compare import solve_phi, study
 from effnet.lab.fit import fit
-from effnet.lab.search import search
+from effnet.lab.grid import search
 
 __all__ = ["fit", "search", "solve_phi", "study"]

@@ -16,7 +16,7 @@ study (:mod:`effnet.lab.store`). What must be the same for all of them is writte
 - :func:`winner_line` and :func:`protocol_lines`: what a table may claim about its winner and
   the budget it was measured under.
 
-The grid, strategy and architecture jobs on top (:mod:`effnet.lab.search`,
+The grid, strategy and architecture jobs on top (:mod:`effnet.lab.grid`,
 :mod:`effnet.lab.compare`, :mod:`effnet.search.run`) only say which candidates exist, how
 their rows read and what their summary concludes.
 """

@@ -84,7 +84,7 @@ class GridReport(engine.LabReport):
         return {"epochs_saved": self.epochs_saved, "command": self.command()}
 
 
-def grid_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
+def study_candidates(base: Any, phi: float, step: float, tolerance: float) -> list[store.Candidate]:
     """The distinct grid points (``effnet scale grid``) as study candidates, with their
     measured FLOPs ratio."""
     from effnet.profile.sweep import measure_grid  # loads torch: the CLI parser imports this module
@@ -138,7 +138,7 @@ def search(
     out = Path(out)
     storage = storage or store.default_storage(out)
     store.check_storage(storage)  # before the grid is measured
-    candidates = grid_candidates(spec, phi, step, tolerance)
+    candidates = study_candidates(spec, phi, step, tolerance)
     study = study or f"scale-{spec.name}-phi{phi:g}"
     settings = {"kind": "scale-search", "base": budget.base_id, "phi": phi, "step": step,
                 "tolerance": tolerance, "prune": prune, **budget.settings}
