@@ -48,11 +48,13 @@ def _labels(weights: list[str], labels: list[str] | None) -> list[str]:
 def _run_label(path: Path) -> str:
     """A model's label: a training run's folder name for the run (its best weights) or
     ``RUN/last`` for its last weights, else the file's stem."""
+    from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE, LAST_WEIGHTS
+
     if path.is_dir():
         return path.resolve().name
-    if path.stem in ("best", "last") and (path.parent / "config.yaml").is_file():
+    if path.stem in (Path(BEST_WEIGHTS).stem, Path(LAST_WEIGHTS).stem) and (path.parent / CONFIG_FILE).is_file():
         run = path.resolve().parent.name
-        return run if path.stem == "best" else f"{run}/last"
+        return run if path.stem == Path(BEST_WEIGHTS).stem else f"{run}/last"
     return path.stem
 
 
@@ -224,25 +226,27 @@ def read_run(folder: str | Path) -> ResultPoint:
     at its recorded evaluation resolution; the data set from ``config.yaml``."""
     import yaml
 
+    from effnet.train.rundir import METRICS_FILE
     from effnet.viz.figures import run_point
     from effnet.weights import read_weights
+    from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE
 
     folder = Path(folder)
-    metrics = folder / "metrics.csv"
+    metrics = folder / METRICS_FILE
     if not metrics.is_file():
-        raise ValueError(f"{folder}: not a run folder (no metrics.csv); expected an `effnet train --out` folder, "
+        raise ValueError(f"{folder}: not a run folder (no {METRICS_FILE}); expected an `effnet train --out` folder, "
                          "a results.json or a JSON list of points")
     try:
         with open(metrics, newline="") as f:
             rows = list(csv.DictReader(f))
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         raise ValueError(f"{metrics}: cannot read ({e})") from None
-    weights = folder / "best.safetensors"
+    weights = folder / BEST_WEIGHTS
     if not weights.is_file():
-        raise ValueError(f"{folder}: no best.safetensors (the run has not finished an epoch); nothing to plot")
+        raise ValueError(f"{folder}: no {BEST_WEIGHTS} (the run has not finished an epoch); nothing to plot")
     wf = read_weights(weights)
     dataset = ""
-    config = folder / "config.yaml"
+    config = folder / CONFIG_FILE
     if config.is_file():
         try:
             data = (yaml.safe_load(config.read_text()) or {}).get("data", "")
@@ -258,6 +262,7 @@ def read_points(sources: list[str | Path], dataset: str = "") -> list[ResultPoin
     scale search|study``, ``effnet search``), or a JSON file (a results.json or the plain
     schema of :mod:`effnet.viz.figures`). ``dataset`` names the data of results files, which
     do not record it."""
+    from effnet.train.rundir import METRICS_FILE
     from effnet.viz.figures import read_json_points
 
     points: list[ResultPoint] = []
@@ -266,7 +271,7 @@ def read_points(sources: list[str | Path], dataset: str = "") -> list[ResultPoin
         if not p.exists():
             raise FileNotFoundError(f"{p}: no such run folder or file")
         if p.is_dir():
-            if (p / "metrics.csv").is_file():
+            if (p / METRICS_FILE).is_file():
                 points.append(read_run(p))
             elif (p / "results.json").is_file():
                 points.extend(read_json_points(p / "results.json", dataset))

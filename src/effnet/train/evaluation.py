@@ -30,8 +30,10 @@ from effnet.deploy.quantize import agreement as top1_agreement  # ``agreement`` 
 from effnet.deploy.runtime import RUNTIMES, available_runtimes, describe, int8_session, session
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
+from effnet.train.rundir import SPLIT_FILE
 from effnet.train.score import default_device, score
 from effnet.weights import load_model
+from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE
 
 log = logging.getLogger(__name__)
 
@@ -236,10 +238,10 @@ def run_record(weights: str | Path) -> dict | None:
 
     path = Path(weights)
     folder = path if path.is_dir() else path.parent
-    if (folder / "split.json").is_file():
-        return json.loads((folder / "split.json").read_text())
-    if (folder / "config.yaml").is_file() and (folder / "best.safetensors").is_file():
-        cfg = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    if (folder / SPLIT_FILE).is_file():
+        return json.loads((folder / SPLIT_FILE).read_text())
+    if (folder / CONFIG_FILE).is_file() and (folder / BEST_WEIGHTS).is_file():
+        cfg = yaml.safe_load((folder / CONFIG_FILE).read_text()) or {}
         if "data" in cfg:
             return {"data": cfg["data"], "val_fraction": cfg.get("val_fraction", 0.2), "seed": cfg.get("seed", 0)}
     return None

@@ -44,6 +44,7 @@ from effnet.train.model import ModelEMA, Schedule
 from effnet.train.rundir import (
     METRICS_FILE,
     STATE_FILE,
+    STEPS_FILE,
     Position,
     drop_state_at,
     open_step_log,
@@ -52,7 +53,7 @@ from effnet.train.rundir import (
     write_state,
 )
 from effnet.train.score import score
-from effnet.weights.format import save_weights
+from effnet.weights.format import BEST_WEIGHTS, LAST_WEIGHTS, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ def checkpoint(run: Run, row: dict[str, Any], preprocessing: Preprocessing) -> N
     if folder is not None:
         extra = {"epoch": pos.epoch, "val_top1": row["val_top1"], "val_top5": row["val_top5"],
                  "recipe": run.cfg.recipe}
-        for name in ["last.safetensors", "best.safetensors"] if improved else ["last.safetensors"]:
+        for name in [LAST_WEIGHTS, BEST_WEIGHTS] if improved else [LAST_WEIGHTS]:
             save_weights(run.eval_model, folder / name, preprocessing=preprocessing, source="effnet-train",
                          class_names=run.data.class_names, extra=extra)
     save_state(run)
@@ -395,7 +396,7 @@ def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = T
                dynamic_ncols=True, mininterval=1.0, disable=not (progress and run.d.is_main))
     folder = run.run_dir if run.writes else None
     if cfg.log_steps and folder is not None:
-        run.step_log = open_step_log(folder / "steps.csv", pos.step)
+        run.step_log = open_step_log(folder / STEPS_FILE, pos.step)
     stage: Stage | None = None
     try:
         if stop_agreed(run):  # a signal during the set-up: a fresh run saves its start, so --resume works

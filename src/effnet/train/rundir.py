@@ -42,6 +42,7 @@ from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.weights import read_weights
+from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE, LAST_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
     if not path.is_file():
         if (run_dir / PREV_STATE_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir}. {_what_is_intact(run_dir)}")
-        if (run_dir / "config.yaml").is_file() and not (run_dir / "metrics.csv").is_file():
+        if (run_dir / CONFIG_FILE).is_file() and not (run_dir / METRICS_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: the run in {run_dir} stopped before its first checkpoint (it has "
                                     f"config.yaml but no {STATE_FILE}); start it again with --out "
                                     f"{shlex.quote(str(run_dir))} --overwrite")
@@ -182,7 +183,7 @@ def describe_position(state: dict[str, Any]) -> str:
 def _what_is_intact(run_dir: Path) -> str:
     """What a damaged run folder still holds, and the commands that use it."""
     parts = []
-    for name in ("last.safetensors", "best.safetensors"):
+    for name in (LAST_WEIGHTS, BEST_WEIGHTS):
         if not (run_dir / name).is_file():
             continue
         try:
@@ -211,17 +212,21 @@ def _what_is_intact(run_dir: Path) -> str:
 
 LOCK_FILE = "run.lock"
 METRICS_FILE = "metrics.csv"
-CONFIG_FILE = "config.yaml"
+#: The run's training and validation files, for ``effnet eval RUN_DIR`` and its overlap warning.
+SPLIT_FILE = "split.json"
 #: The loss and accuracy curves, drawn by the command line from the metrics (effnet.commands.train).
 CURVES_FILE = "curves.png"
+#: The step-level log (``--save-every``) and the trained spec of a run given one (``effnet scale``).
+STEPS_FILE = "steps.csv"
+SPEC_FILE = "spec.yaml"
 METRIC_FIELDS = ("epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "lr", "train_loss",
                  "val_loss", "val_top1", "val_top5", "img_per_s", "seconds")
 #: Any of these marks a folder as holding a run.
 RUN_MARKERS = (STATE_FILE, METRICS_FILE, CONFIG_FILE)
 #: Everything a run writes; ``overwrite`` removes these and nothing else (a user's own files
 #: in the folder stay).
-RUN_FILES = (*RUN_MARKERS, PREV_STATE_FILE, "steps.csv", CURVES_FILE, "last.safetensors", "best.safetensors",
-             "spec.yaml", "split.json")
+RUN_FILES = (*RUN_MARKERS, PREV_STATE_FILE, STEPS_FILE, CURVES_FILE, LAST_WEIGHTS, BEST_WEIGHTS, SPEC_FILE,
+             SPLIT_FILE)
 
 
 def new_run_dir(root: str | Path = "runs") -> Path:
@@ -350,9 +355,9 @@ def open_run_dir(cfg: TrainConfig, d: distributed.Dist, resume: str | Path | Non
     folder (``None``)."""
     folder, lock = _claim_everywhere(cfg, d, resume) if keep_files else (None, None)
     if spec is not None and resume is None and folder is not None:
-        cfg = dataclasses.replace(cfg, spec=str(folder / "spec.yaml"), model=spec.name)
+        cfg = dataclasses.replace(cfg, spec=str(folder / SPEC_FILE), model=spec.name)
         if d.is_main:
-            spec.save(folder / "spec.yaml")
+            spec.save(folder / SPEC_FILE)
     if d.is_main and folder is not None:
         atomic_write(folder / CONFIG_FILE, lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
     return cfg, folder, lock
@@ -377,9 +382,6 @@ def _claim_everywhere(cfg: TrainConfig, d: distributed.Dist, resume: str | Path 
         raise RuntimeError(refusal)
     return Path(name), lock
 
-
-#: The run's training and validation files, for ``effnet eval RUN_DIR`` and its overlap warning.
-SPLIT_FILE = "split.json"
 
 
 def write_split(path: Path, cfg: TrainConfig, train_split: Split, val_split: Split) -> None:

@@ -29,6 +29,12 @@ from effnet.specs.base import ModelSpec
 
 log = logging.getLogger(__name__)
 
+#: A training run folder's weight files and config (``effnet.train.rundir`` writes them); named here
+#: because a run folder stands for its best weights wherever a weight file is asked for.
+BEST_WEIGHTS = "best.safetensors"
+LAST_WEIGHTS = "last.safetensors"
+CONFIG_FILE = "config.yaml"
+
 FORMAT = "effnet"
 FORMAT_VERSION = "1"
 @dataclass
@@ -83,13 +89,13 @@ def weights_path(path: str | Path) -> Path:
     ``best.safetensors``; a clear error when neither is there."""
     path = Path(path)
     if path.is_dir():
-        best = path / "best.safetensors"
+        best = path / BEST_WEIGHTS
         if best.is_file():
-            log.info("%s is a run folder: using its best.safetensors", path)
+            log.info("%s is a run folder: using its %s", path, BEST_WEIGHTS)
             return best
-        hint = (" (the run has not finished an epoch yet)" if (path / "config.yaml").is_file()
+        hint = (" (the run has not finished an epoch yet)" if (path / CONFIG_FILE).is_file()
                 else "; expected a weight file or an `effnet train` run folder")
-        raise FileNotFoundError(f"{path} is a folder without best.safetensors{hint}")
+        raise FileNotFoundError(f"{path} is a folder without {BEST_WEIGHTS}{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"weight file not found: {path}")
     return path
