@@ -259,7 +259,7 @@ def test_training_workers_run_in_rotating_rounds_and_a_failed_one_is_noted(monke
     # rotating as in-process interleaving rotates it, train_iters steps split over the rounds, the
     # peak the median of the workers' first-step peaks; a failing worker leaves a note and no figure.
     from effnet.bench import worker
-    from effnet.bench.run import make_config
+    from effnet.bench.runner import make_config
 
     calls = []
 
@@ -326,7 +326,7 @@ def test_compile_wraps_torch_networks_only_and_a_failed_compilation_is_reported(
     # of a session once killed the whole run inside dynamo); effnet[fast] is compiled as its
     # optimised network, not as the TorchScript trace; a network whose compilation fails is
     # reported as failed and the others are still timed.
-    from effnet.bench import run
+    from effnet.bench import runner as run
     from effnet.bench.peers import Runner
     from effnet.deploy.optimize import TracedInference
 
@@ -374,7 +374,7 @@ def test_a_compiled_candidate_is_compiled_in_its_worker_before_anything_is_measu
     # --compile times training in fresh workers too: the worker compiles the network and makes
     # the compiling step before the peak and the timed steps, and the parent asks for it by label.
     from effnet.bench import worker
-    from effnet.bench.run import make_config
+    from effnet.bench.runner import make_config
     from effnet.model import ConvNet
 
     calls, seen_by_peak = [], []
@@ -441,7 +441,7 @@ def test_compiled_candidates_across_the_two_phases(monkeypatch):
     # A network whose compilation failed at inference is not compiled again for training; the
     # others go to the training workers by their "+compile" label and are not run in this process
     # (the workers compile their own); their inference figures survive the training phase.
-    from effnet.bench import run
+    from effnet.bench import runner as run
     from effnet.bench.peers import Runner
 
     def fake_build(lib, variant, name, res, device):

@@ -82,14 +82,17 @@ assert "efficientnet" in buf.getvalue()
 
 
 def test_lazy_package_names_the_functions():
-    """effnet.train.evaluate and .predict are the functions (from effnet.train.evaluation), also after
-    that module is imported, and importing the package loads neither it nor torch."""
+    """effnet.train.evaluate and .predict, effnet.bench.run are the functions, also after their
+    modules are imported (a module named like its function would replace it on the package), and
+    importing the packages loads neither those modules nor torch."""
     code = """
 import sys
-import effnet.train
+import effnet.bench, effnet.train
 assert "torch" not in sys.modules and "effnet.train.evaluation" not in sys.modules
 import effnet.train.evaluation
 from effnet.train import evaluate, predict
 assert evaluate is effnet.train.evaluation.evaluate and predict is effnet.train.evaluation.predict
+effnet.bench.make_config  # imports the bench's runner module
+assert effnet.bench.run is effnet.bench.runner.run, effnet.bench.run
 """
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,14 @@ import math
 import pytest
 
 from effnet.profile import count_flops
-from effnet.scaling import STRATEGIES, architecture_key, compound_phi_range, get_strategy, phi_range
+from effnet.scaling import (
+    STRATEGIES,
+    architecture_key,
+    compound_phi_range,
+    compound_scale,
+    get_strategy,
+    phi_range,
+)
 from effnet.specs import EFFICIENTNET_B0
 
 B0 = EFFICIENTNET_B0
@@ -145,3 +152,20 @@ def test_phi_range_per_strategy():
     # depth: 16 * 2^phi blocks <= 1000 while phi <= log2(62.5) = 5.966 (blocks round per stage).
     low, high = phi_range(B0, "depth")
     assert high == pytest.approx(5.96, abs=0.05)
+
+
+def test_the_phi_range_ends_where_scaling_itself_fails_and_bad_coefficients_are_refused():
+    # gamma = 1 never shrinks the input, so downwards the depth multiplier 1.2^phi is what runs
+    # out: it rounds to 0.0 once below half the smallest float64 (5e-324 / 2), where
+    # compound_scale refuses.
+    low, _ = compound_phi_range(B0, gamma=1.0)
+    assert low == pytest.approx((math.log(5e-324) - math.log(2)) / math.log(1.2), abs=0.02)
+    compound_scale(B0, low, gamma=1.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        compound_scale(B0, low - 0.05, gamma=1.0)
+    for bad, message in [({"alpha": 0}, "alpha must be positive"), ({"gamma": -1}, "gamma must be positive"),
+                         ({"depth_rounding": "floor"}, "mode must be")]:
+        with pytest.raises(ValueError, match=message):
+            compound_phi_range(B0, **bad)
+    with pytest.raises(ValueError, match="alpha must be positive"):
+        phi_range(B0, "v2", alpha=0)

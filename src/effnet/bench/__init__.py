@@ -19,7 +19,7 @@ _LAZY: dict[str, str] = {name: module for module, names in (
     ("effnet.bench.names", ("LIBRARIES",)),
     ("effnet.bench.peers", ("Runner", "Unavailable", "build_runner", "peer_name", "use_keras_torch_backend")),
     ("effnet.bench.report", ("ratios", "reference_of", "table", "write_json")),
-    ("effnet.bench.run", ("DEFAULT_MODELS", "ENTRY_FIELDS", "MODEL_FIELDS", "RESULT_FIELDS", "make_config", "run")),
+    ("effnet.bench.runner", ("DEFAULT_MODELS", "ENTRY_FIELDS", "MODEL_FIELDS", "RESULT_FIELDS", "make_config", "run")),
 ) for name in names}
 
 __all__ = sorted(_LAZY)

@@ -108,7 +108,7 @@ def measure(job: dict) -> dict[str, object]:
 # --- the parent's side: start workers and read their line --------------------------------------
 def train_in_workers(name: str, cfg: Any, labels: list[str], entries: dict[str, dict[str, Any]],
                      bar: Any) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Seconds per training step of each candidate (``cfg``: the run's :class:`effnet.bench.run.Config`,
+    """Seconds per training step of each candidate (``cfg``: the run's :class:`effnet.bench.runner.Config`,
     not imported here, which would make the two modules import each other), ``cfg.train_iters`` each, every round in a fresh
     worker process per candidate (:func:`rotation` order); the peak is the median of the workers'
     first-step peaks. Returns the seconds of every timed step and the system CPU seconds of each

@@ -1,4 +1,4 @@
-"""`effnet bench`: effnet next to torchvision, timm, Keras 3, efficientnet_pytorch and ONNX Runtime (effnet.bench.run)."""
+"""`effnet bench`: effnet next to torchvision, timm, Keras 3, efficientnet_pytorch and ONNX Runtime (effnet.bench.runner)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from effnet.bench.report import table, write_json
-    from effnet.bench.run import run
+    from effnet.bench.runner import run
     from effnet.files import check_output
 
     for option in ("resolution", "batch", "train_batch", "train_resolution", "iters", "batch_iters",

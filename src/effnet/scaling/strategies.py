@@ -272,6 +272,10 @@ def phi_range(
     values = rule.resolve(coefficients)
     if size_problems(base, limits):
         raise ValueError(f"{base.name} itself is out of the size limits: {'; '.join(size_problems(base, limits))}")
+    # phi = 0 is the base itself under every rule: a coefficient the rule refuses (alpha = 0, an
+    # unknown rounding mode) is an error to report here, not a bound of 0 found by the search below.
+    rule.rule(0.0, base.resolution, **values)
+    rule.fn(base, 0.0, **values)
 
     def upper_ok(phi: float) -> bool:
         try:

@@ -13,6 +13,7 @@ from torch import nn
 from tqdm import tqdm
 
 from effnet.data import (
+    DIGITS,
     IMAGE_EXTENSIONS,
     UNREADABLE,
     DecodedDataset,
@@ -30,10 +31,9 @@ from effnet.deploy.quantize import agreement as top1_agreement  # ``agreement`` 
 from effnet.deploy.runtime import RUNTIMES, available_runtimes, describe, int8_session, session
 from effnet.preprocessing import EvalTransform, Normalize, Preprocessing
 from effnet.specs.base import MIN_INPUT_SIZE
-from effnet.train.rundir import SPLIT_FILE
 from effnet.train.score import default_device, score
 from effnet.weights import load_model
-from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE
+from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE, SPLIT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +175,7 @@ def evaluate(
         split, data = recorded_val_split(record), record["data"]
         log.info("evaluating on the run's recorded validation split: %d images of %s", len(split), data)
     else:
-        data = "digits" if data is None else data
+        data = DIGITS if data is None else data
         split = load_eval_split(data, val_fraction, seed)
     trained_on = 0 if record is None else overlap_with_training(record, data, split, val_fraction, seed)
     if trained_on:

@@ -425,8 +425,8 @@ def train_loop(run: Run, on_epoch: EpochReport | None = None, progress: bool = T
             if pos.epoch < cfg.epochs and plateaued(pos.rows, cfg.patience):
                 best = max(pos.rows, key=lambda r: (r["val_top1"], -r["val_loss"]))  # as checkpoint() picks
                 log.info("early stop after epoch %d of %d: val top-1 has not beaten %.2f%% (epoch %d) for %d "
-                         "epochs (--patience); best.safetensors holds that epoch", pos.epoch, cfg.epochs,
-                         best["val_top1"], best["epoch"], cfg.patience)
+                         "epochs (--patience); %s holds that epoch", pos.epoch, cfg.epochs,
+                         best["val_top1"], best["epoch"], cfg.patience, BEST_WEIGHTS)
                 break
             if stop_agreed(run):
                 if pos.epoch < cfg.epochs:

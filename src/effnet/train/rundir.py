@@ -42,7 +42,7 @@ from effnet.specs.base import ModelSpec
 from effnet.train import distributed
 from effnet.train.config import TrainConfig
 from effnet.weights import read_weights
-from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE, LAST_WEIGHTS
+from effnet.weights.format import BEST_WEIGHTS, CONFIG_FILE, LAST_WEIGHTS, SPLIT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def read_state(run_dir: str | Path) -> dict[str, Any]:
             raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir}. {_what_is_intact(run_dir)}")
         if (run_dir / CONFIG_FILE).is_file() and not (run_dir / METRICS_FILE).is_file():
             raise FileNotFoundError(f"cannot resume: the run in {run_dir} stopped before its first checkpoint (it has "
-                                    f"config.yaml but no {STATE_FILE}); start it again with --out "
+                                    f"{CONFIG_FILE} but no {STATE_FILE}); start it again with --out "
                                     f"{shlex.quote(str(run_dir))} --overwrite")
         raise FileNotFoundError(f"cannot resume: no {STATE_FILE} in {run_dir} (is it a run folder?)")
     try:
@@ -193,7 +193,7 @@ def _what_is_intact(run_dir: Path) -> str:
             continue
         top1 = f", val top-1 {extra['val_top1']:.2f}%" if "val_top1" in extra else ""
         parts.append(f"{name} is intact (weights after epoch {extra.get('epoch', '?')}{top1})")
-    intact = ("; ".join(parts) + ".") if parts else "No weight file (last/best.safetensors) is left."
+    intact = ("; ".join(parts) + ".") if parts else f"No weight file ({LAST_WEIGHTS}, {BEST_WEIGHTS}) is left."
     prev, q = run_dir / PREV_STATE_FILE, shlex.quote(str(run_dir))
     if prev.is_file():
         try:
@@ -204,19 +204,17 @@ def _what_is_intact(run_dir: Path) -> str:
                 f"to resume from there: cp {shlex.quote(str(prev))} {shlex.quote(str(run_dir / STATE_FILE))} "
                 f"&& effnet train --resume {q}")
     hint = ""
-    if any(p.startswith("last.safetensors is intact") for p in parts):
+    if any(p.startswith(f"{LAST_WEIGHTS} is intact") for p in parts):
         hint = (f"; a new run can start from the intact weights: effnet train --weights "
-                f"{shlex.quote(str(run_dir / 'last.safetensors'))} --out NEW_DIR")
+                f"{shlex.quote(str(run_dir / LAST_WEIGHTS))} --out NEW_DIR")
     return f"{intact} There is no earlier resume state ({PREV_STATE_FILE}) to go back to{hint}."
 
 
 LOCK_FILE = "run.lock"
 METRICS_FILE = "metrics.csv"
-#: The run's training and validation files, for ``effnet eval RUN_DIR`` and its overlap warning.
-SPLIT_FILE = "split.json"
 #: The loss and accuracy curves, drawn by the command line from the metrics (effnet.commands.train).
 CURVES_FILE = "curves.png"
-#: The step-level log (``--save-every``) and the trained spec of a run given one (``effnet scale``).
+#: The step-level log (``--log-steps``) and the trained spec of a run given one (``effnet scale``).
 STEPS_FILE = "steps.csv"
 SPEC_FILE = "spec.yaml"
 METRIC_FIELDS = ("epoch", "stage", "image_size", "dropout", "randaugment", "mixup", "lr", "train_loss",

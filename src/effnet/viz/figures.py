@@ -188,7 +188,7 @@ def run_point(name: str, metrics: Iterable[dict[str, Any]], spec: ModelSpec, res
     holds) and the cost of its architecture at its evaluation ``resolution``, measured."""
     tops = [float(r["val_top1"]) for r in metrics if r.get("val_top1") not in (None, "")]
     if not tops:
-        raise ValueError(f"run {name}: metrics.csv has no finished epoch yet (no val_top1)")
+        raise ValueError(f"run {name}: its metrics have no finished epoch yet (no val_top1)")
     prof = profile_model(spec, resolution, memory=False, timing=False)
     return ResultPoint(name, max(tops), float(prof.flops), float(prof.params), dataset, series)
 

@@ -153,7 +153,8 @@ def plot_strategies(path: str | Path, lines: dict[str, list[tuple[float, float]]
         ax.plot([f / 1e6 for f, _ in pts], [a for _, a in pts], "o-", label=name)
     if baseline is not None:
         ax.scatter([baseline[0] / 1e6], [baseline[1]], s=90, color="black", zorder=3, label="baseline")
-    return _finish_accuracy(fig, ax, [f for pts in lines.values() for f, _ in pts], title, path)
+    flops = [f for pts in lines.values() for f, _ in pts] + ([baseline[0]] if baseline is not None else [])
+    return _finish_accuracy(fig, ax, flops, title, path)
 
 
 def cost_axis(ax: Any, values: list[float], label: str) -> None:

@@ -29,11 +29,14 @@ from effnet.specs.base import ModelSpec
 
 log = logging.getLogger(__name__)
 
-#: A training run folder's weight files and config (``effnet.train.rundir`` writes them); named here
-#: because a run folder stands for its best weights wherever a weight file is asked for.
+#: The files of a training run folder that other commands read: its weights (``effnet.train.loop``
+#: writes them), its config (``effnet.train.rundir``) and its training / validation split (for
+#: ``effnet eval RUN_DIR`` and its overlap warning). Named here, the lowest layer that reads a run
+#: folder: one stands for its best weights wherever a weight file is asked for.
 BEST_WEIGHTS = "best.safetensors"
 LAST_WEIGHTS = "last.safetensors"
 CONFIG_FILE = "config.yaml"
+SPLIT_FILE = "split.json"
 
 FORMAT = "effnet"
 FORMAT_VERSION = "1"

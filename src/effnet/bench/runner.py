@@ -1,4 +1,5 @@
-"""`effnet.bench.run`: effnet next to every peer it can import, interleaved, with ratios.
+"""`effnet.bench.run` (:func:`run`, here): effnet next to every peer it can import, interleaved,
+with ratios.
 
 For each model, two phases, each building its networks fresh and freeing them after:
 
@@ -16,7 +17,7 @@ For each model, two phases, each building its networks fresh and freeing them af
   reuses their freed heap instead of faulting in new pages, which made B0's step 1.3-1.7x
   faster than a user's fresh process sees, and by different amounts for different libraries.
 
-Timings are interleaved (:func:`effnet.bench.measure.interleaved`) and reported as medians.
+Timings are interleaved (:func:`effnet.profile.measure.interleaved`) and reported as medians.
 Ratios (:mod:`effnet.bench.report`) are **effnet cost / peer cost**: below 1 effnet is cheaper.
 effnet's side of a ratio is its best fp32 configuration measured: the fastest fp32 inference
 path at batch 1 and ``default`` for training; ``int8`` and ``memory-saving`` are listed beside
