@@ -232,3 +232,37 @@ def test_the_pool_hands_out_only_buffers_nothing_else_holds():
     c = pool.empty_like(like)
     assert len(pool) == 2 and any(c is t for bucket in pool._buckets.values() for t in bucket)
     assert pool.empty_like(like, keep=False) is not c and len(pool) == 2
+
+
+def test_without_the_private_torch_queries_training_falls_back_to_the_plain_gradients():
+    # The pool's reference counts (torch._C._storage_Use_Count) and the saved-tensor hooks' query
+    # (torch._C._autograd._top_saved_tensors_default_hooks) are private: a PyTorch without them must
+    # still train, the pool never reusing a buffer and no activation recomputed. Removed before
+    # effnet is imported, in a fresh interpreter; the gradients are compared with the plain ops'.
+    import subprocess
+
+    code = """
+import torch
+del torch._C._storage_Use_Count
+del torch._C._autograd._top_saved_tensors_default_hooks
+import effnet
+from effnet.layers import activations, buffers
+from effnet.layers.activations import memory_efficient
+assert buffers._UNHELD is None and activations._other_hooks_active()
+
+def grads(lean):
+    torch.manual_seed(0)
+    model = effnet.create_model("tinynet_e", num_classes=5).double().train()  # float64: no rounding noise
+    x, y = torch.randn(4, 3, 64, 64, dtype=torch.float64), torch.tensor([0, 1, 2, 3])
+    with memory_efficient(lean):
+        for _ in range(2):  # the second step would reuse the first one's buffers
+            model.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+    return [p.grad for p in model.parameters()]
+
+for a, b in zip(grads(True), grads(False)):
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
