@@ -315,7 +315,6 @@ def zero_init_last(model: nn.Module) -> int:
     return count
 
 
-
 def check_input(model: nn.Module, x: torch.Tensor) -> None:
     """Refuse an input ``model`` (a :class:`ConvNet`, or a model carrying its ``spec``, such as the
     int8 one) cannot mean, saying what to convert."""

@@ -23,12 +23,13 @@ SE-gated projection) for its weight gradient; :func:`recompute_activations` (ent
 model's training forward) packs it as a reference to the BN output it came from, saved anyway,
 and recomputes it when that backward runs: one elementwise pass for one full-size tensor.
 
-The memory-saving ops (these and ``effnet.layers.gate``'s) are used only where they can be: training mode with grad enabled, not under
-``torch.jit`` scripting or tracing, ONNX export, ``torch.export`` or ``torch.compile``, all of
-which need the plain ops (a custom autograd function cannot be exported or scripted, and the
-compilers fuse the plain ops themselves). :func:`memory_efficient` switches them off
-(benchmarks, debugging); the gradients are those of the plain ops (``tests/test_memory_saving.py``).
-None supports double backward (``create_graph=True``): switch them off for that.
+The memory-saving ops (these and ``effnet.layers.gate``'s) are used only where they can be:
+training mode with grad enabled, not under ``torch.jit`` scripting or tracing, ONNX export,
+``torch.export`` or ``torch.compile``, all of which need the plain ops (a custom autograd
+function cannot be exported or scripted, and the compilers fuse the plain ops themselves).
+:func:`memory_efficient` switches them off (benchmarks, debugging); the gradients are those of
+the plain ops (``tests/test_memory_saving.py``). None supports double backward
+(``create_graph=True``): switch them off for that.
 """
 
 from __future__ import annotations

@@ -254,7 +254,7 @@ def _redrawn(record: dict) -> tuple[Split, Split]:
 
 def recorded_val_split(record: dict) -> Split:
     """The validation split a run recorded: its file list, or digits' seed and fraction."""
-    if record["data"] == "digits":
+    if record["data"] == DIGITS:
         return load_digits_split(record["val_fraction"], record["seed"])[1]
     if "val" not in record:
         return _redrawn(record)[1]
@@ -269,8 +269,8 @@ def recorded_val_split(record: dict) -> Split:
 
 def overlap_with_training(record: dict, data: object, split: Split, val_fraction: float, seed: int) -> int:
     """How many images of ``split`` (evaluated as ``data``) the run trained on."""
-    if record["data"] == "digits" or str(data) == "digits":
-        if record["data"] != "digits" or str(data) != "digits":
+    if record["data"] == DIGITS or str(data) == DIGITS:
+        if record["data"] != DIGITS or str(data) != DIGITS:
             return 0
         from sklearn.datasets import load_digits
 

@@ -381,7 +381,6 @@ def _claim_everywhere(cfg: TrainConfig, d: distributed.Dist, resume: str | Path 
     return Path(name), lock
 
 
-
 def write_split(path: Path, cfg: TrainConfig, train_split: Split, val_split: Split) -> None:
     """Record which images the run trains and validates on: the file lists relative to the data
     folder (an in-memory set such as digits: the seed and fraction that re-create the split)."""
